@@ -1,0 +1,3 @@
+from iptserver.cli import main
+
+raise SystemExit(main())

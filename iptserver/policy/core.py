@@ -1,0 +1,203 @@
+"""Decide the exit of each destination IP, exactly as DESIGN §3 says.
+
+Among the rules that match an IP: the highest weight wins; then the most specific match
+(an IP from a DNS answer is a host route, a net counts by its prefix length, a country by
+the prefix of the GeoIP network holding the IP); then the rule written first. No match:
+the default exit, else the host's main table. Private, link-local, CGNAT and mesh
+destinations are never diverted.
+
+Everything here is computed from the schema once, in ``Policy.__init__``; a decision is a
+few hash lookups and binary searches, with no I/O. GeoIP comes in through ``GeoLookup``.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from iptserver.policy.domains import DomainMatcher, Hit
+from iptserver.policy.prefixes import PrefixMap
+from iptserver.schema.model import Exit, Schema
+from iptserver.schema.values import IPAddress, IPNetwork, normalize_name
+
+# Never diverted, whatever the rules say. Documentation and benchmark ranges are absent
+# on purpose: they stand in for the public internet in the lab.
+PRIVATE_NETS: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+        "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
+        "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8",
+    )
+)
+
+
+class GeoLookup(Protocol):
+    def lookup(self, ip: IPAddress) -> tuple[str, int] | None:
+        """Country code and prefix length of the GeoIP network holding ``ip``."""
+
+
+class MatchKind(enum.Enum):
+    DOMAIN = "domain"
+    NET = "net"
+    COUNTRY = "country"
+
+
+class Reason(enum.Enum):
+    RULE = "rule"  # a rule matched
+    DEFAULT = "default"  # no rule matched; the schema's default exit
+    MAIN = "main"  # no rule matched and no default: the host's main table
+    PRIVATE = "private"  # private or mesh destination, never diverted
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One rule that matches a destination, and how strongly."""
+
+    rule: int
+    kind: MatchKind
+    weight: int
+    specificity: int  # prefix length; a host route for DNS-learned IPs
+    detail: str  # the pattern, net or "COUNTRY network" that matched
+    name: str | None = None  # the name (query or CNAME) a domain pattern matched
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.weight, self.specificity, -self.rule)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    ip: IPAddress | None
+    exit: str | None  # None: the host's main routing table
+    reason: Reason
+    rule: int | None = None
+    kind: MatchKind | None = None
+
+
+# (weight, specificity, -rule) compares as §3 orders matches; then rule index and kind.
+_Best = tuple[tuple[int, int, int], int, MatchKind]
+
+
+def _better(a: _Best, b: _Best) -> bool:
+    return a[0] > b[0]
+
+
+class Policy:
+    def __init__(self, schema: Schema, geo: GeoLookup | None = None) -> None:
+        self.schema = schema
+        self.geo = geo
+        rules = schema.rules
+        self._exits = [rule.exit for rule in rules]
+        self._weights = [rule.weight for rule in rules]
+        self._domains = DomainMatcher(
+            (i, pattern) for i, rule in enumerate(rules) for pattern in rule.domains
+        )
+        self._nets: PrefixMap[_Best] = PrefixMap(
+            (
+                (net, ((rule.weight, net.prefixlen, -i), i, MatchKind.NET))
+                for i, rule in enumerate(rules)
+                for net in rule.nets
+            ),
+            _better,
+        )
+        self._private: PrefixMap[bool] = PrefixMap(
+            ((net, True) for net in (*PRIVATE_NETS, *schema.mesh)), lambda a, b: False
+        )
+        # Per country, the rule that wins among equals: highest weight, then first.
+        self._countries: dict[str, tuple[int, int]] = {}
+        for i, rule in enumerate(rules):
+            for country in rule.countries:
+                held = self._countries.get(country)
+                if held is None or rule.weight > held[0]:
+                    self._countries[country] = (rule.weight, i)
+        self._max_country_weight = max((w for w, _ in self._countries.values()), default=None)
+
+    @property
+    def exits(self) -> dict[str, Exit]:
+        return self.schema.exits
+
+    # -- the hot path -------------------------------------------------------------------
+
+    def domain_hits(self, names: Iterable[str]) -> list[Hit]:
+        """Every domain pattern that matches any of ``names`` (query name and CNAMEs)."""
+        found: list[Hit] = []
+        for name in names:
+            found += self._domains.match(normalize_name(name))
+        return found
+
+    def decide(self, names: Sequence[str], ips: Iterable[IPAddress]) -> list[Decision]:
+        """The exit of each IP of one answer; ``names`` are the query name and CNAMEs."""
+        best_domain: tuple[int, int] | None = None  # (weight, -rule)
+        for hit in self.domain_hits(names):
+            candidate = (self._weights[hit.rule], -hit.rule)
+            if best_domain is None or candidate > best_domain:
+                best_domain = candidate
+        return [self._decide_ip(ip, best_domain) for ip in ips]
+
+    def decide_ip(self, ip: IPAddress) -> Decision:
+        """The exit of an IP seen in no DNS answer."""
+        return self._decide_ip(ip, None)
+
+    def _decide_ip(self, ip: IPAddress, best_domain: tuple[int, int] | None) -> Decision:
+        if self._private.lookup(ip):
+            return Decision(ip, None, Reason.PRIVATE)
+        best: _Best | None = None
+        if best_domain is not None:
+            weight, neg_rule = best_domain
+            best = ((weight, ip.max_prefixlen, neg_rule), -neg_rule, MatchKind.DOMAIN)
+        net = self._nets.lookup(ip)
+        if net is not None and (best is None or net[0] > best[0]):
+            best = net
+        if (
+            self.geo is not None
+            and self._max_country_weight is not None
+            and (best is None or best[0][0] <= self._max_country_weight)
+        ):
+            found = self.geo.lookup(ip)
+            held = self._countries.get(found[0]) if found else None
+            if found and held:
+                key = (held[0], found[1], -held[1])
+                if best is None or key > best[0]:
+                    best = (key, held[1], MatchKind.COUNTRY)
+        if best is not None:
+            return Decision(ip, self._exits[best[1]], Reason.RULE, best[1], best[2])
+        if self.schema.default is not None:
+            return Decision(ip, self.schema.default, Reason.DEFAULT)
+        return Decision(ip, None, Reason.MAIN)
+
+    # -- explanations (slow path: every candidate, for people) -------------------------
+
+    def candidates(self, names: Sequence[str], ip: IPAddress | None) -> list[Candidate]:
+        """Every rule matching this destination, best first, each by its best match.
+
+        With no ``ip``, only the domain rules are known, at host-route specificity.
+        """
+        found: dict[int, Candidate] = {}
+
+        def offer(c: Candidate) -> None:
+            if c.rule not in found or c.key > found[c.rule].key:
+                found[c.rule] = c
+
+        host = ip.max_prefixlen if ip is not None else 128
+        for name in names:
+            for hit in self._domains.match(normalize_name(name)):
+                offer(Candidate(hit.rule, MatchKind.DOMAIN, self._weights[hit.rule], host,
+                                hit.pattern.text, normalize_name(name)))
+        if ip is not None:
+            geo = self.geo.lookup(ip) if self.geo is not None else None
+            for i, rule in enumerate(self.schema.rules):
+                for net in rule.nets:
+                    if ip.version == net.version and ip in net:
+                        offer(Candidate(i, MatchKind.NET, rule.weight, net.prefixlen, str(net)))
+                if geo is not None and geo[0] in rule.countries:
+                    network = ipaddress.ip_network((ip, geo[1]), strict=False)
+                    offer(Candidate(i, MatchKind.COUNTRY, rule.weight, geo[1],
+                                    f"{geo[0]} ({network})"))
+        return sorted(found.values(), key=lambda c: c.key, reverse=True)
+
+    def is_private(self, ip: IPAddress) -> bool:
+        return bool(self._private.lookup(ip))

@@ -1,0 +1,126 @@
+"""The routing schema as the rest of the program receives it: validated and typed.
+
+This is the native format. The legacy MRVPN2 formats are translated into it by
+``iptserver.schema.legacy`` before validation, so there is one model and one set of checks.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+from iptserver.schema.values import Country, Domain, Endpoint, Network
+
+HOST_GATEWAY = "_DEFAULT"
+"""The interface name that means "the host's own default gateway" (go direct)."""
+
+ExitName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
+Seconds = Annotated[StrictInt, Field(ge=1, le=7 * 24 * 3600)]
+Mark = Annotated[StrictInt, Field(ge=1, le=0xFFFFFFFF)]
+TableId = Annotated[StrictInt, Field(ge=1, le=0xFFFFFFFF)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Route(enum.Enum):
+    INTERFACE = "interface"  # default route out of the exit's interface
+    HOST_GATEWAY = "host-gateway"  # the host's own default route (no tunnel)
+
+
+class Exit(_Model):
+    """Where traffic leaves: a WireGuard interface, or the host gateway."""
+
+    interface: str = Field(
+        description=f"Interface the exit's traffic leaves by, or {HOST_GATEWAY} for the "
+        "host's default gateway (no tunnel)",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}$",
+    )
+    via: Annotated[str | None, Field(description="Next hop on the interface, if it needs one")] = (
+        None
+    )
+    mark: Mark | None = Field(None, description="fwmark (default: assigned from kernel.mark_base)")
+    table: TableId | None = Field(
+        None, description="Routing table (default: assigned from kernel.table_base)"
+    )
+
+    @property
+    def route(self) -> Route:
+        return Route.HOST_GATEWAY if self.interface == HOST_GATEWAY else Route.INTERFACE
+
+
+class Rule(_Model):
+    """Send what matches to ``exit``. See DESIGN §3 for how rules compete."""
+
+    exit: str = Field(description="Name of the exit (a key of `exits`)")
+    domains: list[Domain] = Field(default_factory=list)
+    countries: list[Country] = Field(default_factory=list)
+    nets: list[Network] = Field(default_factory=list)
+    weight: StrictInt = Field(0, description="Higher weight wins before specificity")
+    hold: Seconds | None = Field(
+        None, description="Seconds an IP learned from DNS stays routed (default: ttl.hold)"
+    )
+    comment: str | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Rule:
+        if not (self.domains or self.countries or self.nets):
+            raise ValueError("empty rule: give at least one of domains, countries, nets")
+        return self
+
+
+class Ttl(_Model):
+    hold: Seconds = Field(
+        300, description="Seconds an IP learned from DNS stays routed after its last answer"
+    )
+    client_max: Seconds | None = Field(
+        None, description="Largest TTL handed to clients (default and upper bound: hold)"
+    )
+
+
+class Dns(_Model):
+    listen: list[Endpoint] = Field(default_factory=list, description="Where the proxy listens")
+    upstream: list[Endpoint] = Field(default_factory=list, description="Recursors to forward to")
+    timeout: Annotated[float, Field(gt=0, le=30)] = 2.0
+
+
+class Api(_Model):
+    listen: Endpoint | None = None
+
+
+class Kernel(_Model):
+    mark_base: Mark = Field(0x100, description="First fwmark; exits take consecutive marks")
+    table_base: TableId = Field(100, description="First routing table; exits take consecutive ids")
+
+
+class Schema(_Model):
+    """A whole routing schema."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="iptserver routing schema",
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    version: Literal[1] = 1
+    exits: dict[ExitName, Exit] = Field(description="Exit name -> where its traffic leaves")
+    rules: list[Rule] = Field(default_factory=list, description="Ordered routing rules")
+    default: str | None = Field(None, description="Exit for destinations no rule matches")
+    ingress: list[str] = Field(
+        default_factory=list, description="Interfaces whose traffic is policy-routed"
+    )
+    mesh: list[Network] = Field(
+        default_factory=list,
+        description="Mesh subnets, never diverted (private ranges never are either)",
+    )
+    ttl: Ttl = Ttl()
+    dns: Dns = Dns()
+    api: Api = Api()
+    kernel: Kernel = Kernel()
+
+    def exit_of(self, rule: Rule) -> Exit:
+        return self.exits[rule.exit]
