@@ -131,12 +131,28 @@ class Policy:
 
     def decide(self, names: Sequence[str], ips: Iterable[IPAddress]) -> list[Decision]:
         """The exit of each IP of one answer; ``names`` are the query name and CNAMEs."""
-        best_domain: tuple[int, int] | None = None  # (weight, -rule)
+        best_domain = self._best_domain(names)
+        return [self._decide_ip(ip, best_domain) for ip in ips]
+
+    def _best_domain(self, names: Sequence[str]) -> tuple[int, int] | None:
+        """(weight, -rule) of the winning domain rule: all share host-route specificity."""
+        best: tuple[int, int] | None = None
         for hit in self.domain_hits(names):
             candidate = (self._weights[hit.rule], -hit.rule)
-            if best_domain is None or candidate > best_domain:
-                best_domain = candidate
-        return [self._decide_ip(ip, best_domain) for ip in ips]
+            if best is None or candidate > best:
+                best = candidate
+        return best
+
+    def decide_name(self, names: Sequence[str]) -> Decision:
+        """Where an answer for ``names`` would go, by the domain rules alone.
+
+        A net or country rule of higher weight may still claim a particular answer IP.
+        """
+        best = self._best_domain(names)
+        if best is not None:
+            rule = -best[1]
+            return Decision(None, self._exits[rule], Reason.RULE, rule, MatchKind.DOMAIN)
+        return self._unmatched(None)
 
     def decide_ip(self, ip: IPAddress) -> Decision:
         """The exit of an IP seen in no DNS answer."""
@@ -165,6 +181,9 @@ class Policy:
                     best = (key, held[1], MatchKind.COUNTRY)
         if best is not None:
             return Decision(ip, self._exits[best[1]], Reason.RULE, best[1], best[2])
+        return self._unmatched(ip)
+
+    def _unmatched(self, ip: IPAddress | None) -> Decision:
         if self.schema.default is not None:
             return Decision(ip, self.schema.default, Reason.DEFAULT)
         return Decision(ip, None, Reason.MAIN)

@@ -1,0 +1,201 @@
+"""The ``iptserver`` command line. The only place that configures logging."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from iptserver import __version__
+from iptserver.errors import GeoIPError, SchemaError
+from iptserver.geoip import DEFAULT_DATABASE, GeoIPDatabase
+
+log = logging.getLogger("iptserver")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args))
+    except SchemaError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except GeoIPError as e:
+        print(f"iptserver: {e}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iptserver", description="DNS-driven policy router for a WireGuard VPN entrypoint"
+    )
+    parser.add_argument("--version", action="version", version=f"iptserver {__version__}")
+    parser.add_argument("--log-level", default="warning",
+                        choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", help="validate routing schemas (native or MRVPN2)")
+    check.add_argument("schemas", nargs="+", metavar="SCHEMA", type=Path)
+    check.set_defaults(handler=_check)
+
+    explain = sub.add_parser("explain", help="which exit a name or IP takes, and why")
+    explain.add_argument("schema", metavar="SCHEMA", type=Path)
+    explain.add_argument("queries", nargs="+", metavar="QUERY",
+                         help="NAME, IP, or NAME[,CNAME...]=IP")
+    explain.add_argument("--geoip", metavar="MMDB", type=Path,
+                         help=f"country database (default: {DEFAULT_DATABASE} if present)")
+    explain.add_argument("--json", action="store_true", help="print a JSON list")
+    explain.set_defaults(handler=_explain)
+
+    convert = sub.add_parser("convert", help="write a schema (e.g. MRVPN2) in native format")
+    convert.add_argument("schema", metavar="SCHEMA", type=Path)
+    convert.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    convert.set_defaults(handler=_convert)
+
+    json_schema = sub.add_parser("json-schema", help="print the JSON Schema of the format")
+    json_schema.set_defaults(handler=_json_schema)
+
+    geoip = sub.add_parser("geoip", help="country database: install, query, build")
+    geo_sub = geoip.add_subparsers(dest="geoip_command", required=True, metavar="ACTION")
+    update = geo_sub.add_parser("update", help="install or refresh the CC0 country database")
+    update.add_argument("--dest", type=Path, default=DEFAULT_DATABASE)
+    update.set_defaults(handler=_geoip_update)
+    lookup = geo_sub.add_parser("lookup", help="country and network of IPs")
+    lookup.add_argument("ips", nargs="+", metavar="IP")
+    lookup.add_argument("--geoip", metavar="MMDB", type=Path, default=DEFAULT_DATABASE)
+    lookup.set_defaults(handler=_geoip_lookup)
+    networks = geo_sub.add_parser("networks", help="every network of a country")
+    networks.add_argument("country", metavar="CC")
+    networks.add_argument("--geoip", metavar="MMDB", type=Path, default=DEFAULT_DATABASE)
+    networks.set_defaults(handler=_geoip_networks)
+    lab = geo_sub.add_parser("lab", help="write the lab's test database (documentation ranges)")
+    lab.add_argument("output", metavar="MMDB", type=Path)
+    lab.set_defaults(handler=_geoip_lab)
+    return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    from iptserver.schema import load_schema
+
+    failed = 0
+    for path in args.schemas:
+        try:
+            loaded = load_schema(path)
+        except SchemaError as e:
+            print(e, file=sys.stderr)
+            failed += 1
+            continue
+        for note in loaded.notes:
+            print(f"{note} (note)", file=sys.stderr)
+        s = loaded.schema
+        print(f"{path}: ok ({loaded.format.value}: {len(s.exits)} exits, {len(s.rules)} rules)")
+    return 1 if failed else 0
+
+
+def _open_geoip(path: Path | None) -> GeoIPDatabase | None:
+    if path is not None:
+        return GeoIPDatabase(path)
+    if DEFAULT_DATABASE.exists():
+        return GeoIPDatabase(DEFAULT_DATABASE)
+    return None
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from iptserver.explain import explain, format_text, parse_query
+    from iptserver.policy import Policy
+    from iptserver.schema import load_schema
+
+    loaded = load_schema(args.schema)
+    try:
+        queries = [parse_query(q) for q in args.queries]
+    except ValueError as e:
+        print(f"iptserver explain: {e}", file=sys.stderr)
+        return 2
+    geo = _open_geoip(args.geoip)
+    if geo is None and any(rule.countries for rule in loaded.schema.rules):
+        print(f"iptserver explain: no GeoIP database ({DEFAULT_DATABASE} is missing; "
+              "pass --geoip): country rules are not evaluated", file=sys.stderr)
+    policy = Policy(loaded.schema, geo)
+    results = [explain(loaded, policy, q, geo) for q in queries]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print("\n\n".join(format_text(r) for r in results))
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from iptserver.schema import load_schema
+    from iptserver.schema.dump import to_yaml
+
+    loaded = load_schema(args.schema)
+    for note in loaded.notes:
+        print(f"{note} (dropped)", file=sys.stderr)
+    text = to_yaml(loaded.schema, f"converted from {args.schema} ({loaded.format.value})")
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+    return 0
+
+
+def _json_schema(args: argparse.Namespace) -> int:
+    from iptserver.schema.jsonschema import json_schema_text
+
+    sys.stdout.write(json_schema_text())
+    return 0
+
+
+def _geoip_update(args: argparse.Namespace) -> int:
+    from iptserver.geoip.build import update_production_db
+
+    if args.log_level == "warning":
+        logging.getLogger().setLevel(logging.INFO)
+    update_production_db(args.dest)
+    return 0
+
+
+def _geoip_lookup(args: argparse.Namespace) -> int:
+    geo = GeoIPDatabase(args.geoip)
+    status = 0
+    for text in args.ips:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            print(f"{text}: not an IP address", file=sys.stderr)
+            status = 2
+            continue
+        found = geo.describe(ip)
+        print(f"{ip} {found[0]} {found[1]}" if found else f"{ip} - (not in {geo.path})")
+    return status
+
+
+def _geoip_networks(args: argparse.Namespace) -> int:
+    from iptserver.schema.values import parse_country
+
+    try:
+        country = parse_country(args.country)
+    except ValueError as e:
+        print(f"iptserver geoip networks: {e}", file=sys.stderr)
+        return 2
+    for network in GeoIPDatabase(args.geoip).networks(country):
+        print(network)
+    return 0
+
+
+def _geoip_lab(args: argparse.Namespace) -> int:
+    from iptserver.geoip.build import write_country_db
+    from iptserver.lab.addresses import LAB_COUNTRIES
+
+    write_country_db(args.output, LAB_COUNTRIES, "iptserver lab (documentation ranges)")
+    print(args.output)
+    return 0
