@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     convert.set_defaults(handler=_convert)
 
+    demo = sub.add_parser("demo", help="check and explain the UK/RU/US example")
+    demo.set_defaults(handler=_demo)
+
     json_schema = sub.add_parser("json-schema", help="print the JSON Schema of the format")
     json_schema.set_defaults(handler=_json_schema)
 
@@ -146,6 +149,12 @@ def _convert(args: argparse.Namespace) -> int:
     else:
         args.output.write_text(text, encoding="utf-8")
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from iptserver.demo import run
+
+    return run()
 
 
 def _json_schema(args: argparse.Namespace) -> int:

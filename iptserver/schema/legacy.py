@@ -137,13 +137,11 @@ class _Translator:
             rule_path = ("rules", index)
             self.out.origin[rule_path] = item_path
             rule: dict[str, Any] = {}
+            # Also when missing, so that "is required" names the legacy key.
+            self.out.origin[(*rule_path, "exit")] = (*item_path, "interface")
             interface = item.get("interface")
-            if interface is None:
-                self.problem(item_path, "route has no interface: name the exit interface "
-                             "(or _DEFAULT for the host gateway)")
-            else:
+            if interface is not None:
                 rule["exit"] = interface
-                self.out.origin[(*rule_path, "exit")] = (*item_path, "interface")
                 if isinstance(interface, str) and interface not in exits:
                     exits[interface] = {"interface": interface}
                     self.out.origin[("exits", interface)] = (*item_path, "interface")

@@ -157,8 +157,10 @@ def _known_keys(path: Path) -> set[str]:
             node = node.get("items", {})
         elif "properties" in node and part in node["properties"]:
             node = node["properties"][part]
-        else:
-            node = node.get("additionalProperties", {})
+        elif "additionalProperties" in node:
+            node = node["additionalProperties"]
+        else:  # a mapping whose keys follow a pattern (exit names)
+            node = next(iter(node.get("patternProperties", {}).values()), {})
     return set(_resolve(root, node).get("properties", {}))
 
 

@@ -104,6 +104,8 @@ def parse_yaml(text: str, file: str) -> tuple[Document, list[Problem]]:
         mark = e.problem_mark or e.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = " ".join(part for part in (e.context, e.problem) if part)
+        if e.context_mark is not None and e.context_mark.line + 1 != line:
+            message += f" (the construct began on line {e.context_mark.line + 1})"
         return doc, [Problem(file, line, column, "", f"YAML syntax error: {message}")]
     except yaml.YAMLError as e:
         return doc, [Problem(file, 1, 1, "", f"YAML error: {e}")]

@@ -1,0 +1,61 @@
+# Everything iptserver needs, from a fresh Debian machine, as root.
+#   make demo   set up, then check and explain the UK/RU/US example
+#   make test   set up, then run the whole test suite
+#   make lint   ruff and mypy
+#   make bench  the benchmarks under bench/
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+GEOIP_DB ?= /var/lib/iptserver/country.mmdb
+ARTIFACTS := artifacts
+
+# Debian packages the project and its tests use.
+APT_PACKAGES := python3 python3-venv python3-dev gcc iproute2 iptables ipset npm
+
+.PHONY: setup apt venv geoip demo test lint bench clean
+
+setup: apt venv geoip
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		if [ $$p = npm ] && command -v npm >/dev/null; then continue; fi; \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+geoip: $(GEOIP_DB)
+
+$(GEOIP_DB): | venv
+	$(BIN)/iptserver geoip update --dest $@
+
+demo: setup
+	@$(BIN)/iptserver demo
+
+test: setup
+	mkdir -p $(ARTIFACTS)
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check iptserver tests bench
+	$(BIN)/ruff format --check iptserver tests bench
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python bench/policy.py
+
+clean:
+	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache
