@@ -33,7 +33,7 @@ MALFORMED = [
         "yaml-bad-indent",
         "exits:\n  uk:\n    interface: wg-uk\n   mark: 3\n",
         ["s.yaml:4:4: YAML syntax error: while parsing a block mapping expected <block end>, "
-         "but found '<block mapping start>' (the construct began on line 3)"],
+         "but found '<block mapping start>' (the construct began on line 2)"],
     ),
     (
         "unknown-top-key",
