@@ -3,8 +3,9 @@
 What is measured, on one generated schema (deterministic for a given ``--seed``):
 
 * the schema: 10,000 suffix domain patterns, 200 regular expressions in the legacy
-  ``~REGEX`` form, 5,000 networks and 3 country rules, spread over about 2,000 rules of
-  weight 0, 10 or 20, with 3 exits and a default;
+  ``~REGEX`` form, 5,000 networks and 3 countries, spread over about 2,000 rules of
+  weight 0, 10 or 20, with 3 exits and a default (one country is in two rules of equal
+  weight, so that the tie rule "written first wins" is exercised too);
 * load + compile: ``parse_schema`` on the YAML text (parse, translate, validate) and
   ``Policy(schema, geo)`` (build the lookup tables), timed separately and together;
 * the core: ``Policy.decide(names, [ip])`` over every query (a query name, sometimes a
@@ -53,7 +54,6 @@ REGEXES = 200
 NETS = 5_000
 GEO_NETWORKS = 400
 EXITS = {"uk": "wg-uk", "ru": "wg-ru", "us": "wg-us"}
-COUNTRY_EXITS = {"GB": "uk", "RU": "ru", "US": "us"}
 GEO_COUNTRIES = ("GB", "RU", "US", "DE", "FR", "NL", "JP", "CN", "BR", "IN")
 DEFAULT_EXIT = "us"
 WEIGHTS = (0, 0, 0, 10, 10, 20)
@@ -162,8 +162,10 @@ def _regex(rng: random.Random, i: int) -> tuple[str, list[str], list[str]]:
         return rf"(.*\.)?{h}$", [host, f"www.{host}"], [f"x{host}", f"{host}.evil.com"]
     if i < 174:
         return rf".*{h}$", [f"x{host}", f"www.{host}"], [f"{host}.evil.com"]
-    if i < 180:
+    if i < 176:
         return rf"www\.{h}", [f"www.{host}", f"www.{host}.evil.com"], [f"api.{host}"]
+    if i < 180:
+        return rf"^www\.{h}$", [f"www.{host}"], [f"www.{host}.evil.com", f"a.www.{host}"]
     kind = i % 5  # the genuinely complex ones, screened by one combined regex in the core
     if kind == 0:
         return (rf"^(www|api)\.{h}$", [f"www.{host}", f"api.{host}"],
@@ -212,10 +214,23 @@ def _public_net(rng: random.Random, v6: bool, lengths: Callable[[], int]) -> IPN
             return net
 
 
+def _random_in(rng: random.Random, net: IPNetwork) -> IPAddress:
+    address = int(net.network_address) + rng.getrandbits(net.max_prefixlen - net.prefixlen)
+    return ipaddress.IPv4Address(address) if net.version == 4 else ipaddress.IPv6Address(address)
+
+
 def _nets(rng: random.Random) -> list[IPNetwork]:
     nets: list[IPNetwork] = []
     for _ in range(NETS):
-        if rng.random() < 0.05:
+        r = rng.random()
+        if nets and r < 0.03:  # the same block in a second rule
+            nets.append(rng.choice(nets))
+        elif nets and r < 0.08:  # a block inside an existing one, in another rule
+            parent = rng.choice(nets)
+            length = min(28 if parent.version == 4 else 64, parent.prefixlen + rng.randint(1, 8))
+            address = _random_in(rng, parent)
+            nets.append(ipaddress.ip_network((address, length), strict=False))
+        elif r < 0.13:
             nets.append(_public_net(rng, True, lambda: rng.randint(29, 64)))
         else:
             nets.append(_public_net(rng, False, lambda: rng.choices(V4_LENGTHS, V4_WEIGHTS)[0]))
@@ -271,18 +286,24 @@ def generate(seed: int) -> Generated:
     domain_rules = list(rules)
     for batch in _batches(regexes, lambda: rng.randint(1, 10)):
         # Legacy schemas mix regexes with plain domains in one rule about half the time.
-        rule = rng.choice(domain_rules) if rng.random() < 0.5 else new_rule()
-        if rule not in rules:
-            rules.append(rule)
+        if rng.random() < 0.5:
+            rule = rng.choice(domain_rules)
+        else:
+            rules.append(rule := new_rule())
         rule.domains += batch
     for net_batch in _batches(nets, lambda: _net_batch_size(rng)):
-        rule = rng.choice(domain_rules) if rng.random() < 0.1 else new_rule()
-        if not rule.domains:
-            rules.append(rule)
+        if rng.random() < 0.1:
+            rule = rng.choice(domain_rules)
+        else:
+            rules.append(rule := new_rule())
         rule.nets += net_batch
     rng.shuffle(rules)
-    for country, exit_name in COUNTRY_EXITS.items():
-        rule = RuleSpec(exit_name, rng.choice(WEIGHTS), countries=[country])
+    # Three countries in three rules; the US rule also lists GB, at the weight of the GB
+    # rule, so that GB addresses match two rules alike and the one written first must win.
+    gb_weight = rng.choice(WEIGHTS)
+    for rule in (RuleSpec("uk", gb_weight, countries=["GB"]),
+                 RuleSpec("ru", rng.choice(WEIGHTS), countries=["RU"]),
+                 RuleSpec("us", gb_weight, countries=["US", "GB"])):
         rules.insert(rng.randrange(len(rules) + 1), rule)
     return Generated(_yaml(rules), rules, suffix_names, suffix_misses, regex_names,
                      regex_misses, nets, geo)
@@ -323,11 +344,6 @@ class Geo:
 # -- queries --------------------------------------------------------------------------
 
 Query = tuple[tuple[str, ...], list[IPAddress]]
-
-
-def _random_in(rng: random.Random, net: IPNetwork) -> IPAddress:
-    address = int(net.network_address) + rng.getrandbits(net.max_prefixlen - net.prefixlen)
-    return ipaddress.IPv4Address(address) if net.version == 4 else ipaddress.IPv6Address(address)
 
 
 def _ip(rng: random.Random, v4_nets: Sequence[IPNetwork], v6_nets: Sequence[IPNetwork],
@@ -533,14 +549,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     kinds = Counter(p.kind for rule in schema.rules for p in rule.domains)
     nets = [net for rule in schema.rules for net in rule.nets]
-    countries = [c for rule in schema.rules for c in rule.countries]
+    countries = [", ".join(rule.countries) for rule in schema.rules if rule.countries]
     print(f"schema (seed {args.seed}): {len(schema.rules):,} rules, "
           f"{len(gen.text.splitlines()):,} lines of YAML")
     print(f"  suffix patterns {kinds[PatternKind.SUBTREE] + kinds[PatternKind.BELOW]:,} "
           f"(subtree {kinds[PatternKind.SUBTREE]:,}, *. {kinds[PatternKind.BELOW]:,}), "
           f"regexes {kinds[PatternKind.REGEX]:,}, "
           f"nets {len(nets):,} (IPv6 {sum(n.version == 6 for n in nets):,}), "
-          f"countries {len(countries)} ({', '.join(countries)})")
+          f"country rules {len(countries)} ({'; '.join(countries)})")
     print(f"  GeoIP table: {len(gen.geo)} networks in {len(GEO_COUNTRIES)} countries")
     cnames = sum(len(names) > 1 for names, _ in queries)
     v6 = sum(ips[0].version == 6 for _, ips in queries)
