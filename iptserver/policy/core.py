@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from iptserver.policy.domains import DomainMatcher, Hit
 from iptserver.policy.prefixes import PrefixMap
@@ -69,8 +70,9 @@ class Candidate:
         return (self.weight, self.specificity, -self.rule)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    """The exit of one destination (a tuple: one is made per answer IP)."""
+
     ip: IPAddress | None
     exit: str | None  # None: the host's main routing table
     reason: Reason
@@ -80,6 +82,7 @@ class Decision:
 
 # (weight, specificity, -rule) compares as §3 orders matches; then rule index and kind.
 _Best = tuple[tuple[int, int, int], int, MatchKind]
+_PRIVATE: _Best = ((sys.maxsize, 0, 0), -1, MatchKind.NET)
 
 
 def _better(a: _Best, b: _Best) -> bool:
@@ -96,16 +99,17 @@ class Policy:
         self._domains = DomainMatcher(
             (i, pattern) for i, rule in enumerate(rules) for pattern in rule.domains
         )
+        # Rule nets and the never-diverted nets in one map: the latter outrank any rule.
         self._nets: PrefixMap[_Best] = PrefixMap(
-            (
-                (net, ((rule.weight, net.prefixlen, -i), i, MatchKind.NET))
-                for i, rule in enumerate(rules)
-                for net in rule.nets
-            ),
+            [
+                *((net, _PRIVATE) for net in (*PRIVATE_NETS, *schema.mesh)),
+                *(
+                    (net, ((rule.weight, net.prefixlen, -i), i, MatchKind.NET))
+                    for i, rule in enumerate(rules)
+                    for net in rule.nets
+                ),
+            ],
             _better,
-        )
-        self._private: PrefixMap[bool] = PrefixMap(
-            ((net, True) for net in (*PRIVATE_NETS, *schema.mesh)), lambda a, b: False
         )
         # Per country, the rule that wins among equals: highest weight, then first.
         self._countries: dict[str, tuple[int, int]] = {}
@@ -159,13 +163,13 @@ class Policy:
         return self._decide_ip(ip, None)
 
     def _decide_ip(self, ip: IPAddress, best_domain: tuple[int, int] | None) -> Decision:
-        if self._private.lookup(ip):
+        net = self._nets.lookup(ip)
+        if net is _PRIVATE:
             return Decision(ip, None, Reason.PRIVATE)
         best: _Best | None = None
         if best_domain is not None:
             weight, neg_rule = best_domain
             best = ((weight, ip.max_prefixlen, neg_rule), -neg_rule, MatchKind.DOMAIN)
-        net = self._nets.lookup(ip)
         if net is not None and (best is None or net[0] > best[0]):
             best = net
         if (
@@ -219,4 +223,4 @@ class Policy:
         return sorted(found.values(), key=lambda c: c.key, reverse=True)
 
     def is_private(self, ip: IPAddress) -> bool:
-        return bool(self._private.lookup(ip))
+        return self._nets.lookup(ip) is _PRIVATE

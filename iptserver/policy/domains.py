@@ -1,6 +1,6 @@
 """Match a DNS name against every domain pattern of a schema at once.
 
-Exact names and suffixes are hash lookups on the name's label boundaries. Regular
+Exact names and suffixes are hash lookups at the name's label boundaries. Regular
 expressions (MRVPN2 semantics: ``re.match`` on the lower-case name without the trailing
 dot) are compiled, when they are simple, to the same lookups:
 
@@ -15,15 +15,18 @@ dot) are compiled, when they are simple, to the same lookups:
     ``.*cdn$`` / ``www\\.``      string suffix / string prefix
     =========================  ==========================================
 
-Substrings are found with a character trie walked from each position where a literal
-can start; the remaining (complex) regexes are screened by one combined regex first.
+Every other test (a literal somewhere in the name, a complex regex) is filed under a
+label that any matching name must contain whole (``site17`` for ``.*\\.site17\\.org``),
+and only run for names that have that label. Literals too short to hold a whole label
+are looked up by the prefix or suffix of a label. What is left is screened by one
+combined regex, so a name that matches none of them costs one regex call.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from iptserver.schema.values import DomainPattern, PatternKind
@@ -36,7 +39,11 @@ _SIMPLE_REGEX = re.compile(
     (?P<end>\$)?$""",
     re.IGNORECASE | re.VERBOSE,
 )
-_NOT_COMBINABLE = re.compile(r"\\[1-9]|\(\?P=|^\(\?[a-zA-Z]+\)")
+# Group references (backreferences, conditionals) and leading global flags change
+# meaning inside a combined regex; such regexes are run on their own.
+_NOT_COMBINABLE = re.compile(r"\\[1-9]|\(\?P=|\(\?\(|^\(\?[a-zA-Z]+\)")
+# A literal label of a regex: after a dot (or at the start) and before a dot or "$".
+_LABEL_RUN = re.compile(r"(?:^\^?|\\\.)([a-z0-9_-]+)(?=\\\.(?![?*{])|\$)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,123 +53,191 @@ class Hit:
 
 
 Hits = list[Hit]
-_TERMINAL = ""
+Test = Callable[[str], object]
+
+
+class _Where:
+    """Where a literal must sit in a name (for the literal compiled from a simple regex)."""
+
+    START = "start"  # name.startswith(literal)
+    END = "end"  # name.endswith(literal)
+    AFTER_DOT = "after-dot"  # "." + literal in name
+    ANYWHERE = "anywhere"  # literal in name
 
 
 class DomainMatcher:
     def __init__(self, patterns: Iterable[tuple[int, DomainPattern]]) -> None:
-        self._exact: dict[str, Hits] = defaultdict(list)
-        self._subtree: dict[str, Hits] = defaultdict(list)
-        self._below: dict[str, Hits] = defaultdict(list)
-        self._endswith: dict[str, Hits] = defaultdict(list)
-        self._startswith: dict[str, Hits] = defaultdict(list)
-        self._trie: dict[str, dict] = {}  # type: ignore[type-arg]
-        self._complex: list[tuple[re.Pattern[str], Hit]] = []
+        # name -> (hits when it is the whole name, hits when it is a proper suffix)
+        self._names: dict[str, tuple[Hits, Hits]] = defaultdict(lambda: ([], []))
+        self._by_label: dict[str, list[tuple[Test, Hit]]] = defaultdict(list)
+        self._first_label_prefix: dict[str, Hits] = defaultdict(list)
+        self._later_label_prefix: dict[str, Hits] = defaultdict(list)
+        self._last_label_suffix: dict[str, Hits] = defaultdict(list)
+        self._unindexed: list[tuple[Test, Hit]] = []
+        self._screened: list[tuple[re.Pattern[str], Hit]] = []
         for rule, pattern in patterns:
             self._add(Hit(rule, pattern))
-        self._suffix_lengths = sorted({len(k) for k in self._endswith})
-        self._prefix_lengths = sorted({len(k) for k in self._startswith})
-        self._trie_starts = frozenset(self._trie)
-        self._screen = _combine([regex for regex, _ in self._complex])
-        self._has_suffixes = bool(self._subtree or self._below)
+        self._names = dict(self._names)
+        self._has_suffixes = any(below for _, below in self._names.values())
+        self._first_lengths = sorted({len(k) for k in self._first_label_prefix})
+        self._later_lengths = sorted({len(k) for k in self._later_label_prefix})
+        self._last_lengths = sorted({len(k) for k in self._last_label_suffix})
+        self._screen = _combine([regex for regex, _ in self._screened])
+        if self._screen is None:  # they could not be combined: run each
+            self._unindexed += [(regex.match, hit) for regex, hit in self._screened]
+            self._screened = []
 
     def _add(self, hit: Hit) -> None:
         kind, value = hit.pattern.kind, hit.pattern.value
         if kind is PatternKind.EXACT:
-            self._exact[value].append(hit)
+            self._names[value][0].append(hit)
         elif kind is PatternKind.SUBTREE:
-            self._subtree[value].append(hit)
+            self._names[value][0].append(hit)
+            self._names[value][1].append(hit)
         elif kind is PatternKind.BELOW:
-            self._below[value].append(hit)
+            self._names[value][1].append(hit)
         else:
             self._add_regex(hit)
 
     def _add_regex(self, hit: Hit) -> None:
         simple = _SIMPLE_REGEX.match(hit.pattern.value)
         if simple is None:
-            self._complex.append((re.compile(hit.pattern.value, re.IGNORECASE), hit))
+            regex = re.compile(hit.pattern.value, re.IGNORECASE)
+            label = _required_label(regex.pattern)
+            if label is not None:
+                self._by_label[label].append((regex.match, hit))
+            elif _NOT_COMBINABLE.search(regex.pattern):
+                self._unindexed.append((regex.match, hit))
+            else:
+                self._screened.append((regex, hit))
             return
         body = simple["body"].replace("\\", "").lower()
         lead, anchored = simple["lead"], bool(simple["end"])
-        if lead is None:
-            (self._exact if anchored else self._startswith)[body].append(hit)
+        if lead is None and anchored:
+            self._names[body][0].append(hit)
+        elif lead is None:
+            self._add_literal(body, _Where.START, hit)
         elif lead == ".*":
-            if anchored:
-                self._endswith[body].append(hit)
-            else:
-                self._add_substring(body, hit)
+            self._add_literal(body, _Where.END if anchored else _Where.ANYWHERE, hit)
         elif lead == ".*\\.":
             if anchored:
-                self._below[body].append(hit)
+                self._names[body][1].append(hit)
             else:
-                self._add_substring("." + body, hit)
+                self._add_literal(body, _Where.AFTER_DOT, hit)
         elif anchored:  # (.*\.)?body$
-            self._subtree[body].append(hit)
-        else:
-            self._startswith[body].append(hit)
-            self._add_substring("." + body, hit)
+            self._names[body][0].append(hit)
+            self._names[body][1].append(hit)
+        else:  # (.*\.)?body: at the start, or after a dot
+            self._add_literal(body, _Where.START, hit)
+            self._add_literal(body, _Where.AFTER_DOT, hit)
 
-    def _add_substring(self, literal: str, hit: Hit) -> None:
-        node = self._trie
-        for char in literal:
-            node = node.setdefault(char, {})
-        node.setdefault(_TERMINAL, []).append(hit)
+    def _add_literal(self, literal: str, where: str, hit: Hit) -> None:
+        fragments = literal.split(".")
+        # Which fragments are whole labels of any name holding the literal there.
+        first = 0 if where in (_Where.START, _Where.AFTER_DOT) else 1
+        last = len(fragments) if where == _Where.END else len(fragments) - 1
+        whole = [f for f in fragments[first:last] if f]
+        if whole:
+            test: Test = {
+                _Where.START: lambda name: name.startswith(literal),
+                _Where.END: lambda name: name.endswith(literal),
+                _Where.AFTER_DOT: lambda name: "." + literal in name,
+                _Where.ANYWHERE: lambda name: literal in name,
+            }[where]
+            self._by_label[max(whole, key=len)].append((test, hit))
+        elif where == _Where.START:
+            self._first_label_prefix[literal].append(hit)
+        elif where == _Where.AFTER_DOT:
+            self._later_label_prefix[literal].append(hit)
+        elif where == _Where.END:
+            self._last_label_suffix[literal].append(hit)
+        else:
+            self._unindexed.append((lambda name: literal in name, hit))
 
     def match(self, name: str) -> Hits:
-        """Every pattern that matches ``name`` (lower case, no trailing dot)."""
+        """Every pattern that matches ``name`` (lower case, no trailing dot), once each."""
         found: Hits = []
-        hits = self._exact.get(name)
-        if hits:
-            found += hits
+        entry = self._names.get(name)
+        if entry is not None:
+            found += entry[0]
         if self._has_suffixes:
-            hits = self._subtree.get(name)
-            if hits:
-                found += hits
             dot = name.find(".")
             while dot >= 0:
-                suffix = name[dot + 1 :]
-                hits = self._subtree.get(suffix)
-                if hits:
-                    found += hits
-                hits = self._below.get(suffix)
-                if hits:
-                    found += hits
+                entry = self._names.get(name[dot + 1 :])
+                if entry is not None:
+                    found += entry[1]
                 dot = name.find(".", dot + 1)
-        for length in self._suffix_lengths:
-            hits = self._endswith.get(name[-length:])
-            if hits:
-                found += hits
-        for length in self._prefix_lengths:
-            hits = self._startswith.get(name[:length])
-            if hits:
-                found += hits
-        if self._trie_starts:
-            found += self._substrings(name)
-        if self._complex and (self._screen is None or self._screen.match(name)):
-            found += [hit for regex, hit in self._complex if regex.match(name)]
-        return found
+        labels = name.split(".")
+        if self._by_label:
+            for label in labels:
+                for test, hit in self._by_label.get(label, ()):
+                    if test(name):
+                        found.append(hit)
+        if self._first_lengths:
+            found += _label_affixes(labels[0], self._first_label_prefix, self._first_lengths)
+        if self._later_lengths:
+            for label in labels[1:]:
+                found += _label_affixes(label, self._later_label_prefix, self._later_lengths)
+        if self._last_lengths:
+            found += _label_affixes(labels[-1], self._last_label_suffix, self._last_lengths,
+                                    suffix=True)
+        for test, hit in self._unindexed:
+            if test(name):
+                found.append(hit)
+        if self._screen is not None and self._screen.match(name):
+            found += [hit for regex, hit in self._screened if regex.match(name)]
+        # A literal can be found at two places of one name; report each pattern once.
+        return list(dict.fromkeys(found)) if len(found) > 1 else found
 
-    def _substrings(self, name: str) -> Hits:
-        found: Hits = []
-        starts = self._trie_starts
-        for position, char in enumerate(name):
-            if char not in starts:
-                continue
-            node = self._trie
-            for c in name[position:]:
-                node = node.get(c)  # type: ignore[assignment]
-                if node is None:
-                    break
-                hits = node.get(_TERMINAL)
-                if hits:
-                    found += hits
-        # A literal found at two positions is still one match.
-        return list(dict.fromkeys(found))
+
+def _label_affixes(label: str, table: dict[str, Hits], lengths: list[int],
+                   suffix: bool = False) -> Hits:
+    found: Hits = []
+    for length in lengths:
+        if length > len(label):
+            break
+        hits = table.get(label[-length:] if suffix else label[:length])
+        if hits:
+            found += hits
+    return found
+
+
+def _required_label(pattern: str) -> str | None:
+    """A whole label every name matching ``pattern`` has, if one can be read off safely.
+
+    Only literals at the top level of a pattern without top-level alternation count, and
+    only when a dot (or the start: ``re.match`` anchors there) precedes them and a dot or
+    ``$`` follows.
+    """
+    depth, escaped, in_class = 0, False, False
+    top_level: list[bool] = []
+    for char in pattern:
+        top_level.append(depth == 0 and not in_class)
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            return None
+    labels = [
+        m.group(1).lower()
+        for m in _LABEL_RUN.finditer(pattern)
+        if all(top_level[m.start() : m.end()])
+    ]
+    return max(labels, key=len) if labels else None
 
 
 def _combine(regexes: list[re.Pattern[str]]) -> re.Pattern[str] | None:
     """One regex that matches when any of ``regexes`` does, to skip them all at once."""
-    if not regexes or any(_NOT_COMBINABLE.search(r.pattern) for r in regexes):
+    if not regexes:
         return None
     try:
         return re.compile("|".join(f"(?:{r.pattern})" for r in regexes), re.IGNORECASE)

@@ -51,6 +51,10 @@ def format_path(path: Path) -> str:
     return ".".join(str(part) for part in path)
 
 
+# libyaml's parser when PyYAML has it: the same nodes and marks, several times faster.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _position(node: yaml.Node) -> Position:
     return Position(node.start_mark.line + 1, node.start_mark.column + 1)
 
@@ -99,7 +103,7 @@ def parse_yaml(text: str, file: str) -> tuple[Document, list[Problem]]:
     """Parse ``text``; return the document and the problems found (syntax, duplicates)."""
     doc = Document(file=file, data=None)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)

@@ -26,14 +26,14 @@ MALFORMED = [
     (
         "yaml-syntax",
         "exits:\n  uk: {interface: wg-uk\nrules: []\n",
-        ["s.yaml:3:6: YAML syntax error: while parsing a flow mapping expected ',' or '}', "
-         "but got ':' (the construct began on line 2)"],
+        ["s.yaml:3:6: YAML syntax error: while parsing a flow mapping did not find expected "
+         "',' or '}' (the construct began on line 2)"],
     ),
     (
         "yaml-bad-indent",
         "exits:\n  uk:\n    interface: wg-uk\n   mark: 3\n",
-        ["s.yaml:4:4: YAML syntax error: while parsing a block mapping expected <block end>, "
-         "but found '<block mapping start>' (the construct began on line 2)"],
+        ["s.yaml:4:4: YAML syntax error: while parsing a block mapping did not find expected "
+         "key (the construct began on line 2)"],
     ),
     (
         "unknown-top-key",
