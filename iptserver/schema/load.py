@@ -131,6 +131,10 @@ def _message(error: ErrorDetails) -> str:
         return "is required"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"must be a whole number, not {value!r}"
+    if kind in ("less_than_equal", "greater_than_equal", "less_than", "greater_than"):
+        bound = {"less_than_equal": "at most {le}", "greater_than_equal": "at least {ge}",
+                 "less_than": "less than {lt}", "greater_than": "more than {gt}"}[kind]
+        return f"must be {bound.format(**error.get('ctx', {}))}, not {value!r}"
     if kind == "string_pattern_mismatch":
         return f"{value!r} is not a valid name here (letters, digits, '_', '-', '.')"
     if kind == "list_type":

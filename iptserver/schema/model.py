@@ -59,7 +59,9 @@ class Rule(_Model):
     domains: list[Domain] = Field(default_factory=list)
     countries: list[Country] = Field(default_factory=list)
     nets: list[Network] = Field(default_factory=list)
-    weight: StrictInt = Field(0, description="Higher weight wins before specificity")
+    weight: StrictInt = Field(
+        0, ge=-1_000_000, le=1_000_000, description="Higher weight wins before specificity"
+    )
     hold: Seconds | None = Field(
         None, description="Seconds an IP learned from DNS stays routed (default: ttl.hold)"
     )

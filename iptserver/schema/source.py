@@ -51,6 +51,7 @@ def format_path(path: Path) -> str:
     return ".".join(str(part) for part in path)
 
 
+_PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 # libyaml's parser when PyYAML has it: the same nodes and marks, several times faster.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -64,14 +65,29 @@ class _Builder:
         self.doc = doc
         self.problems: list[Problem] = []
         self._scalars = yaml.SafeLoader("")
+        self._open: set[int] = set()  # collections being built: a cycle of aliases
 
     def build(self, node: yaml.Node, path: Path) -> Any:
         self.doc.values[path] = _position(node)
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalars.construct_object(node, deep=True)
+        if node.tag not in _PLAIN_TAGS:
+            self.problems.append(self._problem(node, path, f"unsupported YAML tag {node.tag}"))
+            return None
+        if id(node) in self._open:
+            self.problems.append(self._problem(node, path, "an alias refers to itself"))
+            return None
+        self._open.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self._scalars.construct_object(node, deep=True)
+        finally:
+            self._open.discard(id(node))
+
+    def _problem(self, node: yaml.Node, path: Path, message: str) -> Problem:
+        where = _position(node)
+        return Problem(self.doc.file, where.line, where.column, format_path(path), message)
 
     def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[Any, Any]:
         result: dict[Any, Any] = {}

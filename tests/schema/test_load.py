@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iptserver.errors import SchemaError
 from iptserver.schema import parse_schema
@@ -229,3 +231,51 @@ def test_native_values_are_typed() -> None:
     assert rule.countries == ["GB"]
     assert [str(n) for n in rule.nets] == ["203.0.113.7/32"]
     assert loaded.rule_lines == (5,)
+
+
+EXAMPLE_TEXT = (EXAMPLES / "uk-ru-us.yaml").read_text()
+LEGACY_TEXT = (EXAMPLES / "legacy" / "ipt-server-settings.yaml").read_text()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.sampled_from([EXAMPLE_TEXT, LEGACY_TEXT]),
+    edits=st.lists(
+        st.tuples(st.floats(0, 1), st.integers(0, 8),
+                  st.text(alphabet=":-[]{}'\"#&*!|>%@`,\n ~=.0123456789abcXYZ\t\\", max_size=6)),
+        min_size=1, max_size=5,
+    ),
+)
+def test_a_damaged_file_is_rejected_cleanly_or_accepted(
+    base: str, edits: list[tuple[float, int, str]]
+) -> None:
+    """Whatever an editor leaves in the file, loading ends in a schema or a SchemaError."""
+    text = base
+    for where, cut, insert in edits:
+        at = int(where * len(text))
+        text = text[:at] + insert + text[at + cut :]
+    try:
+        parse_schema(text, "damaged.yaml")
+    except SchemaError as e:
+        assert e.problems
+        for problem in e.problems:
+            assert str(problem).startswith("damaged.yaml:")
+            assert problem.line >= 1 and problem.column >= 1
+
+
+HOSTILE = [
+    ("self-alias", "exits: &a [*a]\n", "x:1:8: exits.0: an alias refers to itself"),
+    ("python-tag", "exits: !!python/object:os.system {}\n",
+     "x:1:8: exits: unsupported YAML tag tag:yaml.org,2002:python/object:os.system"),
+    ("huge-weight",
+     "exits: {a: {interface: wg0}}\nrules: [{exit: a, weight: 99999999999999999999, nets: [1.1.1.0/24]}]\n",
+     "x:2:27: rules.0.weight: must be at most 1000000, not 99999999999999999999"),
+    ("nul-byte", "\x00\n", "x:1:1: YAML error: unacceptable character #x0000"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+def test_hostile_yaml_is_rejected_with_a_message(text: str, expected: str) -> None:
+    with pytest.raises(SchemaError) as caught:
+        parse_schema(text, "x")
+    assert any(str(p).startswith(expected) for p in caught.value.problems), caught.value
