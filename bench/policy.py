@@ -67,8 +67,26 @@ GOAL_LOAD = 1.0
 # Words of the generated names; the three sets are disjoint so that a "random" name
 # matches a rule only by the semantics of a pattern, not by accident of the generator.
 SUFFIX_WORDS = (
-    "example", "shop", "news", "media", "cloud", "video", "static", "mail", "game", "bank",
-    "travel", "music", "forum", "photo", "store", "tube", "social", "search", "maps", "wiki",
+    "example",
+    "shop",
+    "news",
+    "media",
+    "cloud",
+    "video",
+    "static",
+    "mail",
+    "game",
+    "bank",
+    "travel",
+    "music",
+    "forum",
+    "photo",
+    "store",
+    "tube",
+    "social",
+    "search",
+    "maps",
+    "wiki",
 )
 REGEX_WORDS = ("site", "portal", "stream", "track", "ads", "svc", "edge", "feed", "pay", "chat")
 TLDS = ("com", "net", "org", "io", "ru", "co.uk", "de", "tv", "me", "info")
@@ -154,8 +172,11 @@ def _regex(rng: random.Random, i: int) -> tuple[str, list[str], list[str]]:
     h = _escape(host)
     digit = rng.randrange(100)
     if i < 120:  # the usual legacy form: unanchored, so ".site17.org" anywhere
-        return (rf".*\.{h}", [f"www.{host}", f"a.b.{host}", f"x.{host}ish.com"],
-                [host, f"www.x{host}"])
+        return (
+            rf".*\.{h}",
+            [f"www.{host}", f"a.b.{host}", f"x.{host}ish.com"],
+            [host, f"www.x{host}"],
+        )
     if i < 160:
         return rf".*\.{h}$", [f"www.{host}", f"a.b.{host}"], [host, f"www.{host}.evil.com"]
     if i < 167:
@@ -168,18 +189,30 @@ def _regex(rng: random.Random, i: int) -> tuple[str, list[str], list[str]]:
         return rf"^www\.{h}$", [f"www.{host}"], [f"www.{host}.evil.com", f"a.www.{host}"]
     kind = i % 5  # the genuinely complex ones, screened by one combined regex in the core
     if kind == 0:
-        return (rf"^(www|api)\.{h}$", [f"www.{host}", f"api.{host}"],
-                [f"m.{host}", f"www.{host}.evil.com"])
+        return (
+            rf"^(www|api)\.{h}$",
+            [f"www.{host}", f"api.{host}"],
+            [f"m.{host}", f"www.{host}.evil.com"],
+        )
     if kind == 1:
-        return (rf"cdn[0-9]+\.{h}", [f"cdn{digit}.{host}", f"cdn{digit}.{host}.evil.com"],
-                [f"cdn.{host}", f"x.cdn1.{host}"])
+        return (
+            rf"cdn[0-9]+\.{h}",
+            [f"cdn{digit}.{host}", f"cdn{digit}.{host}.evil.com"],
+            [f"cdn.{host}", f"x.cdn1.{host}"],
+        )
     if kind == 2:
-        return (rf"(img|static)[0-9]*\.{h}$", [f"img{digit}.{host}", f"static.{host}"],
-                [f"video.{host}"])
+        return (
+            rf"(img|static)[0-9]*\.{h}$",
+            [f"img{digit}.{host}", f"static.{host}"],
+            [f"video.{host}"],
+        )
     if kind == 3:
         return rf"[a-z]+-edge\.{h}", [f"fra-edge.{host}"], [f"1-edge.{host}", f"edge.{host}"]
-    return (rf".*\.(eu|us|asia)\.{h}$", [f"x.eu.{host}", f"a.b.asia.{host}"],
-            [f"eu.{host}", f"x.uk.{host}"])
+    return (
+        rf".*\.(eu|us|asia)\.{h}$",
+        [f"x.eu.{host}", f"a.b.asia.{host}"],
+        [f"eu.{host}", f"x.uk.{host}"],
+    )
 
 
 def _regexes(rng: random.Random) -> tuple[list[str], list[str], list[str]]:
@@ -301,12 +334,15 @@ def generate(seed: int) -> Generated:
     # Three countries in three rules; the US rule also lists GB, at the weight of the GB
     # rule, so that GB addresses match two rules alike and the one written first must win.
     gb_weight = rng.choice(WEIGHTS)
-    for rule in (RuleSpec("uk", gb_weight, countries=["GB"]),
-                 RuleSpec("ru", rng.choice(WEIGHTS), countries=["RU"]),
-                 RuleSpec("us", gb_weight, countries=["US", "GB"])):
+    for rule in (
+        RuleSpec("uk", gb_weight, countries=["GB"]),
+        RuleSpec("ru", rng.choice(WEIGHTS), countries=["RU"]),
+        RuleSpec("us", gb_weight, countries=["US", "GB"]),
+    ):
         rules.insert(rng.randrange(len(rules) + 1), rule)
-    return Generated(_yaml(rules), rules, suffix_names, suffix_misses, regex_names,
-                     regex_misses, nets, geo)
+    return Generated(
+        _yaml(rules), rules, suffix_names, suffix_misses, regex_names, regex_misses, nets, geo
+    )
 
 
 def _yaml(rules: list[RuleSpec]) -> str:
@@ -317,8 +353,11 @@ def _yaml(rules: list[RuleSpec]) -> str:
         lines.append(f"  - exit: {rule.exit}")
         if rule.weight:
             lines.append(f"    weight: {rule.weight}")
-        for key, values in (("domains", rule.domains), ("nets", rule.nets),
-                            ("countries", rule.countries)):
+        for key, values in (
+            ("domains", rule.domains),
+            ("nets", rule.nets),
+            ("countries", rule.countries),
+        ):
             if values:
                 lines.append(f"    {key}:")
                 lines += [f"      - '{value}'" for value in values]  # no quote in any value
@@ -346,8 +385,13 @@ class Geo:
 Query = tuple[tuple[str, ...], list[IPAddress]]
 
 
-def _ip(rng: random.Random, v4_nets: Sequence[IPNetwork], v6_nets: Sequence[IPNetwork],
-        v4_geo: Sequence[IPNetwork], v6_geo: Sequence[IPNetwork]) -> str:
+def _ip(
+    rng: random.Random,
+    v4_nets: Sequence[IPNetwork],
+    v6_nets: Sequence[IPNetwork],
+    v4_geo: Sequence[IPNetwork],
+    v6_geo: Sequence[IPNetwork],
+) -> str:
     r = rng.random()
     if r < 0.01:  # private: never diverted, whatever the rules say
         net = rng.choice([n for n in PRIVATE_NETS if n.version == 4 and n.prefixlen <= 16])
@@ -520,17 +564,27 @@ def _report_disagreement(policy: Policy, query: Query, core: Decision, linear: O
     print(f"    core:   {core.reason.value} rule={core.rule} kind={core.kind}")
     print(f"    linear: {linear[0].value} rule={linear[1]}")
     for c in policy.candidates(names, ips[0])[:4]:
-        print(f"    candidate rule={c.rule} {c.kind.value} w={c.weight} spec={c.specificity} "
-              f"{c.detail}")
+        print(
+            f"    candidate rule={c.rule} {c.kind.value} w={c.weight} spec={c.specificity} "
+            f"{c.detail}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
-    parser.add_argument("--queries", type=int, default=100_000,
-                        help="decisions timed through the core (default 100000)")
-    parser.add_argument("--sample", type=int, default=2_000,
-                        help="first queries also run through the linear scan (default 2000)")
+    parser.add_argument(
+        "--queries",
+        type=int,
+        default=100_000,
+        help="decisions timed through the core (default 100000)",
+    )
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=2_000,
+        help="first queries also run through the linear scan (default 2000)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="core runs; best kept (default 3)")
     args = parser.parse_args(argv)
     sample_size = min(args.sample, args.queries)
@@ -550,13 +604,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     kinds = Counter(p.kind for rule in schema.rules for p in rule.domains)
     nets = [net for rule in schema.rules for net in rule.nets]
     countries = [", ".join(rule.countries) for rule in schema.rules if rule.countries]
-    print(f"schema (seed {args.seed}): {len(schema.rules):,} rules, "
-          f"{len(gen.text.splitlines()):,} lines of YAML")
-    print(f"  suffix patterns {kinds[PatternKind.SUBTREE] + kinds[PatternKind.BELOW]:,} "
-          f"(subtree {kinds[PatternKind.SUBTREE]:,}, *. {kinds[PatternKind.BELOW]:,}), "
-          f"regexes {kinds[PatternKind.REGEX]:,}, "
-          f"nets {len(nets):,} (IPv6 {sum(n.version == 6 for n in nets):,}), "
-          f"country rules {len(countries)} ({'; '.join(countries)})")
+    print(
+        f"schema (seed {args.seed}): {len(schema.rules):,} rules, "
+        f"{len(gen.text.splitlines()):,} lines of YAML"
+    )
+    print(
+        f"  suffix patterns {kinds[PatternKind.SUBTREE] + kinds[PatternKind.BELOW]:,} "
+        f"(subtree {kinds[PatternKind.SUBTREE]:,}, *. {kinds[PatternKind.BELOW]:,}), "
+        f"regexes {kinds[PatternKind.REGEX]:,}, "
+        f"nets {len(nets):,} (IPv6 {sum(n.version == 6 for n in nets):,}), "
+        f"country rules {len(countries)} ({'; '.join(countries)})"
+    )
     print(f"  GeoIP table: {len(gen.geo)} networks in {len(GEO_COUNTRIES)} countries")
     cnames = sum(len(names) > 1 for names, _ in queries)
     v6 = sum(ips[0].version == 6 for _, ips in queries)
@@ -573,14 +631,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = load_s + compile_s
     print(f"load (parse_schema)   {load_s:8.3f} s")
     print(f"compile (Policy)      {compile_s:8.3f} s")
-    print(f"load + compile        {total:8.3f} s   goal < {GOAL_LOAD:g} s: "
-          f"{_goal(total < GOAL_LOAD)}")
+    print(
+        f"load + compile        {total:8.3f} s   goal < {GOAL_LOAD:g} s: {_goal(total < GOAL_LOAD)}"
+    )
 
     core_s = time_core(policy, queries, args.repeat)
     core_rate = len(queries) / core_s
-    print(f"core                  {core_rate:12,.0f} decisions/s ({len(queries):,} in "
-          f"{core_s:.3f} s, best of {args.repeat})   goal >= {GOAL_RATE:,.0f}/s: "
-          f"{_goal(core_rate >= GOAL_RATE)}")
+    print(
+        f"core                  {core_rate:12,.0f} decisions/s ({len(queries):,} in "
+        f"{core_s:.3f} s, best of {args.repeat})   goal >= {GOAL_RATE:,.0f}/s: "
+        f"{_goal(core_rate >= GOAL_RATE)}"
+    )
 
     sample = queries[:sample_size]
     linear = LinearScan(schema, geo)
@@ -594,11 +655,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     linear_rate = len(sample) / linear_s
     sample_core_rate = len(sample) / time_core(policy, sample, args.repeat)
     ratio = core_rate / linear_rate
-    print(f"linear scan           {linear_rate:12,.1f} decisions/s ({len(sample):,} in "
-          f"{linear_s:.3f} s)")
+    print(
+        f"linear scan           {linear_rate:12,.1f} decisions/s ({len(sample):,} in "
+        f"{linear_s:.3f} s)"
+    )
     print(f"core on that sample   {sample_core_rate:12,.0f} decisions/s")
-    print(f"ratio core / linear   {ratio:12,.1f}x   goal >= {GOAL_RATIO:g}x: "
-          f"{_goal(ratio >= GOAL_RATIO)}")
+    print(
+        f"ratio core / linear   {ratio:12,.1f}x   goal >= {GOAL_RATIO:g}x: "
+        f"{_goal(ratio >= GOAL_RATIO)}"
+    )
 
     disagreements = 0
     for query, expected in zip(sample, linear_out, strict=True):
@@ -608,8 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if disagreements <= 10:
                 _report_disagreement(policy, query, got, expected)
     print()
-    print(f"check on the sample: {len(sample) - disagreements:,} agree, "
-          f"{disagreements:,} disagree")
+    print(f"check on the sample: {len(sample) - disagreements:,} agree, {disagreements:,} disagree")
     return 1 if disagreements else 0
 
 

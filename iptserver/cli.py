@@ -39,8 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="iptserver", description="DNS-driven policy router for a WireGuard VPN entrypoint"
     )
     parser.add_argument("--version", action="version", version=f"iptserver {__version__}")
-    parser.add_argument("--log-level", default="warning",
-                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = sub.add_parser("check", help="validate routing schemas (native or MRVPN2)")
@@ -49,10 +50,15 @@ def _parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="which exit a name or IP takes, and why")
     explain.add_argument("schema", metavar="SCHEMA", type=Path)
-    explain.add_argument("queries", nargs="+", metavar="QUERY",
-                         help="NAME, IP, or NAME[,CNAME...]=IP")
-    explain.add_argument("--geoip", metavar="MMDB", type=Path,
-                         help=f"country database (default: {DEFAULT_DATABASE} if present)")
+    explain.add_argument(
+        "queries", nargs="+", metavar="QUERY", help="NAME, IP, or NAME[,CNAME...]=IP"
+    )
+    explain.add_argument(
+        "--geoip",
+        metavar="MMDB",
+        type=Path,
+        help=f"country database (default: {DEFAULT_DATABASE} if present)",
+    )
     explain.add_argument("--json", action="store_true", help="print a JSON list")
     explain.set_defaults(handler=_explain)
 
@@ -125,8 +131,11 @@ def _explain(args: argparse.Namespace) -> int:
         return 2
     geo = _open_geoip(args.geoip)
     if geo is None and any(rule.countries for rule in loaded.schema.rules):
-        print(f"iptserver explain: no GeoIP database ({DEFAULT_DATABASE} is missing; "
-              "pass --geoip): country rules are not evaluated", file=sys.stderr)
+        print(
+            f"iptserver explain: no GeoIP database ({DEFAULT_DATABASE} is missing; "
+            "pass --geoip): country rules are not evaluated",
+            file=sys.stderr,
+        )
     policy = Policy(loaded.schema, geo)
     results = [explain(loaded, policy, q, geo) for q in queries]
     if args.json:

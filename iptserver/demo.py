@@ -37,8 +37,10 @@ QUERIES = (
 
 def run(schema_path: Path = EXAMPLE) -> int:
     loaded = load_schema(schema_path)
-    print(f"schema {schema_path}: valid ({len(loaded.schema.exits)} exits, "
-          f"{len(loaded.schema.rules)} rules)")
+    print(
+        f"schema {schema_path}: valid ({len(loaded.schema.exits)} exits, "
+        f"{len(loaded.schema.rules)} rules)"
+    )
     with tempfile.TemporaryDirectory(prefix="iptserver-demo-") as tmp:
         db = Path(tmp) / "lab-country.mmdb"
         write_country_db(db, LAB_COUNTRIES, "iptserver lab (documentation ranges)")
@@ -47,26 +49,40 @@ def run(schema_path: Path = EXAMPLE) -> int:
         rows = [("query", "exit", "interface", "rule", "because")]
         for text in QUERIES:
             result = explain(loaded, policy, parse_query(text), geo)
-            rule = f"#{result['rule']} (line {result['line']})" if result["rule"] is not None else "-"
-            rows.append((text, result["exit"] or "main table", result["interface"] or "-",
-                         rule, _because(result)))
+            rule = (
+                f"#{result['rule']} (line {result['line']})" if result["rule"] is not None else "-"
+            )
+            rows.append(
+                (
+                    text,
+                    result["exit"] or "main table",
+                    result["interface"] or "-",
+                    rule,
+                    _because(result),
+                )
+            )
         geo.close()
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for n, row in enumerate(rows):
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
         if n == 0:
             print("  ".join("-" * w for w in widths) + "  " + "-" * 3)
-    print("\nExplain any query yourself, on the same lab GeoIP data:\n"
-          "  iptserver geoip lab lab.mmdb\n"
-          f"  iptserver explain {schema_path} mail.ru=198.51.100.200 --geoip lab.mmdb")
+    print(
+        "\nExplain any query yourself, on the same lab GeoIP data:\n"
+        "  iptserver geoip lab lab.mmdb\n"
+        f"  iptserver explain {schema_path} mail.ru=198.51.100.200 --geoip lab.mmdb"
+    )
     return 0
 
 
 def _because(result: dict[str, Any]) -> str:
     match = result["match"]
     if match is None:
-        return {"default": "no rule matches: default exit", "main": "no rule matches",
-                "private": "private or mesh: never diverted"}[result["reason"]]
+        return {
+            "default": "no rule matches: default exit",
+            "main": "no rule matches",
+            "private": "private or mesh: never diverted",
+        }[result["reason"]]
     what = f"{match['kind']} {match['detail']}"
     if match["name"]:
         what += f" matched {match['name']}"

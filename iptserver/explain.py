@@ -48,8 +48,9 @@ def parse_query(text: str) -> Query:
     return Query(text, names, None)
 
 
-def explain(loaded: Loaded, policy: Policy, query: Query,
-            geo: GeoIPDatabase | None = None) -> dict[str, Any]:
+def explain(
+    loaded: Loaded, policy: Policy, query: Query, geo: GeoIPDatabase | None = None
+) -> dict[str, Any]:
     if query.ip is None:
         decision = policy.decide_name(query.names)
     elif query.names:
@@ -134,5 +135,7 @@ def _describe(c: dict[str, Any], ip: str | None) -> str:
     specificity = "host route" if c["kind"] == "domain" else f"/{c['specificity']}"
     if c["kind"] == "domain" and ip is not None:
         specificity += f" /{c['specificity']}"
-    return (f"rule {c['rule']} (line {c['line']}, exit {c['exit']}): {what}; "
-            f"weight {c['weight']}, {specificity}")
+    return (
+        f"rule {c['rule']} (line {c['line']}, exit {c['exit']}): {what}; "
+        f"weight {c['weight']}, {specificity}"
+    )

@@ -20,9 +20,20 @@ from iptserver.schema.values import DomainPattern, IPAddress, PatternKind
 NEVER_DIVERTED = [
     ipaddress.ip_network(n)
     for n in (
-        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-        "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
-        "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8",
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::/128",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+        "ff00::/8",
     )
 ]
 
@@ -56,8 +67,9 @@ def reference_decision(
     schema: Schema, names: list[str], ip: IPAddress | None, geo: ReferenceGeo | None
 ) -> tuple[str | None, int | None]:
     """(exit, rule index) for one destination; rule None for default/main/private."""
-    if ip is not None and any(ip in net for net in [*NEVER_DIVERTED, *schema.mesh]
-                              if net.version == ip.version):
+    if ip is not None and any(
+        ip in net for net in [*NEVER_DIVERTED, *schema.mesh] if net.version == ip.version
+    ):
         return None, None
     host = ip.max_prefixlen if ip is not None else 128
     located = geo.country(ip) if geo is not None and ip is not None else None
@@ -67,8 +79,9 @@ def reference_decision(
         if any(name_matches(p, n) for p in rule.domains for n in names):
             specificities.append(host)
         if ip is not None:
-            specificities += [net.prefixlen for net in rule.nets
-                              if net.version == ip.version and ip in net]
+            specificities += [
+                net.prefixlen for net in rule.nets if net.version == ip.version and ip in net
+            ]
             if located is not None and located[0] in rule.countries:
                 specificities.append(located[1])
         for specificity in specificities:

@@ -12,8 +12,14 @@ from tests.conftest import EXAMPLES, REPO
 
 
 def iptserver(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "iptserver", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "iptserver", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_check_accepts_every_example() -> None:
@@ -62,8 +68,16 @@ def test_check_of_unreadable_files_is_an_error_not_a_traceback(tmp_path: Path) -
 
 
 def test_explain_json_contract(lab_mmdb: Path) -> None:
-    result = iptserver("explain", str(EXAMPLES / "uk-ru-us.yaml"), "mail.ru=198.51.100.200",
-                       "198.51.100.150", "10.77.0.9", "--geoip", str(lab_mmdb), "--json")
+    result = iptserver(
+        "explain",
+        str(EXAMPLES / "uk-ru-us.yaml"),
+        "mail.ru=198.51.100.200",
+        "198.51.100.150",
+        "10.77.0.9",
+        "--geoip",
+        str(lab_mmdb),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     answers = json.loads(result.stdout)
     assert [(a["query"], a["exit"], a["interface"], a["rule"]) for a in answers] == [
@@ -76,9 +90,20 @@ def test_explain_json_contract(lab_mmdb: Path) -> None:
 def test_explain_without_geoip_says_country_rules_are_not_evaluated(tmp_path: Path) -> None:
     env = {**os.environ, "IPTSERVER_GEOIP": str(tmp_path / "none.mmdb")}
     result = subprocess.run(
-        [sys.executable, "-m", "iptserver", "explain", str(EXAMPLES / "uk-ru-us.yaml"),
-         "198.51.100.10", "--json"],
-        capture_output=True, text=True, env=env, check=False, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "iptserver",
+            "explain",
+            str(EXAMPLES / "uk-ru-us.yaml"),
+            "198.51.100.10",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
     )
     assert result.returncode == 0
     assert "country rules are not evaluated" in result.stderr
@@ -88,8 +113,11 @@ def test_explain_without_geoip_says_country_rules_are_not_evaluated(tmp_path: Pa
 def test_demo_shows_each_query_with_its_exit() -> None:
     result = iptserver("demo")
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[0]: line.split()[1:3] for line in result.stdout.splitlines()
-            if "=" in line.split(" ")[0] or line[:1].isdigit()}
+    rows = {
+        line.split()[0]: line.split()[1:3]
+        for line in result.stdout.splitlines()
+        if "=" in line.split(" ")[0] or line[:1].isdigit()
+    }
     assert rows["mail.ru=198.51.100.200"] == ["ru", "wg-ru"]
     assert rows["198.51.100.10"] == ["uk", "wg-uk"]
     assert rows["updates.example.org=198.51.100.10"] == ["direct", "_DEFAULT"]

@@ -37,9 +37,21 @@ def run_explain(*args: str) -> list[dict[str, Any]]:
 
 names = st.lists(st.sampled_from(LABELS), min_size=1, max_size=3).map(".".join)
 TEMPLATES = [
-    "{n}", ".{n}", "*.{n}", "={n}",
-    "~.*\\.{e}", "~.*\\.{e}$", "~(.*\\.)?{e}$", "~{e}$", "~{e}", "~.*{e}", "~.*{e}$",
-    "~^{e}\\.?$", "~^(mail|cdn1)\\.{e}$", "~[a-z]+\\.{e}", "~.*\\.{n}",
+    "{n}",
+    ".{n}",
+    "*.{n}",
+    "={n}",
+    "~.*\\.{e}",
+    "~.*\\.{e}$",
+    "~(.*\\.)?{e}$",
+    "~{e}$",
+    "~{e}",
+    "~.*{e}",
+    "~.*{e}$",
+    "~^{e}\\.?$",
+    "~^(mail|cdn1)\\.{e}$",
+    "~[a-z]+\\.{e}",
+    "~.*\\.{n}",
 ]
 BASES = ["198.51.100.64", "203.0.113.0", "10.1.0.0", "2001:db8:7::"]
 
@@ -60,8 +72,9 @@ def rules(draw: st.DrawFn) -> dict[str, Any]:
     if "domains" in kinds:
         rule["domains"] = [
             template.format(n=name, e=re.escape(name))
-            for template, name in draw(st.lists(
-                st.tuples(st.sampled_from(TEMPLATES), names), min_size=1, max_size=3))
+            for template, name in draw(
+                st.lists(st.tuples(st.sampled_from(TEMPLATES), names), min_size=1, max_size=3)
+            )
         ]
     if "countries" in kinds:
         rule["countries"] = draw(st.lists(st.sampled_from(COUNTRIES), min_size=1, max_size=2))
@@ -105,8 +118,12 @@ def queries(draw: st.DrawFn, schema: dict[str, Any]) -> str:
     chain = [draw(st.sampled_from([n, n.upper(), n + ".", n.capitalize()])) for n in chain]
     net = ipaddress.ip_network(draw(st.sampled_from(mentioned_nets)))
     inside = str(net.network_address + draw(st.integers(0, min(net.num_addresses - 1, 3))))
-    address = draw(st.one_of(st.just(inside), st.sampled_from(
-        [*BASES, "198.51.100.1", "2001:db8:44::1", "192.0.2.1"])))
+    address = draw(
+        st.one_of(
+            st.just(inside),
+            st.sampled_from([*BASES, "198.51.100.1", "2001:db8:44::1", "192.0.2.1"]),
+        )
+    )
     if not chain:
         return address
     if draw(st.integers(0, 4)) == 0:
@@ -162,8 +179,9 @@ EXPLAINED = [
 ]
 
 
-@pytest.mark.parametrize(("query", "exit_", "interface", "rule"), EXPLAINED,
-                         ids=[q for q, *_ in EXPLAINED])
+@pytest.mark.parametrize(
+    ("query", "exit_", "interface", "rule"), EXPLAINED, ids=[q for q, *_ in EXPLAINED]
+)
 def test_explain_json_on_the_example(
     query: str, exit_: str | None, interface: str | None, rule: int | None, lab_mmdb: Path
 ) -> None:
@@ -174,8 +192,15 @@ def test_explain_json_on_the_example(
 def test_explain_text_names_the_winner_its_line_and_the_rules_it_beat(lab_mmdb: Path) -> None:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        main(["explain", str(EXAMPLES / "uk-ru-us.yaml"), "www.bbc.co.uk=198.51.100.70",
-              "--geoip", str(lab_mmdb)])
+        main(
+            [
+                "explain",
+                str(EXAMPLES / "uk-ru-us.yaml"),
+                "www.bbc.co.uk=198.51.100.70",
+                "--geoip",
+                str(lab_mmdb),
+            ]
+        )
     text = out.getvalue()
     assert "exit uk (interface wg-uk)" in text
     assert "rule 1 (line 29, exit uk): domain co.uk matched www.bbc.co.uk" in text

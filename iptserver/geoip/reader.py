@@ -30,8 +30,10 @@ def _country_of(record: Any) -> str | None:
         return None
     for key in ("country", "registered_country"):
         section = record.get(key)
-        if isinstance(section, dict) and isinstance(section.get("iso_code"), str):
-            return section["iso_code"]
+        if isinstance(section, dict):
+            iso_code = section.get("iso_code")
+            if isinstance(iso_code, str):
+                return iso_code
     code = record.get("country_code")
     return code if isinstance(code, str) else None
 
@@ -88,9 +90,10 @@ class GeoIPDatabase:
                 return None
             return found[0], ipaddress.ip_network((ip, found[1]), strict=False)
         code = response.country.iso_code or response.registered_country.iso_code
-        if code is None:
+        network = response.traits.network
+        if code is None or network is None:
             return None
-        return code, response.traits.network
+        return code, network
 
     def networks(self, country: str) -> Iterator[IPNetwork]:
         """Every network the database places in ``country``.

@@ -29,9 +29,20 @@ from iptserver.schema.values import IPAddress, IPNetwork, normalize_name
 PRIVATE_NETS: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(n)
     for n in (
-        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-        "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
-        "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8",
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::/128",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+        "ff00::/8",
     )
 )
 
@@ -208,8 +219,16 @@ class Policy:
         host = ip.max_prefixlen if ip is not None else 128
         for name in names:
             for hit in self._domains.match(normalize_name(name)):
-                offer(Candidate(hit.rule, MatchKind.DOMAIN, self._weights[hit.rule], host,
-                                hit.pattern.text, normalize_name(name)))
+                offer(
+                    Candidate(
+                        hit.rule,
+                        MatchKind.DOMAIN,
+                        self._weights[hit.rule],
+                        host,
+                        hit.pattern.text,
+                        normalize_name(name),
+                    )
+                )
         if ip is not None:
             geo = self.geo.lookup(ip) if self.geo is not None else None
             for i, rule in enumerate(self.schema.rules):
@@ -218,8 +237,11 @@ class Policy:
                         offer(Candidate(i, MatchKind.NET, rule.weight, net.prefixlen, str(net)))
                 if geo is not None and geo[0] in rule.countries:
                     network = ipaddress.ip_network((ip, geo[1]), strict=False)
-                    offer(Candidate(i, MatchKind.COUNTRY, rule.weight, geo[1],
-                                    f"{geo[0]} ({network})"))
+                    offer(
+                        Candidate(
+                            i, MatchKind.COUNTRY, rule.weight, geo[1], f"{geo[0]} ({network})"
+                        )
+                    )
         return sorted(found.values(), key=lambda c: c.key, reverse=True)
 
     def is_private(self, ip: IPAddress) -> bool:

@@ -179,8 +179,9 @@ class DomainMatcher:
             for label in labels[1:]:
                 found += _label_affixes(label, self._later_label_prefix, self._later_lengths)
         if self._last_lengths:
-            found += _label_affixes(labels[-1], self._last_label_suffix, self._last_lengths,
-                                    suffix=True)
+            found += _label_affixes(
+                labels[-1], self._last_label_suffix, self._last_lengths, suffix=True
+            )
         for test, hit in self._unindexed:
             if test(name):
                 found.append(hit)
@@ -190,8 +191,9 @@ class DomainMatcher:
         return list(dict.fromkeys(found)) if len(found) > 1 else found
 
 
-def _label_affixes(label: str, table: dict[str, Hits], lengths: list[int],
-                   suffix: bool = False) -> Hits:
+def _label_affixes(
+    label: str, table: dict[str, Hits], lengths: list[int], suffix: bool = False
+) -> Hits:
     found: Hits = []
     for length in lengths:
         if length > len(label):

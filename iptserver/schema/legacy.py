@@ -58,8 +58,14 @@ class Translation:
 
 
 _SETTINGS_KEYS = {
-    "routes", "interfaces", "pbr_mark", "table", "domain_route_ttl",
-    "ws_port", "db", "clean_conntrack",
+    "routes",
+    "interfaces",
+    "pbr_mark",
+    "table",
+    "domain_route_ttl",
+    "ws_port",
+    "db",
+    "clean_conntrack",
 }
 _SETTINGS_IGNORED = {"ws_port", "db", "clean_conntrack"}
 _SETTINGS_ROUTE_KEYS = {"country", "domain", "net", "interface", "weight", "metric", "route_ttl"}
@@ -82,11 +88,11 @@ class _Translator:
     def note(self, path: Path, message: str) -> None:
         self.out.notes.append(self.doc.problem(path, message, key=True))
 
-    def set(self, native: Path, value: Any, legacy: Path) -> None:
+    def put(self, native: tuple[str, ...], value: Any, legacy: Path) -> None:
         target = self.out.data
         for part in native[:-1]:
-            target = target.setdefault(part, {})  # type: ignore[assignment]
-        target[native[-1]] = value  # type: ignore[index]
+            target = target.setdefault(part, {})
+        target[native[-1]] = value
         self.out.origin[native] = legacy
 
     def unknown_keys(self, mapping: dict[Any, Any], known: set[str], path: Path) -> None:
@@ -115,7 +121,7 @@ class _Translator:
         }
         for legacy_key, native in simple.items():
             if legacy_key in section:
-                self.set(native, section[legacy_key], (*base, legacy_key))
+                self.put(native, section[legacy_key], (*base, legacy_key))
 
     def exits_and_rules(self, routes: Any, base: Path, route_keys: set[str]) -> None:
         path = (*base, "routes")
@@ -145,24 +151,30 @@ class _Translator:
                 if isinstance(interface, str) and interface not in exits:
                     exits[interface] = {"interface": interface}
                     self.out.origin[("exits", interface)] = (*item_path, "interface")
-                    self.out.origin[("exits", interface, "interface")] = (
-                        *item_path, "interface")
+                    self.out.origin[("exits", interface, "interface")] = (*item_path, "interface")
             for legacy_key, native_key in (("weight", "weight"), ("route_ttl", "hold")):
                 if legacy_key in item:
                     rule[native_key] = item[legacy_key]
                     self.out.origin[(*rule_path, native_key)] = (*item_path, legacy_key)
             if "metric" in item:
-                self.note((*item_path, "metric"), "metric is not used: each exit has its own "
-                          "routing table, and weight decides between rules")
+                self.note(
+                    (*item_path, "metric"),
+                    "metric is not used: each exit has its own "
+                    "routing table, and weight decides between rules",
+                )
             self.matchers(item, item_path, rule, rule_path)
             rules.append(rule)
 
-    def matchers(self, item: dict[str, Any], item_path: Path, rule: dict[str, Any],
-                 rule_path: Path) -> None:
+    def matchers(
+        self, item: dict[str, Any], item_path: Path, rule: dict[str, Any], rule_path: Path
+    ) -> None:
         sources = {
-            "domain": "domains", "domains": "domains",
-            "country": "countries", "geo": "countries",
-            "net": "nets", "static": "nets",
+            "domain": "domains",
+            "domains": "domains",
+            "country": "countries",
+            "geo": "countries",
+            "net": "nets",
+            "static": "nets",
         }
         for legacy_key, native_key in sources.items():
             if legacy_key not in item:
@@ -201,8 +213,10 @@ def translate(doc: Document, fmt: Format) -> Translation:
         t.unknown_keys(data, {"routing"} | _MRVPN2_OTHER, ())
         routing = data.get("routing")
         if not isinstance(routing, dict):
-            t.problem(("routing",), "routing must be a mapping with routes, interfaces, "
-                      "pbr_mark and table")
+            t.problem(
+                ("routing",),
+                "routing must be a mapping with routes, interfaces, pbr_mark and table",
+            )
             return t.out
         t.unknown_keys(routing, _ROUTING_KEYS, ("routing",))
         t.exits_and_rules(routing.get("routes"), ("routing",), _ROUTING_ROUTE_KEYS)

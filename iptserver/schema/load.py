@@ -49,9 +49,18 @@ def parse_schema(text: str, file: str = "<schema>") -> Loaded:
         raise SchemaError([*problems, doc.problem((), "the top level must be a mapping")])
     fmt = detect_format(doc.data)
     if fmt is None:
-        raise SchemaError([*problems, doc.problem((), (
-            "cannot tell the format: expected 'exits' and 'rules' (native), 'routes' "
-            "(ipt-server settings.yaml) or 'routing' (MRVPN2 schema)"))])
+        raise SchemaError(
+            [
+                *problems,
+                doc.problem(
+                    (),
+                    (
+                        "cannot tell the format: expected 'exits' and 'rules' (native), 'routes' "
+                        "(ipt-server settings.yaml) or 'routing' (MRVPN2 schema)"
+                    ),
+                ),
+            ]
+        )
     if fmt is Format.NATIVE:
         translation = Translation(data=doc.data)
     else:
@@ -82,8 +91,12 @@ def _cross_check(doc: Document, t: Translation) -> list[Problem]:
             close = get_close_matches(value, sorted(names), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             defined = ", ".join(sorted(names)) or "none"
-            problems.append(doc.problem(t.legacy_path(path), (
-                f"exit {value!r} is not defined (defined: {defined}){hint}")))
+            problems.append(
+                doc.problem(
+                    t.legacy_path(path),
+                    (f"exit {value!r} is not defined (defined: {defined}){hint}"),
+                )
+            )
 
     if "default" in t.data:
         check_ref(("default",), t.data["default"])
@@ -100,8 +113,12 @@ def _cross_check(doc: Document, t: Translation) -> list[Problem]:
                 if value is None:
                     continue
                 if value in seen:
-                    problems.append(doc.problem(t.legacy_path(("exits", name, attribute)), (
-                        f"{attribute} {value} is already used by exit {seen[value]!r}")))
+                    problems.append(
+                        doc.problem(
+                            t.legacy_path(("exits", name, attribute)),
+                            (f"{attribute} {value} is already used by exit {seen[value]!r}"),
+                        )
+                    )
                 seen.setdefault(value, name)
     return problems
 
@@ -132,8 +149,12 @@ def _message(error: ErrorDetails) -> str:
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"must be a whole number, not {value!r}"
     if kind in ("less_than_equal", "greater_than_equal", "less_than", "greater_than"):
-        bound = {"less_than_equal": "at most {le}", "greater_than_equal": "at least {ge}",
-                 "less_than": "less than {lt}", "greater_than": "more than {gt}"}[kind]
+        bound = {
+            "less_than_equal": "at most {le}",
+            "greater_than_equal": "at least {ge}",
+            "less_than": "less than {lt}",
+            "greater_than": "more than {gt}",
+        }[kind]
         return f"must be {bound.format(**error.get('ctx', {}))}, not {value!r}"
     if kind == "string_pattern_mismatch":
         return f"{value!r} is not a valid name here (letters, digits, '_', '-', '.')"

@@ -95,8 +95,13 @@ class _Builder:
             if not isinstance(key_node, yaml.ScalarNode):
                 where = _position(key_node)
                 self.problems.append(
-                    Problem(self.doc.file, where.line, where.column, format_path(path),
-                            "a key must be a plain value, not a list or mapping")
+                    Problem(
+                        self.doc.file,
+                        where.line,
+                        where.column,
+                        format_path(path),
+                        "a key must be a plain value, not a list or mapping",
+                    )
                 )
                 continue
             key = self._scalars.construct_object(key_node)
@@ -106,8 +111,13 @@ class _Builder:
                 where = _position(key_node)
                 first = self.doc.keys[(*path, key)]
                 self.problems.append(
-                    Problem(self.doc.file, where.line, where.column, format_path((*path, key)),
-                            f"duplicate key {key!r} (first written on line {first.line})")
+                    Problem(
+                        self.doc.file,
+                        where.line,
+                        where.column,
+                        format_path((*path, key)),
+                        f"duplicate key {key!r} (first written on line {first.line})",
+                    )
                 )
                 continue
             self.doc.keys[(*path, key)] = _position(key_node)

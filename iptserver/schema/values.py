@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import PlainValidator, PlainSerializer, WithJsonSchema
+from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
 from iptserver.schema.countries import COMMON_MISTAKES, COUNTRY_CODES
 
@@ -160,8 +160,13 @@ Domain = Annotated[
 Country = Annotated[
     str,
     PlainValidator(parse_country),
-    WithJsonSchema({"type": "string", "pattern": "^[A-Za-z]{2}$",
-                    "description": "ISO 3166-1 alpha-2 country code"}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": "^[A-Za-z]{2}$",
+            "description": "ISO 3166-1 alpha-2 country code",
+        }
+    ),
 ]
 Network = Annotated[
     IPNetwork,

@@ -41,19 +41,23 @@ def test_unplaced_addresses_have_no_country(lab_geoip: GeoIPDatabase, ip: str) -
 def test_networks_of_a_country_are_listed_from_the_database(
     lab_geoip: GeoIPDatabase, country: str
 ) -> None:
-    assert sorted(map(str, lab_geoip.networks(country))) == sorted(
-        map(str, LAB_COUNTRIES[country])
-    )
+    assert sorted(map(str, lab_geoip.networks(country))) == sorted(map(str, LAB_COUNTRIES[country]))
 
 
 def test_unplaced_ranges_are_in_no_country(lab_geoip: GeoIPDatabase) -> None:
     listed = {net for country in LAB_COUNTRIES for net in lab_geoip.networks(country)}
-    assert not any(net.overlaps(unplaced) for net in listed for unplaced in LAB_UNPLACED
-                   if net.version == unplaced.version)
+    assert not any(
+        net.overlaps(unplaced)
+        for net in listed
+        for unplaced in LAB_UNPLACED
+        if net.version == unplaced.version
+    )
 
 
 def test_missing_database_says_how_to_get_one(tmp_path: Path) -> None:
-    with pytest.raises(GeoIPError, match="does not exist; install one with 'iptserver geoip update'"):
+    with pytest.raises(
+        GeoIPError, match="does not exist; install one with 'iptserver geoip update'"
+    ):
         GeoIPDatabase(tmp_path / "nope.mmdb")
 
 
@@ -81,7 +85,9 @@ def production() -> GeoIPDatabase:
     return GeoIPDatabase(DEFAULT_DATABASE)
 
 
-@pytest.mark.parametrize(("ip", "country"), PRODUCTION_LOOKUPS, ids=[c[0] for c in PRODUCTION_LOOKUPS])
+@pytest.mark.parametrize(
+    ("ip", "country"), PRODUCTION_LOOKUPS, ids=[c[0] for c in PRODUCTION_LOOKUPS]
+)
 def test_production_database_places_well_known_addresses(
     production: GeoIPDatabase, ip: str, country: str
 ) -> None:

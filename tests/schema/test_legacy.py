@@ -28,11 +28,20 @@ def test_ipt_server_settings_are_read_as_written() -> None:
     assert loaded.format is Format.IPT_SERVER
     # An exit named only by an interface is an exit of that name.
     assert {name: e.interface for name, e in schema.exits.items()} == {
-        "wg-ru": "wg-ru", "wg-uk": "wg-uk", "wg-us": "wg-us", "_DEFAULT": "_DEFAULT"
+        "wg-ru": "wg-ru",
+        "wg-uk": "wg-uk",
+        "wg-us": "wg-us",
+        "_DEFAULT": "_DEFAULT",
     }
     assert schema.exits["_DEFAULT"].route is Route.HOST_GATEWAY
-    assert [r.exit for r in schema.rules] == ["wg-ru", "wg-ru", "wg-uk", "wg-us", "_DEFAULT",
-                                             "wg-uk"]
+    assert [r.exit for r in schema.rules] == [
+        "wg-ru",
+        "wg-ru",
+        "wg-uk",
+        "wg-us",
+        "_DEFAULT",
+        "wg-uk",
+    ]
     assert [r.weight for r in schema.rules] == [10, 0, 0, 5, 50, 0]
     assert [p.text for p in schema.rules[1].domains] == ["~.*\\.ru", "~.*\\.su"]
     assert schema.rules[1].hold == 600
@@ -74,11 +83,17 @@ LEGACY_DECISIONS = [
 ]
 
 
-@pytest.mark.parametrize(("path", "names", "ip", "exit_", "rule"), LEGACY_DECISIONS,
-                         ids=[f"{p.stem}-{','.join(n) or '-'}-{ip}"
-                              for p, n, ip, *_ in LEGACY_DECISIONS])
+@pytest.mark.parametrize(
+    ("path", "names", "ip", "exit_", "rule"),
+    LEGACY_DECISIONS,
+    ids=[f"{p.stem}-{','.join(n) or '-'}-{ip}" for p, n, ip, *_ in LEGACY_DECISIONS],
+)
 def test_legacy_schema_decisions(
-    path: Path, names: list[str], ip: str, exit_: str | None, rule: int | None,
+    path: Path,
+    names: list[str],
+    ip: str,
+    exit_: str | None,
+    rule: int | None,
     lab_geoip: GeoIPDatabase,
 ) -> None:
     policy = Policy(load_schema(path).schema, lab_geoip)
@@ -97,8 +112,10 @@ def test_convert_keeps_every_decision(path: Path, lab_geoip: GeoIPDatabase) -> N
     after = Policy(converted.schema, lab_geoip)
     names = [[], ["mail.ru"], ["x.rumble.com"], ["news.co.uk"], ["a.b.su"], ["example.com"]]
     ips = [ipaddress.ip_address(f"198.51.100.{i}") for i in range(0, 256, 5)]
-    ips += [ipaddress.ip_address(a) for a in ("203.0.113.9", "203.0.113.77", "2001:db8:7::1",
-                                              "10.1.1.1")]
+    ips += [
+        ipaddress.ip_address(a)
+        for a in ("203.0.113.9", "203.0.113.77", "2001:db8:7::1", "10.1.1.1")
+    ]
     for chain in names:
         assert before.decide(chain, ips) == after.decide(chain, ips), chain
 
@@ -113,5 +130,8 @@ def test_converted_file_says_where_it_came_from() -> None:
 def test_a_legacy_domain_rule_is_a_domain_match() -> None:
     schema = parse_schema("routes:\n  - domain: '.*\\.am'\n    interface: eth1\n").schema
     [decision] = Policy(schema).decide(["shop.am"], [ipaddress.ip_address("192.0.2.1")])
-    assert (decision.reason, decision.kind, decision.exit) == (Reason.RULE, MatchKind.DOMAIN,
-                                                               "eth1")
+    assert (decision.reason, decision.kind, decision.exit) == (
+        Reason.RULE,
+        MatchKind.DOMAIN,
+        "eth1",
+    )

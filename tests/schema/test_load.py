@@ -28,14 +28,18 @@ MALFORMED = [
     (
         "yaml-syntax",
         "exits:\n  uk: {interface: wg-uk\nrules: []\n",
-        ["s.yaml:3:6: YAML syntax error: while parsing a flow mapping did not find expected "
-         "',' or '}' (the construct began on line 2)"],
+        [
+            "s.yaml:3:6: YAML syntax error: while parsing a flow mapping did not find expected "
+            "',' or '}' (the construct began on line 2)"
+        ],
     ),
     (
         "yaml-bad-indent",
         "exits:\n  uk:\n    interface: wg-uk\n   mark: 3\n",
-        ["s.yaml:4:4: YAML syntax error: while parsing a block mapping did not find expected "
-         "key (the construct began on line 2)"],
+        [
+            "s.yaml:4:4: YAML syntax error: while parsing a block mapping did not find expected "
+            "key (the construct began on line 2)"
+        ],
     ),
     (
         "unknown-top-key",
@@ -50,38 +54,50 @@ MALFORMED = [
     (
         "unknown-exit-key",
         "exits:\n  uk: {interfac: wg-uk}\n",
-        ["s.yaml:2:7: exits.uk.interface: is required",
-         "s.yaml:2:8: exits.uk.interfac: unknown key 'interfac'; did you mean 'interface'?"],
+        [
+            "s.yaml:2:7: exits.uk.interface: is required",
+            "s.yaml:2:8: exits.uk.interfac: unknown key 'interfac'; did you mean 'interface'?",
+        ],
     ),
     (
         "prefix-too-long",
         HEAD + "  - exit: uk\n    nets: [10.0.0.0/33]\n",
-        ["s.yaml:6:12: rules.0.nets.0: '10.0.0.0/33' is not a network: "
-         "prefix length must be 0-32 for IPv4"],
+        [
+            "s.yaml:6:12: rules.0.nets.0: '10.0.0.0/33' is not a network: "
+            "prefix length must be 0-32 for IPv4"
+        ],
     ),
     (
         "host-bits-set",
         HEAD + "  - exit: uk\n    nets:\n      - 203.0.113.7/24\n",
-        ["s.yaml:7:9: rules.0.nets.0: '203.0.113.7/24' has host bits set; "
-         "did you mean 203.0.113.0/24?"],
+        [
+            "s.yaml:7:9: rules.0.nets.0: '203.0.113.7/24' has host bits set; "
+            "did you mean 203.0.113.0/24?"
+        ],
     ),
     (
         "ipv6-prefix",
         HEAD + "  - exit: uk\n    nets: ['2001:db8::/129']\n",
-        ["s.yaml:6:12: rules.0.nets.0: '2001:db8::/129' is not a network: "
-         "prefix length must be 0-128 for IPv6"],
+        [
+            "s.yaml:6:12: rules.0.nets.0: '2001:db8::/129' is not a network: "
+            "prefix length must be 0-128 for IPv6"
+        ],
     ),
     (
         "not-an-address",
         HEAD + "  - exit: uk\n    nets: [example.com/24]\n",
-        ["s.yaml:6:12: rules.0.nets.0: 'example.com/24' is not a network: "
-         "'example.com' is not an IP address"],
+        [
+            "s.yaml:6:12: rules.0.nets.0: 'example.com/24' is not a network: "
+            "'example.com' is not an IP address"
+        ],
     ),
     (
         "country-uk",
         HEAD + "  - exit: uk\n    countries: [GB, UK]\n",
-        ["s.yaml:6:21: rules.0.countries.1: 'UK' is not an ISO 3166-1 alpha-2 country code; "
-         "did you mean GB?"],
+        [
+            "s.yaml:6:21: rules.0.countries.1: 'UK' is not an ISO 3166-1 alpha-2 country code; "
+            "did you mean GB?"
+        ],
     ),
     (
         "country-unknown",
@@ -96,14 +112,18 @@ MALFORMED = [
     (
         "regex-does-not-compile",
         HEAD + "  - exit: ru\n    domains: ['~.*\\.(ru']\n",
-        ["s.yaml:6:15: rules.0.domains.0: regular expression '.*\\.(ru' does not compile: "
-         "missing ), unterminated subpattern at position 4"],
+        [
+            "s.yaml:6:15: rules.0.domains.0: regular expression '.*\\.(ru' does not compile: "
+            "missing ), unterminated subpattern at position 4"
+        ],
     ),
     (
         "bad-domain",
         HEAD + "  - exit: ru\n    domains: [mail.*.ru]\n",
-        ["s.yaml:6:15: rules.0.domains.0: 'mail.*.ru' is not a domain name: label '*' must be "
-         "1-63 letters, digits, '-' or '_' (for a regular expression write '~' before it)"],
+        [
+            "s.yaml:6:15: rules.0.domains.0: 'mail.*.ru' is not a domain name: label '*' must be "
+            "1-63 letters, digits, '-' or '_' (for a regular expression write '~' before it)"
+        ],
     ),
     (
         "weight-not-integer",
@@ -138,8 +158,10 @@ MALFORMED = [
     (
         "empty-rule",
         HEAD + "  - exit: uk\n  - exit: ru\n    domains: []\n",
-        ["s.yaml:5:5: rules.0: empty rule: give at least one of domains, countries, nets",
-         "s.yaml:6:5: rules.1: empty rule: give at least one of domains, countries, nets"],
+        [
+            "s.yaml:5:5: rules.0: empty rule: give at least one of domains, countries, nets",
+            "s.yaml:6:5: rules.1: empty rule: give at least one of domains, countries, nets",
+        ],
     ),
     (
         "rule-without-exit",
@@ -154,8 +176,10 @@ MALFORMED = [
     (
         "unknown-format",
         "servers: [a]\n",
-        ["s.yaml:1:1: cannot tell the format: expected 'exits' and 'rules' (native), 'routes' "
-         "(ipt-server settings.yaml) or 'routing' (MRVPN2 schema)"],
+        [
+            "s.yaml:1:1: cannot tell the format: expected 'exits' and 'rules' (native), 'routes' "
+            "(ipt-server settings.yaml) or 'routing' (MRVPN2 schema)"
+        ],
     ),
     (
         "empty-file",
@@ -168,30 +192,35 @@ MALFORMED = [
         "  - domain: '.*\\.(ru'\n    interface: wg-ru\n  - country: UK\n    interface: wg-uk\n"
         "  - net: 1.2.3.0/24\n  - net: 1.2.4.0/24\n    interface: wg-uk\n    wieght: 3\n"
         "table: two\n",
-        ["s.yaml:2:11: routes.0.net.0: '203.0.113.0/33' is not a network: "
-         "prefix length must be 0-32 for IPv4",
-         "s.yaml:4:13: routes.1.domain: regular expression '.*\\.(ru' does not compile: "
-         "missing ), unterminated subpattern at position 4",
-         "s.yaml:6:14: routes.2.country: 'UK' is not an ISO 3166-1 alpha-2 country code; "
-         "did you mean GB?",
-         "s.yaml:8:5: routes.3.interface: is required",
-         "s.yaml:11:5: routes.4.wieght: unknown key 'wieght'; did you mean 'weight'?",
-         "s.yaml:12:8: table: must be a whole number, not 'two'"],
+        [
+            "s.yaml:2:11: routes.0.net.0: '203.0.113.0/33' is not a network: "
+            "prefix length must be 0-32 for IPv4",
+            "s.yaml:4:13: routes.1.domain: regular expression '.*\\.(ru' does not compile: "
+            "missing ), unterminated subpattern at position 4",
+            "s.yaml:6:14: routes.2.country: 'UK' is not an ISO 3166-1 alpha-2 country code; "
+            "did you mean GB?",
+            "s.yaml:8:5: routes.3.interface: is required",
+            "s.yaml:11:5: routes.4.wieght: unknown key 'wieght'; did you mean 'weight'?",
+            "s.yaml:12:8: table: must be a whole number, not 'two'",
+        ],
     ),
     (
         "legacy-mrvpn2",
-        "routing:\n  routes:\n    - interface: wg_uk\n      geo: [\"country=GB\", \"RU\"]\n"
+        'routing:\n  routes:\n    - interface: wg_uk\n      geo: ["country=GB", "RU"]\n'
         "      static: [10.1.2.3/8]\n  interfaces: [wg-firezone]\n  pbr_mrk: 200\n",
-        ["s.yaml:4:27: routing.routes.0.geo.1: geo entry 'RU' must look like country='RU'",
-         "s.yaml:5:16: routing.routes.0.static.0: '10.1.2.3/8' has host bits set; "
-         "did you mean 10.0.0.0/8?",
-         "s.yaml:7:3: routing.pbr_mrk: unknown key 'pbr_mrk'; did you mean 'pbr_mark'?"],
+        [
+            "s.yaml:4:27: routing.routes.0.geo.1: geo entry 'RU' must look like country='RU'",
+            "s.yaml:5:16: routing.routes.0.static.0: '10.1.2.3/8' has host bits set; "
+            "did you mean 10.0.0.0/8?",
+            "s.yaml:7:3: routing.pbr_mrk: unknown key 'pbr_mrk'; did you mean 'pbr_mark'?",
+        ],
     ),
 ]
 
 
-@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in MALFORMED],
-                         ids=[c[0] for c in MALFORMED])
+@pytest.mark.parametrize(
+    ("text", "expected"), [c[1:] for c in MALFORMED], ids=[c[0] for c in MALFORMED]
+)
 def test_malformed_file_reports_every_problem_where_it_was_written(
     text: str, expected: list[str]
 ) -> None:
@@ -226,7 +255,10 @@ def test_native_values_are_typed() -> None:
     assert schema.exits["uk"].route is Route.INTERFACE
     rule = schema.rules[0]
     assert [p.value for p in rule.domains] == [
-        "mail.ru", "co.uk", "www.example.com", "xn--e1afmkfd.xn--p1ai"
+        "mail.ru",
+        "co.uk",
+        "www.example.com",
+        "xn--e1afmkfd.xn--p1ai",
     ]
     assert rule.countries == ["GB"]
     assert [str(n) for n in rule.nets] == ["203.0.113.7/32"]
@@ -241,9 +273,13 @@ LEGACY_TEXT = (EXAMPLES / "legacy" / "ipt-server-settings.yaml").read_text()
 @given(
     base=st.sampled_from([EXAMPLE_TEXT, LEGACY_TEXT]),
     edits=st.lists(
-        st.tuples(st.floats(0, 1), st.integers(0, 8),
-                  st.text(alphabet=":-[]{}'\"#&*!|>%@`,\n ~=.0123456789abcXYZ\t\\", max_size=6)),
-        min_size=1, max_size=5,
+        st.tuples(
+            st.floats(0, 1),
+            st.integers(0, 8),
+            st.text(alphabet=":-[]{}'\"#&*!|>%@`,\n ~=.0123456789abcXYZ\t\\", max_size=6),
+        ),
+        min_size=1,
+        max_size=5,
     ),
 )
 def test_a_damaged_file_is_rejected_cleanly_or_accepted(
@@ -265,16 +301,24 @@ def test_a_damaged_file_is_rejected_cleanly_or_accepted(
 
 HOSTILE = [
     ("self-alias", "exits: &a [*a]\n", "x:1:8: exits.0: an alias refers to itself"),
-    ("python-tag", "exits: !!python/object:os.system {}\n",
-     "x:1:8: exits: unsupported YAML tag tag:yaml.org,2002:python/object:os.system"),
-    ("huge-weight",
-     "exits: {a: {interface: wg0}}\nrules: [{exit: a, weight: 99999999999999999999, nets: [1.1.1.0/24]}]\n",
-     "x:2:27: rules.0.weight: must be at most 1000000, not 99999999999999999999"),
+    (
+        "python-tag",
+        "exits: !!python/object:os.system {}\n",
+        "x:1:8: exits: unsupported YAML tag tag:yaml.org,2002:python/object:os.system",
+    ),
+    (
+        "huge-weight",
+        "exits: {a: {interface: wg0}}\n"
+        "rules: [{exit: a, weight: 99999999999999999999, nets: [1.1.1.0/24]}]\n",
+        "x:2:27: rules.0.weight: must be at most 1000000, not 99999999999999999999",
+    ),
     ("nul-byte", "\x00\n", "x:1:1: YAML error: unacceptable character #x0000"),
 ]
 
 
-@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+@pytest.mark.parametrize(
+    ("text", "expected"), [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE]
+)
 def test_hostile_yaml_is_rejected_with_a_message(text: str, expected: str) -> None:
     with pytest.raises(SchemaError) as caught:
         parse_schema(text, "x")
