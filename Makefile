@@ -9,6 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 GEOIP_DB ?= /var/lib/iptserver/country.mmdb
+export IPTSERVER_GEOIP := $(GEOIP_DB)
 ARTIFACTS := artifacts
 
 # Debian packages the project and its tests use.
