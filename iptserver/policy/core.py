@@ -152,10 +152,12 @@ class Policy:
     def _best_domain(self, names: Sequence[str]) -> tuple[int, int] | None:
         """(weight, -rule) of the winning domain rule: all share host-route specificity."""
         best: tuple[int, int] | None = None
-        for hit in self.domain_hits(names):
-            candidate = (self._weights[hit.rule], -hit.rule)
-            if best is None or candidate > best:
-                best = candidate
+        weights, match = self._weights, self._domains.match
+        for name in names:
+            for hit in match(normalize_name(name)):
+                candidate = (weights[hit.rule], -hit.rule)
+                if best is None or candidate > best:
+                    best = candidate
         return best
 
     def decide_name(self, names: Sequence[str]) -> Decision:

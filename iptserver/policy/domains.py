@@ -43,6 +43,7 @@ _SIMPLE_REGEX = re.compile(
 # meaning inside a combined regex; such regexes are run on their own.
 _NOT_COMBINABLE = re.compile(r"\\[1-9]|\(\?P=|\(\?\(|^\(\?[a-zA-Z]+\)")
 # A literal label of a regex: after a dot (or at the start) and before a dot or "$".
+_INLINE_FLAGS = re.compile(r"\(\?[aiLmsux-]+[:)]")
 _LABEL_RUN = re.compile(r"(?:^\^?|\\\.)([a-z0-9_-]+)(?=\\\.(?![?*{])|\$)", re.IGNORECASE)
 
 
@@ -211,18 +212,22 @@ def _required_label(pattern: str) -> str | None:
     only when a dot (or the start: ``re.match`` anchors there) precedes them and a dot or
     ``$`` follows.
     """
+    if _INLINE_FLAGS.search(pattern) or "\\\\" in pattern:
+        return None  # verbose mode changes what text means; "\\." is not an escaped dot
     depth, escaped, in_class = 0, False, False
+    class_start = -1  # where the current [...] opened: "]" or "^]" right after is literal
     top_level: list[bool] = []
-    for char in pattern:
+    for i, char in enumerate(pattern):
         top_level.append(depth == 0 and not in_class)
         if escaped:
             escaped = False
         elif char == "\\":
             escaped = True
         elif in_class:
-            in_class = char != "]"
+            opening = i == class_start + 1 or (i == class_start + 2 and pattern[i - 1] == "^")
+            in_class = char != "]" or opening
         elif char == "[":
-            in_class = True
+            in_class, class_start = True, i
         elif char == "(":
             depth += 1
         elif char == ")":

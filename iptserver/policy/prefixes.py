@@ -8,6 +8,7 @@ prefix length. The kernel's ``hash:net`` sets give the same answer (longest pref
 
 from __future__ import annotations
 
+import ipaddress
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
@@ -24,22 +25,24 @@ class PrefixMap(Generic[V]):
         self, entries: Iterable[tuple[IPNetwork, V]], better: Callable[[V, V], bool]
     ) -> None:
         """``better(a, b)`` says whether ``a`` beats ``b`` when both cover an address."""
-        self._families: dict[int, tuple[list[int], list[int], list[V]]] = {}
+        # Keyed by address class, which is cheaper to get than ``ip.version``.
+        self._families: dict[type, tuple[list[int], list[int], list[V]]] = {}
         by_family: dict[int, dict[tuple[int, int], V]] = {4: {}, 6: {}}
         for net, value in entries:
             span = (int(net.network_address), int(net.broadcast_address))
             blocks = by_family[net.version]
             if span not in blocks or better(value, blocks[span]):
                 blocks[span] = value
+        classes = {4: ipaddress.IPv4Address, 6: ipaddress.IPv6Address}
         for version, blocks in by_family.items():
             if blocks:
-                self._families[version] = _flatten(blocks, better)
+                self._families[classes[version]] = _flatten(blocks, better)
 
     def __bool__(self) -> bool:
         return bool(self._families)
 
     def lookup(self, ip: IPAddress) -> V | None:
-        family = self._families.get(ip.version)
+        family = self._families.get(type(ip))
         if family is None:
             return None
         starts, ends, values = family
