@@ -31,6 +31,7 @@ NEVER_DIVERTED = [
         "240.0.0.0/4",
         "::/128",
         "::1/128",
+        "::ffff:0:0/96",  # IPv4-mapped: never on the wire, a DNS-rebinding trick
         "fc00::/7",
         "fe80::/10",
         "ff00::/8",
