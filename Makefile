@@ -46,7 +46,7 @@ $(GEOIP_DB): | venv
 demo: setup
 	@$(BIN)/iptserver demo
 
-test: setup
+test: setup lint
 	mkdir -p $(ARTIFACTS)
 	$(BIN)/python -m pytest -q
 
