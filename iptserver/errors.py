@@ -2,7 +2,8 @@
 
     IptserverError
     ├── SchemaError      a routing schema that cannot be used (carries every problem found)
-    └── GeoIPError       a GeoIP database that cannot be opened or read
+    ├── GeoIPError       a GeoIP database that cannot be opened or read
+    └── DataplaneError   the kernel refused a change (sets, rules, routes, iptables)
 
 Errors from third-party libraries are translated into these at the boundary that
 calls the library, with ``raise ... from e``.
@@ -39,4 +40,8 @@ class SchemaError(IptserverError):
 
 
 class GeoIPError(IptserverError):
+    pass
+
+
+class DataplaneError(IptserverError):
     pass
