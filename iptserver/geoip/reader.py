@@ -100,9 +100,16 @@ class GeoIPDatabase:
 
         maxminddb yields the IPv4 part of an IPv6 tree as IPv4 networks, once.
         """
+        yield from self.networks_of({country}).get(country, [])
+
+    def networks_of(self, countries: set[str]) -> dict[str, list[IPNetwork]]:
+        """The networks of several countries, in one pass over the database."""
+        found: dict[str, list[IPNetwork]] = {country: [] for country in countries}
         for network, record in self._raw:
-            if _country_of(record) == country:
-                yield network
+            country = _country_of(record)
+            if country in found:
+                found[country].append(network)
+        return found
 
     def close(self) -> None:
         self._geoip2.close()

@@ -1,0 +1,1 @@
+"""The kernel dataplane: what iptserver programs (plan) and the adapters that do it."""

@@ -1,0 +1,147 @@
+"""The mangle chain that marks ingress traffic, and the DNS redirect, via python-iptables.
+
+The chain is rebuilt whole in one table commit, so a reload never leaves it half
+written. Only our chains and the jumps into them are touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import iptc
+
+from iptserver.dataplane.plan import CHAIN, DNS_CHAIN, MARK_MASK, KernelPlan
+from iptserver.errors import DataplaneError
+
+_MASK = f"0x{MARK_MASK:x}"
+
+
+def _tables(version: int, name: str) -> iptc.Table:
+    return iptc.Table(name) if version == 4 else iptc.Table6(name)
+
+
+def _rule(version: int) -> iptc.Rule:
+    return iptc.Rule() if version == 4 else iptc.Rule6()
+
+
+def _chain(table: iptc.Table, name: str) -> iptc.Chain:
+    if table.is_chain(name):
+        chain = iptc.Chain(table, name)
+        chain.flush()
+        return chain
+    return table.create_chain(name)
+
+
+def _marked(version: int, target: str) -> iptc.Rule:
+    """``-m mark ! --mark 0/MASK -j TARGET``"""
+    rule = _rule(version)
+    rule.create_match("mark").mark = f"!0x0/{_MASK}"
+    rule.create_target(target)
+    return rule
+
+
+def _save(version: int, only_marked: bool) -> iptc.Rule:
+    rule = _rule(version)
+    if only_marked:
+        rule.create_match("mark").mark = f"!0x0/{_MASK}"
+    rule.create_target("CONNMARK").save_mark = ""
+    return rule
+
+
+def _ensure_jumps(
+    table: iptc.Table, hook: str, target: str, ingress: Sequence[str], version: int
+) -> None:
+    chain = iptc.Chain(table, hook)
+    present = {r.in_interface for r in chain.rules if r.target.name == target}
+    for interface in ingress:
+        if interface not in present:
+            rule = _rule(version)
+            rule.in_interface = interface
+            rule.create_target(target)
+            chain.insert_rule(rule)
+    for rule in chain.rules:  # interfaces no longer in the schema
+        if rule.target.name == target and rule.in_interface not in ingress:
+            chain.delete_rule(rule)
+
+
+def install(plan: KernelPlan, dns_port: int | None) -> None:
+    """(Re)write the chains for both families; hook them on the ingress interfaces."""
+    for version in (4, 6):
+        try:
+            _install_mangle(plan, version)
+            # python-iptables cannot load the REDIRECT target for IPv6 (it can for IPv4);
+            # clients are given the entrypoint's IPv4 resolver address.
+            if version == 4:
+                _install_dns(plan, version, dns_port)
+        except (iptc.IPTCError, iptc.XTablesError) as e:
+            family = "iptables" if version == 4 else "ip6tables"
+            raise DataplaneError(f"{family}: cannot install the {CHAIN} chains: {e}") from e
+
+
+def _install_mangle(plan: KernelPlan, version: int) -> None:
+    table = _tables(version, iptc.Table.MANGLE)
+    table.autocommit = False
+    chain = _chain(table, CHAIN)
+    family = 0 if version == 4 else 1
+    rule = _rule(version)
+    rule.create_target("CONNMARK").restore_mark = ""
+    chain.append_rule(rule)  # an established connection keeps its exit
+    chain.append_rule(_marked(version, "RETURN"))
+    rule = _rule(version)
+    rule.create_match("set").match_set = [plan.private[family].name, "dst"]
+    rule.create_target("RETURN")
+    chain.append_rule(rule)
+    for weight_class in plan.classes:
+        for set_plan in (weight_class.learned[family], weight_class.static[family]):
+            rule = _rule(version)
+            rule.create_match("set").match_set = [set_plan.name, "dst"]
+            target = rule.create_target("SET")
+            target.map_set = [set_plan.name, "dst"]
+            target.map_mark = ""
+            chain.append_rule(rule)
+            chain.append_rule(_save(version, only_marked=True))
+            chain.append_rule(_marked(version, "RETURN"))
+    if plan.default_mark is not None:
+        rule = _rule(version)
+        rule.create_target("MARK").set_xmark = f"0x{plan.default_mark:x}/{_MASK}"
+        chain.append_rule(rule)
+        chain.append_rule(_save(version, only_marked=False))
+    _ensure_jumps(table, "PREROUTING", CHAIN, plan.ingress, version)
+    table.commit()
+    table.autocommit = True
+
+
+def _install_dns(plan: KernelPlan, version: int, port: int | None) -> None:
+    table = _tables(version, iptc.Table.NAT)
+    table.autocommit = False
+    chain = _chain(table, DNS_CHAIN)
+    if port is not None:
+        for protocol in ("udp", "tcp"):
+            rule = _rule(version)
+            rule.protocol = protocol
+            rule.create_match(protocol).dport = "53"
+            rule.create_target("REDIRECT").to_ports = str(port)
+            chain.append_rule(rule)
+    _ensure_jumps(table, "PREROUTING", DNS_CHAIN, plan.ingress if port else (), version)
+    table.commit()
+    table.autocommit = True
+
+
+def remove() -> None:
+    """Unhook and delete our chains (both families)."""
+    for version in (4, 6):
+        for table_name, chain_name in ((iptc.Table.MANGLE, CHAIN), (iptc.Table.NAT, DNS_CHAIN)):
+            table = _tables(version, table_name)
+            if not table.is_chain(chain_name):
+                continue
+            try:
+                table.autocommit = False
+                _ensure_jumps(table, "PREROUTING", chain_name, (), version)
+                chain = iptc.Chain(table, chain_name)
+                chain.flush()
+                chain.delete()
+                table.commit()
+            except (iptc.IPTCError, iptc.XTablesError) as e:
+                raise DataplaneError(f"cannot remove chain {chain_name}: {e}") from e
+            finally:
+                table.autocommit = True

@@ -1,0 +1,152 @@
+"""The kernel dataplane of the network namespace iptserver runs in.
+
+``apply`` makes the kernel hold a ``KernelPlan``: sets first (the chain refers to them),
+then the chain, then each exit's rule and routes, then it removes what an earlier plan
+made and this one does not need. It is idempotent, so a restart adopts what it finds
+(learned entries survive a restart with ``keep_state``). An exit whose interface is
+missing is reported and skipped; every other exit keeps working.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from iptserver.dataplane import firewall
+from iptserver.dataplane.ipset import Entry, IPSets
+from iptserver.dataplane.plan import MARK_MASK, ExitPlan, KernelPlan, SetPlan
+from iptserver.dataplane.routing import Routing
+from iptserver.errors import DataplaneError
+from iptserver.schema.model import Route
+from iptserver.schema.values import IPNetwork
+
+log = logging.getLogger(__name__)
+
+PREFIX = "ipts-"
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """A DNS-learned host entry to add or refresh."""
+
+    set_name: str
+    network: IPNetwork
+    mark: int
+    timeout: int
+
+
+class Dataplane:
+    def __init__(self, dns_port: int | None = None) -> None:
+        self.dns_port = dns_port
+        self._sets = IPSets()
+        self._routing = Routing()
+        self._plan: KernelPlan | None = None
+
+    def close(self) -> None:
+        self._sets.close()
+        self._routing.close()
+
+    @property
+    def plan(self) -> KernelPlan | None:
+        return self._plan
+
+    def apply(self, plan: KernelPlan) -> list[str]:
+        """Program ``plan``; return the problems of exits that could not be set up."""
+        for set_plan in plan.private:
+            self._fill(set_plan, mark=False)
+        for weight_class in plan.classes:
+            for set_plan in weight_class.learned:
+                self._sets.create(set_plan.name, set_plan.family, timeout=True, skbinfo=True)
+            for set_plan in weight_class.static:
+                self._fill(set_plan, mark=True)
+        firewall.install(plan, self.dns_port)
+        problems = []
+        for exit_ in plan.exits:
+            try:
+                self._routing.install_exit(exit_)
+                _loosen_rp_filter(exit_)
+            except DataplaneError as e:
+                log.error("%s", e)
+                problems.append(str(e))
+        self._drop_stale(plan)
+        self._plan = plan
+        log.info(
+            "dataplane ready: %d exits, %d weight classes, %d static entries",
+            len(plan.exits),
+            len(plan.classes),
+            sum(len(s.entries) for c in plan.classes for s in c.static),
+        )
+        return problems
+
+    def _fill(self, set_plan: SetPlan, *, mark: bool) -> None:
+        """Make a static set hold exactly its entries, swapping in a full copy."""
+        entries = [Entry(net, m if mark else None) for net, m in set_plan.entries]
+        if not self._sets.exists(set_plan.name):
+            self._sets.create(set_plan.name, set_plan.family, timeout=False, skbinfo=mark)
+            self._sets.add(set_plan.name, entries, MARK_MASK)
+            return
+        staging = f"{PREFIX}new-{set_plan.name[len(PREFIX) :]}"[:31]
+        self._sets.destroy(staging)
+        self._sets.create(staging, set_plan.family, timeout=False, skbinfo=mark)
+        try:
+            self._sets.add(staging, entries, MARK_MASK)
+            self._sets.swap(staging, set_plan.name)
+        finally:
+            self._sets.destroy(staging)
+
+    def _drop_stale(self, plan: KernelPlan) -> None:
+        """Remove what an earlier plan made that this one does not use."""
+        wanted = {s.name for s in plan.sets}
+        for name in self._sets.names():
+            if name.startswith(PREFIX) and name not in wanted:
+                self._sets.destroy(name)
+        if self._plan is not None:
+            keep = {(e.priority, e.table) for e in plan.exits}
+            for old in self._plan.exits:
+                if (old.priority, old.table) not in keep:
+                    self._routing.remove_exit(old)
+        marks = {e.mark for e in plan.exits}
+        for weight_class in plan.classes:
+            for set_plan in weight_class.learned:
+                stale = [e for e in self._sets.entries(set_plan.name) if e.mark not in marks]
+                if stale:
+                    log.info(
+                        "%s: dropping %d entries of exits that are gone", set_plan.name, len(stale)
+                    )
+                    self._sets.delete(set_plan.name, stale)
+
+    def learn(self, entries: Sequence[Learned]) -> None:
+        """Add or refresh DNS-learned entries, one netlink message per set and batch."""
+        by_set: dict[str, list[Entry]] = defaultdict(list)
+        for learned in entries:
+            by_set[learned.set_name].append(Entry(learned.network, learned.mark, learned.timeout))
+        for name, batch in by_set.items():
+            self._sets.add(name, batch, MARK_MASK)
+
+    def stop(self, keep_state: bool = False) -> None:
+        """Remove everything this dataplane made, unless ``keep_state`` (for a restart)."""
+        if keep_state or self._plan is None:
+            return
+        firewall.remove()
+        for exit_ in self._plan.exits:
+            self._routing.remove_exit(exit_)
+        for name in self._sets.names():
+            if name.startswith(PREFIX):
+                self._sets.destroy(name)
+        self._plan = None
+
+
+def _loosen_rp_filter(exit_: ExitPlan) -> None:
+    """Replies from the far side come back on the exit's interface, which the main
+    table does not route to: strict reverse-path filtering would drop them."""
+    if exit_.route is not Route.INTERFACE:
+        return
+    path = Path(f"/proc/sys/net/ipv4/conf/{exit_.interface}/rp_filter")
+    try:
+        if path.read_text().strip() == "1":
+            path.write_text("2")
+    except OSError as e:
+        raise DataplaneError(f"exit {exit_.name}: cannot set loose rp_filter: {e}") from e

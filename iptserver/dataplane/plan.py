@@ -1,0 +1,168 @@
+"""What the kernel should hold for a schema: computed here, without touching the kernel.
+
+The kernel decides as the policy core does (DESIGN §3) with this layout:
+
+* one fwmark and one routing table per exit (``_DEFAULT`` exits look up ``main``);
+* per weight class (rules of one weight), two ``hash:net`` sets per family with the
+  ``skbinfo`` extension, each entry carrying its exit's mark: the DNS-learned host entries
+  (with timeouts) and the static nets and country networks. A ``hash:net`` lookup is
+  longest-prefix, and a learned host entry is only added when its domain rule beat every
+  static entry of its class for that address, so "learned, then static" in one class is
+  "most specific, then file order" — and classes are tried highest weight first;
+* the never-diverted nets (private, link-local, CGNAT, mesh) tried before everything.
+
+Where two rules of one class name the same prefix, the entry carries the mark of the
+rule written first, as §3 says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from iptserver.policy.core import PRIVATE_NETS
+from iptserver.schema.model import Exit, Route, Schema
+from iptserver.schema.values import IPNetwork
+
+CHAIN = "IPTSERVER"
+DNS_CHAIN = "IPTSERVER-DNS"
+RULE_PRIORITY_BASE = 1000  # ip rule priorities of the exits: before main (32766)
+MARK_MASK = 0xFFFFFFFF
+FAMILIES = (4, 6)
+
+
+@dataclass(frozen=True, slots=True)
+class ExitPlan:
+    name: str
+    interface: str
+    route: Route
+    via: str | None
+    mark: int
+    table: int  # for a host-gateway exit: unused, its rule looks up main
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetPlan:
+    name: str
+    family: int
+    learned: bool  # DNS-learned host entries with timeouts, kept across reloads
+    entries: tuple[tuple[IPNetwork, int], ...] = ()  # (network, mark) for static sets
+
+
+@dataclass(frozen=True, slots=True)
+class WeightClass:
+    weight: int
+    learned: tuple[SetPlan, SetPlan]  # IPv4, IPv6
+    static: tuple[SetPlan, SetPlan]
+
+
+@dataclass(frozen=True, slots=True)
+class KernelPlan:
+    exits: tuple[ExitPlan, ...]
+    classes: tuple[WeightClass, ...]  # highest weight first
+    private: tuple[SetPlan, SetPlan]
+    default_mark: int | None
+    ingress: tuple[str, ...]
+
+    def exit(self, name: str) -> ExitPlan:
+        return next(e for e in self.exits if e.name == name)
+
+    def learned_set(self, weight: int, family: int) -> str:
+        for weight_class in self.classes:
+            if weight_class.weight == weight:
+                return weight_class.learned[FAMILIES.index(family)].name
+        raise KeyError(f"no rule has weight {weight}")
+
+    @property
+    def sets(self) -> tuple[SetPlan, ...]:
+        found = list(self.private)
+        for weight_class in self.classes:
+            found += [*weight_class.learned, *weight_class.static]
+        return tuple(found)
+
+
+def set_name(kind: str, weight: int, family: int) -> str:
+    """``ipts-d10-4``: DNS-learned, weight 10, IPv4. Negative weights spell ``m``."""
+    spelled = f"m{-weight}" if weight < 0 else str(weight)
+    return f"ipts-{kind}{spelled}-{family}"
+
+
+def exit_plans(schema: Schema) -> tuple[ExitPlan, ...]:
+    plans = []
+    for index, (name, spec) in enumerate(schema.exits.items()):
+        plans.append(_exit_plan(schema, index, name, spec))
+    return tuple(plans)
+
+
+def _exit_plan(schema: Schema, index: int, name: str, spec: Exit) -> ExitPlan:
+    return ExitPlan(
+        name=name,
+        interface=spec.interface,
+        route=spec.route,
+        via=spec.via,
+        mark=spec.mark if spec.mark is not None else schema.kernel.mark_base + index,
+        table=spec.table if spec.table is not None else schema.kernel.table_base + index,
+        priority=RULE_PRIORITY_BASE + index,
+    )
+
+
+def plan(schema: Schema, countries: Mapping[str, Iterable[IPNetwork]]) -> KernelPlan:
+    """The kernel state for ``schema``; ``countries`` lists each country's networks."""
+    exits = exit_plans(schema)
+    marks = {e.name: e.mark for e in exits}
+    # (weight, family) -> network -> (rule index, mark); the first rule keeps a prefix.
+    static: dict[int, dict[IPNetwork, tuple[int, int]]] = {}
+    for index, rule in enumerate(schema.rules):
+        entries = static.setdefault(rule.weight, {})
+        networks = [*rule.nets]
+        for country in rule.countries:
+            networks += countries.get(country, ())
+        for network in networks:
+            if network not in entries:
+                entries[network] = (index, marks[rule.exit])
+    classes = []
+    for weight in sorted(static, reverse=True):
+        by_family = {
+            family: tuple(
+                (net, mark)
+                for net, (_, mark) in sorted(static[weight].items(), key=_order)
+                if net.version == family
+            )
+            for family in FAMILIES
+        }
+        classes.append(
+            WeightClass(
+                weight,
+                learned=(
+                    SetPlan(set_name("d", weight, 4), 4, learned=True),
+                    SetPlan(set_name("d", weight, 6), 6, learned=True),
+                ),
+                static=(
+                    SetPlan(set_name("n", weight, 4), 4, False, by_family[4]),
+                    SetPlan(set_name("n", weight, 6), 6, False, by_family[6]),
+                ),
+            )
+        )
+    never = (*PRIVATE_NETS, *schema.mesh)
+    private = tuple(
+        SetPlan(
+            f"ipts-private-{family}",
+            family,
+            False,
+            tuple((net, 0) for net in never if net.version == family),
+        )
+        for family in FAMILIES
+    )
+    return KernelPlan(
+        exits=exits,
+        classes=tuple(classes),
+        private=(private[0], private[1]),
+        default_mark=marks[schema.default] if schema.default is not None else None,
+        ingress=tuple(schema.ingress),
+    )
+
+
+def _order(item: tuple[IPNetwork, tuple[int, int]]) -> tuple[int, int, int]:
+    net = item[0]
+    return (net.version, int(net.network_address), net.prefixlen)

@@ -1,0 +1,109 @@
+"""Policy routing over netlink: per exit an ``ip rule fwmark … lookup …`` and a table.
+
+Every change is idempotent: a rule or route that is already there is left alone, so a
+restart adds nothing twice.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from iptserver.dataplane.plan import MARK_MASK, ExitPlan
+from iptserver.errors import DataplaneError
+from iptserver.schema.model import Route
+
+MAIN_TABLE = 254
+FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+class Routing:
+    def __init__(self) -> None:
+        self._ip = IPRoute()
+
+    def close(self) -> None:
+        self._ip.close()
+
+    def interface_index(self, name: str) -> int | None:
+        found = self._ip.link_lookup(ifname=name)
+        return found[0] if found else None
+
+    def install_exit(self, exit_: ExitPlan) -> None:
+        """The exit's rule and, for a tunnel, its table's default routes (v4 and v6)."""
+        table = MAIN_TABLE if exit_.route is Route.HOST_GATEWAY else exit_.table
+        if exit_.route is Route.INTERFACE:
+            index = self.interface_index(exit_.interface)
+            if index is None:
+                raise DataplaneError(
+                    f"exit {exit_.name}: interface {exit_.interface} does not exist; its "
+                    "traffic goes nowhere until it appears (then reload)"
+                )
+            for version, family in FAMILIES.items():
+                self._default_route(exit_, family, version, index)
+        for family in FAMILIES.values():
+            self._rule(exit_, family, table)
+
+    def _default_route(self, exit_: ExitPlan, family: int, version: int, index: int) -> None:
+        route: dict[str, object] = {
+            "table": exit_.table,
+            "oif": index,
+            "family": family,
+            "dst": "default",
+        }
+        if exit_.via is not None:
+            if (":" in exit_.via) != (version == 6):
+                return
+            route["gateway"] = exit_.via
+        try:
+            self._ip.route("replace", **route)
+        except NetlinkError as e:
+            raise DataplaneError(
+                f"exit {exit_.name}: cannot route table {exit_.table} via "
+                f"{exit_.interface} (IPv{version}): {e}"
+            ) from e
+
+    def _rule(self, exit_: ExitPlan, family: int, table: int) -> None:
+        spec = {
+            "family": family,
+            "fwmark": exit_.mark,
+            "fwmask": MARK_MASK,
+            "table": table,
+            "priority": exit_.priority,
+        }
+        for existing in self._rules(family, exit_.priority):
+            if existing == (exit_.mark, table):
+                return
+            self._delete_rule(family, exit_.priority)
+        try:
+            self._ip.rule("add", **spec)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise DataplaneError(f"exit {exit_.name}: cannot add ip rule: {e}") from e
+
+    def _rules(self, family: int, priority: int) -> list[tuple[int, int]]:
+        found = []
+        for rule in self._ip.get_rules(family=family):
+            if rule.get_attr("FRA_PRIORITY") == priority:
+                table = rule.get_attr("FRA_TABLE") or rule["table"]
+                found.append((rule.get_attr("FRA_FWMARK"), table))
+        return found
+
+    def _delete_rule(self, family: int, priority: int) -> None:
+        try:
+            self._ip.rule("del", family=family, priority=priority)
+        except NetlinkError as e:
+            if e.code != errno.ENOENT:
+                raise DataplaneError(f"cannot delete ip rule {priority}: {e}") from e
+
+    def remove_exit(self, exit_: ExitPlan) -> None:
+        for family in FAMILIES.values():
+            while self._rules(family, exit_.priority):
+                self._delete_rule(family, exit_.priority)
+            if exit_.route is Route.INTERFACE:
+                try:
+                    self._ip.flush_routes(table=exit_.table, family=family)
+                except NetlinkError as e:
+                    raise DataplaneError(f"cannot flush table {exit_.table}: {e}") from e
