@@ -1,16 +1,29 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from iptserver.geoip import GeoIPDatabase
 from iptserver.geoip.build import write_country_db
+from iptserver.lab import Lab, reap_stale_labs
 from iptserver.lab.addresses import LAB_COUNTRIES
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "schema" / "examples"
+
+log = logging.getLogger(__name__)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """One real lab (network namespaces, wireguard-go) for the whole session."""
+    for reaped in reap_stale_labs():
+        log.warning("reaped lab %s left behind by a killed run", reaped)
+    with Lab() as built:
+        yield built
 
 
 @pytest.fixture(scope="session")

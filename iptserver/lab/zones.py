@@ -1,0 +1,65 @@
+"""The lab's DNS data: what the lab authority (``iptserver.lab.authority``) answers.
+
+Plain Python data so tests can read the expected answers from the same place the server
+serves them from. Every address is in a lab range (``addresses.py``), so the lab GeoIP
+database places it: 198.51.100.0/26 GB, .64/26 RU, .128/26 US, .192/26 DE; 203.0.113.0/24
+and 2001:db8:ff::/48 in no country.
+
+Names are lower case without the trailing dot. The authority stands in for the whole DNS
+(it plays the recursor the entry forwards to), so it answers for every name: what is not
+here is NXDOMAIN, a name that only has names under it (``chain.test``) is NODATA.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+DEFAULT_TTL = 60
+NEGATIVE_TTL = 30  # the SOA minimum: how long a resolver may cache NXDOMAIN / NODATA
+
+
+class Record(NamedTuple):
+    type: str  # "A", "AAAA" or "CNAME"
+    value: str  # an address, or the CNAME target (no trailing dot)
+    ttl: int = DEFAULT_TTL
+
+
+def _a(*values: str, ttl: int = DEFAULT_TTL) -> tuple[Record, ...]:
+    return tuple(Record("A", v, ttl) for v in values)
+
+
+def _aaaa(*values: str, ttl: int = DEFAULT_TTL) -> tuple[Record, ...]:
+    return tuple(Record("AAAA", v, ttl) for v in values)
+
+
+def _cname(target: str, ttl: int = DEFAULT_TTL) -> tuple[Record, ...]:
+    return (Record("CNAME", target, ttl),)
+
+
+ZONE: dict[str, tuple[Record, ...]] = {
+    # GB
+    "www.bbc.co.uk": _a("198.51.100.10"),
+    "updates.example.org": _a("198.51.100.11"),
+    # RU
+    "mail.ru": _a("198.51.100.70") + _aaaa("2001:db8:7::70"),
+    "multi.ru": _a("198.51.100.72", "198.51.100.140"),  # one RU address, one US
+    # US
+    "www.example.com": _a("198.51.100.150"),
+    "ipv6only.example.com": _aaaa("2001:db8:1::80"),
+    # DE (a country no exit serves)
+    "de.example.de": _a("198.51.100.200"),
+    # unplaced: only names, nets or the default can route these
+    "cdn.example.net": _cname("edge.yandex.net"),
+    "edge.yandex.net": _a("203.0.113.40"),
+    "news.gov.uk": _a("203.0.113.60") + _aaaa("2001:db8:ff:1::60"),
+    "short.example.org": _a("203.0.113.70", ttl=2),
+    "long.example.org": _a("203.0.113.71", ttl=86400),
+    # 40 answers: too big for 512 bytes of UDP, so a query without EDNS gets TC
+    "big.example.org": _a(*(f"203.0.113.{n}" for n in range(100, 140))),
+    "a.chain.test": _cname("b.chain.test"),
+    "b.chain.test": _cname("c.chain.ru"),
+    "c.chain.ru": _a("203.0.113.80"),
+    "dangling.example.org": _cname("nowhere.example.org"),  # CNAME to NXDOMAIN
+    # The canary Firefox asks before it turns DNS over HTTPS on; the proxy NXDOMAINs it.
+    "use-application-dns.net": _a("203.0.113.90"),
+}
