@@ -20,6 +20,8 @@ log = logging.getLogger("iptserver")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.log_level is None:
+        args.log_level = getattr(args, "default_log_level", "warning")
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -47,6 +49,42 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate routing schemas (native or MRVPN2)")
     check.add_argument("schemas", nargs="+", metavar="SCHEMA", type=Path)
     check.set_defaults(handler=_check)
+
+    run = sub.add_parser("run", help="run the dataplane and the DNS proxy (root)")
+    run.add_argument("--config", required=True, metavar="SCHEMA", type=Path)
+    run.add_argument(
+        "--geoip",
+        metavar="MMDB",
+        type=Path,
+        help=f"country database (default: {DEFAULT_DATABASE} if present)",
+    )
+    run.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="ADDR:PORT",
+        type=_endpoint,
+        help="DNS proxy address (repeatable; overrides dns.listen)",
+    )
+    run.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="ADDR:PORT",
+        type=_endpoint,
+        help="recursor (repeatable; overrides dns.upstream)",
+    )
+    run.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="leave sets, rules and routes in place on exit (for a restart)",
+    )
+    run.add_argument(
+        "--fail-closed",
+        action="store_true",
+        help="answer SERVFAIL when the kernel cannot be programmed",
+    )
+    run.set_defaults(handler=_run, default_log_level="info")
 
     explain = sub.add_parser("explain", help="which exit a name or IP takes, and why")
     explain.add_argument("schema", metavar="SCHEMA", type=Path)
@@ -77,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     geo_sub = geoip.add_subparsers(dest="geoip_command", required=True, metavar="ACTION")
     update = geo_sub.add_parser("update", help="install or refresh the CC0 country database")
     update.add_argument("--dest", type=Path, default=DEFAULT_DATABASE)
-    update.set_defaults(handler=_geoip_update)
+    update.set_defaults(handler=_geoip_update, default_log_level="info")
     lookup = geo_sub.add_parser("lookup", help="country and network of IPs")
     lookup.add_argument("ips", nargs="+", metavar="IP")
     lookup.add_argument("--geoip", metavar="MMDB", type=Path, default=DEFAULT_DATABASE)
@@ -90,6 +128,31 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("output", metavar="MMDB", type=Path)
     lab.set_defaults(handler=_geoip_lab)
     return parser
+
+
+def _endpoint(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    from iptserver.schema.values import parse_endpoint
+
+    try:
+        return parse_endpoint(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from iptserver.daemon import Daemon, Options
+
+    options = Options(
+        config=args.config,
+        geoip=args.geoip,
+        listen=tuple(args.listen),
+        upstream=tuple(args.upstream),
+        keep_state=args.keep_state,
+        fail_closed=args.fail_closed,
+    )
+    return asyncio.run(Daemon(options).run())
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -176,8 +239,6 @@ def _json_schema(args: argparse.Namespace) -> int:
 def _geoip_update(args: argparse.Namespace) -> int:
     from iptserver.geoip.build import update_production_db
 
-    if args.log_level == "warning":
-        logging.getLogger().setLevel(logging.INFO)
     update_production_db(args.dest)
     return 0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from iptserver.dataplane.kernel import Learned
@@ -34,7 +34,7 @@ class Batcher:
     for nothing but its own.
     """
 
-    def __init__(self, apply: Callable[[list[Learned]], None]) -> None:
+    def __init__(self, apply: Callable[[list[Learned]], Awaitable[None]]) -> None:
         self._apply = apply
         self._pending: list[tuple[list[Learned], asyncio.Future[None]]] = []
         self._running: asyncio.Task[None] | None = None
@@ -51,7 +51,7 @@ class Batcher:
             batch, self._pending = self._pending, []
             entries = [entry for part, _ in batch for entry in part]
             try:
-                await asyncio.to_thread(self._apply, entries)
+                await self._apply(entries)
             except Exception as e:  # handed to every waiter, which reports it
                 for _, future in batch:
                     if not future.done():
@@ -65,7 +65,9 @@ class Batcher:
 class Router:
     """Implements the DNS proxy's ``AnswerSink``."""
 
-    def __init__(self, state: State, apply: Callable[[list[Learned]], None] | None) -> None:
+    def __init__(
+        self, state: State, apply: Callable[[list[Learned]], Awaitable[None]] | None
+    ) -> None:
         self.state = state
         self._batcher = Batcher(apply) if apply is not None else None
         self.recent: list[tuple[tuple[str, ...], Decision]] = []  # for status and tests

@@ -132,16 +132,14 @@ def remove() -> None:
     for version in (4, 6):
         for table_name, chain_name in ((iptc.Table.MANGLE, CHAIN), (iptc.Table.NAT, DNS_CHAIN)):
             table = _tables(version, table_name)
+            table.autocommit = True
+            table.refresh()
             if not table.is_chain(chain_name):
                 continue
             try:
-                table.autocommit = False
                 _ensure_jumps(table, "PREROUTING", chain_name, (), version)
                 chain = iptc.Chain(table, chain_name)
                 chain.flush()
                 chain.delete()
-                table.commit()
             except (iptc.IPTCError, iptc.XTablesError) as e:
                 raise DataplaneError(f"cannot remove chain {chain_name}: {e}") from e
-            finally:
-                table.autocommit = True

@@ -1,0 +1,172 @@
+"""``iptserver run``: the dataplane and the DNS proxy, reloaded on SIGHUP.
+
+A reload validates the new schema first; a bad one is rejected with the same errors
+``iptserver check`` prints, and the running policy stays. Established connections keep
+their exit across reloads (their mark lives in conntrack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from iptserver.dataplane.kernel import Dataplane
+from iptserver.dataplane.plan import plan as kernel_plan
+from iptserver.dns.proxy import DnsProxy, ProxyConfig
+from iptserver.errors import GeoIPError, IptserverError, SchemaError
+from iptserver.geoip import DEFAULT_DATABASE, GeoIPDatabase
+from iptserver.policy import Policy
+from iptserver.router import Router, State
+from iptserver.schema import load_schema
+from iptserver.schema.model import Schema
+from iptserver.schema.values import IPAddress
+
+log = logging.getLogger(__name__)
+
+Endpoint = tuple[IPAddress, int]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Options:
+    config: Path
+    geoip: Path | None = None
+    listen: tuple[Endpoint, ...] = ()  # override the schema's dns.listen
+    upstream: tuple[Endpoint, ...] = ()  # override the schema's dns.upstream
+    keep_state: bool = False  # leave the kernel state in place on exit (for a restart)
+    fail_closed: bool = False
+
+
+class Daemon:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self._geo: GeoIPDatabase | None = None
+        self._dataplane: Dataplane | None = None
+        self._router: Router | None = None
+        self._stopping = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        self.reloads = {"ok": 0, "rejected": 0}
+
+    def _schema(self) -> Schema:
+        schema = load_schema(self.options.config).schema
+        dns = schema.dns
+        updates = {}
+        if self.options.listen:
+            updates["listen"] = list(self.options.listen)
+        if self.options.upstream:
+            updates["upstream"] = list(self.options.upstream)
+        if updates:
+            schema = schema.model_copy(update={"dns": dns.model_copy(update=updates)})
+        return schema
+
+    def _open_geoip(self) -> GeoIPDatabase | None:
+        path = self.options.geoip
+        if path is None and DEFAULT_DATABASE.exists():
+            path = DEFAULT_DATABASE
+        return GeoIPDatabase(path) if path is not None else None
+
+    def load(self) -> State:
+        """Validate and compile the schema; raises SchemaError with every problem."""
+        schema = self._schema()
+        countries = {c for rule in schema.rules for c in rule.countries}
+        if countries and self._geo is None:
+            log.warning(
+                "no GeoIP database (pass --geoip or run 'iptserver geoip update'): "
+                "country rules %s match nothing",
+                ", ".join(sorted(countries)),
+            )
+        networks = self._geo.networks_of(countries) if self._geo and countries else {}
+        return State(Policy(schema, self._geo), kernel_plan(schema, networks))
+
+    async def run(self) -> int:
+        try:
+            self._geo = self._open_geoip()
+            state = self.load()
+        except (SchemaError, GeoIPError) as e:
+            log.error("cannot start:\n%s", e)
+            return 1
+        schema = state.policy.schema
+        if not schema.dns.listen or not schema.dns.upstream:
+            log.error(
+                "cannot start: no DNS %s: set dns.listen and dns.upstream in %s or pass "
+                "--listen/--upstream",
+                "listen address" if not schema.dns.listen else "upstream",
+                self.options.config,
+            )
+            return 1
+        redirect = schema.dns.listen[0][1] if schema.ingress else None
+        self._dataplane = await self._kernel(Dataplane, redirect)
+        for problem in await self._kernel(self._dataplane.apply, state.plan):
+            log.error("%s", problem)
+        self._router = Router(state, partial(self._kernel, self._dataplane.learn))
+        proxy = DnsProxy(
+            ProxyConfig(
+                listen=tuple(schema.dns.listen),
+                upstream=tuple(schema.dns.upstream),
+                timeout=schema.dns.timeout,
+                fail_closed=self.options.fail_closed,
+            ),
+            self._router,
+        )
+        try:
+            await proxy.start()
+        except IptserverError as e:
+            log.error("cannot start: %s", e)
+            await self._kernel(self._dataplane.stop, self.options.keep_state)
+            return 1
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stopping.set)
+        log.info(
+            "iptserver running: DNS on %s, upstream %s, %d rules, %d exits",
+            ", ".join(f"{a}:{p}" for a, p in schema.dns.listen),
+            ", ".join(f"{a}:{p}" for a, p in schema.dns.upstream),
+            len(schema.rules),
+            len(schema.exits),
+        )
+        try:
+            await self._stopping.wait()
+        finally:
+            log.info("stopping")
+            await proxy.stop()
+            await self._kernel(self._dataplane.stop, self.options.keep_state)
+            await self._kernel(self._dataplane.close)
+            self._executor.shutdown()
+        return 0
+
+    async def _kernel(self, call: Callable[..., T], *args: Any) -> T:
+        """Run a dataplane call on the one thread that owns the netlink sockets
+        (pyroute2's blocking API cannot run inside the event loop's thread)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+
+    async def reload(self) -> bool:
+        """Swap in the schema on disk, or keep the running one if it is bad."""
+        assert self._dataplane is not None and self._router is not None
+        try:
+            state = await asyncio.to_thread(self.load)
+        except (SchemaError, GeoIPError) as e:
+            self.reloads["rejected"] += 1
+            log.error("reload rejected, the running policy stays:\n%s", e)
+            return False
+        for problem in await self._kernel(self._dataplane.apply, state.plan):
+            log.error("%s", problem)
+        self._router.state = state
+        self.reloads["ok"] += 1
+        log.info(
+            "reloaded %s: %d rules, %d exits",
+            self.options.config,
+            len(state.policy.schema.rules),
+            len(state.policy.schema.exits),
+        )
+        return True
+
+    def stop(self) -> None:
+        self._stopping.set()

@@ -1,0 +1,212 @@
+"""Forwarding a query to the upstream resolvers, with failover.
+
+Each try gets a fresh socket (a random source port) and a random query ID; a reply
+counts only if it comes from the upstream's address and port (a connected socket),
+carries that ID and echoes the question. Anything else is counted, logged and
+ignored while the try's time lasts: spoofed or stray packets cannot end a query.
+Upstreams are tried in order, starting with the last one that answered, so a dead
+first resolver costs one timeout, not one per query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import secrets
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dnslib import QTYPE, RCODE
+
+from iptserver.dns.answers import with_id
+from iptserver.dns.config import Endpoint
+from iptserver.dns.counters import DnsCounters
+from iptserver.dns.throttle import LogThrottle, suppressed
+from iptserver.dns.wire import Message, Question, WireError, parse_message
+
+log = logging.getLogger(__name__)
+
+_MAX_DATAGRAM = 65535
+_TCP_LENGTH = 2
+
+
+class Transport(enum.Enum):
+    UDP = "udp"
+    TCP = "tcp"
+
+
+class UpstreamFailure(Exception):
+    """No upstream gave an answer in time; the message sums up what each try met."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAnswer:
+    wire: bytes  # as the upstream sent it (with the ID we chose)
+    message: Message
+    upstream: Endpoint
+    transport: Transport
+
+
+class _Refused(Exception):
+    """The upstream answered REFUSED: it will not serve us, ask the next one."""
+
+
+class UpstreamClient:
+    def __init__(
+        self, upstreams: Sequence[Endpoint], *, try_timeout: float, counters: DnsCounters
+    ) -> None:
+        if not upstreams:
+            raise ValueError("at least one upstream resolver is needed")
+        self._upstreams = tuple(upstreams)
+        self._try_timeout = try_timeout
+        self._counters = counters
+        self._preferred = 0
+        self._throttle = LogThrottle()
+
+    async def query(
+        self, wire: bytes, question: Question, *, tcp: bool, deadline: float
+    ) -> UpstreamAnswer:
+        """The first matching answer from the upstreams, by ``deadline`` (loop time).
+
+        UDP first unless ``tcp``; a truncated UDP answer is fetched again over TCP from
+        the same upstream. Raises :class:`UpstreamFailure` when no upstream answers.
+        """
+        loop = asyncio.get_running_loop()
+        failures: list[str] = []
+        first = self._preferred
+        for step in range(len(self._upstreams)):
+            index = (first + step) % len(self._upstreams)
+            upstream = self._upstreams[index]
+            if deadline - loop.time() <= 0:
+                failures.append(f"{upstream}: not tried, the query's time was up")
+                break
+            try:
+                answer = await self._try(upstream, wire, question, tcp=tcp, deadline=deadline)
+            except TimeoutError:
+                self._counters.upstream_timeouts += 1
+                failures.append(f"{upstream}: no answer in time")
+            except _Refused:
+                self._counters.upstream_errors += 1
+                failures.append(f"{upstream}: REFUSED")
+            except (OSError, WireError) as e:  # refused port, reset, unreachable, bad frame
+                self._counters.upstream_errors += 1
+                failures.append(f"{upstream}: {_reason(e)}")
+            else:
+                if index != self._preferred:
+                    log.info("upstream %s answers; asking it first from now on", upstream)
+                    self._preferred = index
+                return answer
+            last = step == len(self._upstreams) - 1
+            args = (
+                upstream,
+                question.name or ".",
+                QTYPE.get(question.qtype, question.qtype),
+                failures[-1].partition(": ")[2],
+                "no upstream left" if last else "trying the next one",
+            )
+            text = "upstream resolver %s failed for %s %s (%s), %s"
+            if (count := self._throttle.allow(str(upstream))) is not None:
+                log.warning(
+                    text + ". Check that it runs and that this host reaches it%s",
+                    *args,
+                    suppressed(count),
+                )
+            else:
+                log.debug(text, *args)
+        raise UpstreamFailure("; ".join(failures))
+
+    async def _try(
+        self, upstream: Endpoint, wire: bytes, question: Question, *, tcp: bool, deadline: float
+    ) -> UpstreamAnswer:
+        loop = asyncio.get_running_loop()
+        query_id = secrets.randbits(16)
+        wire = with_id(wire, query_id)
+        transport = Transport.TCP if tcp else Transport.UDP
+        async with asyncio.timeout_at(min(loop.time() + self._try_timeout, deadline)):
+            if tcp:
+                message, reply = await self._tcp(upstream, wire, query_id, question)
+            else:
+                message, reply = await self._udp(upstream, wire, query_id, question)
+        if message.header.truncated and not tcp:
+            self._counters.upstream_tcp_retries += 1
+            log.debug("upstream %s truncated %s; asking again over TCP", upstream, question.name)
+            transport = Transport.TCP
+            async with asyncio.timeout_at(min(loop.time() + self._try_timeout, deadline)):
+                message, reply = await self._tcp(upstream, wire, query_id, question)
+        if message.header.rcode == RCODE.REFUSED:
+            raise _Refused
+        return UpstreamAnswer(reply, message, upstream, transport)
+
+    async def _udp(
+        self, upstream: Endpoint, wire: bytes, query_id: int, question: Question
+    ) -> tuple[Message, bytes]:
+        loop = asyncio.get_running_loop()
+        with socket.socket(_family(upstream), socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect((str(upstream.address), upstream.port))
+            await loop.sock_sendall(sock, wire)
+            while True:
+                reply = await loop.sock_recv(sock, _MAX_DATAGRAM)
+                message = self._match(reply, query_id, question, upstream)
+                if message is not None:
+                    return message, reply
+
+    async def _tcp(
+        self, upstream: Endpoint, wire: bytes, query_id: int, question: Question
+    ) -> tuple[Message, bytes]:
+        loop = asyncio.get_running_loop()
+        with socket.socket(_family(upstream), socket.SOCK_STREAM) as sock:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (str(upstream.address), upstream.port))
+            await loop.sock_sendall(sock, len(wire).to_bytes(_TCP_LENGTH, "big") + wire)
+            while True:
+                length = int.from_bytes(await _recv_exactly(sock, _TCP_LENGTH), "big")
+                reply = await _recv_exactly(sock, length)
+                message = self._match(reply, query_id, question, upstream)
+                if message is not None:
+                    return message, reply
+
+    def _match(
+        self, reply: bytes, query_id: int, question: Question, upstream: Endpoint
+    ) -> Message | None:
+        """The reply's message if it answers our query, else None (counted, logged)."""
+        try:
+            message = parse_message(reply)
+        except WireError as e:
+            why = f"unreadable: {e}"
+        else:
+            header = message.header
+            if header.id != query_id:
+                why = f"ID {header.id} is not {query_id}"
+            elif not header.is_response:
+                why = "not a response"
+            elif message.question != question:
+                why = f"question {message.question} is not {question}"
+            else:
+                return message
+        self._counters.upstream_errors += 1
+        log.debug("ignored a %d-byte reply from %s: %s", len(reply), upstream, why)
+        return None
+
+
+async def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = bytearray()
+    while len(data) < size:
+        chunk = await loop.sock_recv(sock, size - len(data))
+        if not chunk:
+            raise ConnectionResetError(0, "the upstream closed the TCP connection mid-answer")
+        data += chunk
+    return bytes(data)
+
+
+def _family(endpoint: Endpoint) -> socket.AddressFamily:
+    return socket.AF_INET6 if endpoint.address.version == 6 else socket.AF_INET
+
+
+def _reason(error: OSError | WireError) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return str(error)
