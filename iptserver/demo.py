@@ -1,11 +1,15 @@
-"""``iptserver demo``: the UK/RU/US example, checked and explained on the lab's GeoIP data.
+"""``iptserver demo``: the UK/RU/US example, live.
 
-For now the demo shows decisions only; the live lab (namespaces, WireGuard exits, a far
-side that reports which exit it saw) comes with the dataplane.
+It builds the lab (network namespaces: a client, the entry, UK/RU/US exits over real
+WireGuard tunnels, and an "internet" with a DNS authority and whoami servers), runs
+iptserver in the entry with ``schema/examples/uk-ru-us.yaml``, has the client resolve and
+connect to a set of names and addresses, and prints for each what ``explain`` predicts
+and which exit the far side really saw. Then it tears the lab down.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,78 +17,118 @@ from typing import Any
 from iptserver.explain import explain, parse_query
 from iptserver.geoip import GeoIPDatabase
 from iptserver.geoip.build import write_country_db
+from iptserver.lab import Lab, LabError, reap_stale_labs
 from iptserver.lab.addresses import LAB_COUNTRIES
+from iptserver.lab.entry import ENTRY_DNS, start_iptserver
 from iptserver.policy import Policy
 from iptserver.schema import load_schema
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "schema" / "examples" / "uk-ru-us.yaml"
 
+# (what the client does, record type): a name to resolve and connect to, or an address
 QUERIES = (
-    "mail.ru=198.51.100.200",  # a .ru name on an address GeoIP places in DE
-    "www.bbc.co.uk=198.51.100.70",  # a British name on a Russian address
-    "198.51.100.10",  # GB by GeoIP
-    "198.51.100.75",  # RU by GeoIP
-    "198.51.100.150",  # US by GeoIP, which no rule names
-    "203.0.113.130",  # inside a pinned net
-    "updates.example.org=198.51.100.10",  # weight 100 against the GB country rule
-    "203.0.113.9",  # the office block
-    "cdn.example.net,edge.yandex.net=203.0.113.40",  # matched through its CNAME
-    "news.gov.uk=2001:db8:ff:1::1",  # IPv6: a host route against a /64
-    "10.77.0.5",  # a mesh address
-    "shop.example.com",  # a name no rule knows
+    ("www.bbc.co.uk", "A"),  # domain co.uk
+    ("mail.ru", "A"),  # domain ru
+    ("mail.ru", "AAAA"),  # the same over IPv6
+    ("cdn.example.net", "A"),  # a CNAME to edge.yandex.net: *.yandex.net
+    ("news.gov.uk", "AAAA"),  # a regex; the host route beats a pinned /64
+    ("updates.example.org", "A"),  # weight 100, direct, against the GB country rule
+    ("www.example.com", "A"),  # no rule: the default exit
+    ("de.example.de", "A"),  # a German address, no rule: the default
+    ("198.51.100.20", ""),  # no DNS: GB by GeoIP
+    ("198.51.100.75", ""),  # RU by GeoIP
+    ("203.0.113.130", ""),  # a pinned net
+    ("203.0.113.9", ""),  # the office block, direct
 )
 
 
 def run(schema_path: Path = EXAMPLE) -> int:
+    if os.geteuid() != 0:
+        print("iptserver demo builds network namespaces: run it as root (make demo)")
+        return 2
     loaded = load_schema(schema_path)
     print(
         f"schema {schema_path}: valid ({len(loaded.schema.exits)} exits, "
         f"{len(loaded.schema.rules)} rules)"
     )
-    with tempfile.TemporaryDirectory(prefix="iptserver-demo-") as tmp:
-        db = Path(tmp) / "lab-country.mmdb"
-        write_country_db(db, LAB_COUNTRIES, "iptserver lab (documentation ranges)")
-        geo = GeoIPDatabase(db)
-        policy = Policy(loaded.schema, geo)
-        rows = [("query", "exit", "interface", "rule", "because")]
-        for text in QUERIES:
-            result = explain(loaded, policy, parse_query(text), geo)
-            rule = (
-                f"#{result['rule']} (line {result['line']})" if result["rule"] is not None else "-"
-            )
-            rows.append(
-                (
-                    text,
-                    result["exit"] or "main table",
-                    result["interface"] or "-",
-                    rule,
-                    _because(result),
-                )
-            )
+    reap_stale_labs()
+    with tempfile.TemporaryDirectory(prefix="iptserver-demo-") as tmp, Lab() as lab:
+        print(
+            f"lab {lab.id} up in {lab.build_seconds:.1f} s: client -> entry -> "
+            "uk/ru/us (wireguard-go) -> internet"
+        )
+        mmdb = Path(tmp) / "lab-country.mmdb"
+        write_country_db(mmdb, LAB_COUNTRIES, "iptserver lab (documentation ranges)")
+        schema = Path(tmp) / "uk-ru-us.yaml"
+        schema.write_text(lab.schema_text(schema_path))
+        lab_loaded = load_schema(schema)
+        geo = GeoIPDatabase(mmdb)
+        policy = Policy(lab_loaded.schema, geo)
+        iptserver = start_iptserver(lab, schema, mmdb)
+        try:
+            rows = [_row(lab, lab_loaded, policy, geo, q, t) for q, t in QUERIES]
+        finally:
+            status = iptserver.stop()
         geo.close()
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for n, row in enumerate(rows):
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
-        if n == 0:
-            print("  ".join("-" * w for w in widths) + "  " + "-" * 3)
+    rows = [r for group in rows for r in group]
+    _print_table(rows)
+    mismatches = [r for r in rows if r["predicted"] != r["seen"]]
     print(
-        "\nExplain any query yourself, on the same lab GeoIP data:\n"
-        "  iptserver geoip lab lab.mmdb\n"
-        f"  iptserver explain {schema_path} mail.ru=198.51.100.200 --geoip lab.mmdb"
+        f"\n{len(rows)} connections, {len(rows) - len(mismatches)} left through the exit "
+        f"explain predicts; iptserver stopped with status {status}; lab torn down."
     )
-    return 0
+    return 1 if mismatches or status else 0
+
+
+def _row(
+    lab: Lab, loaded: Any, policy: Policy, geo: GeoIPDatabase, query: str, rtype: str
+) -> list[dict[str, str]]:
+    if not rtype:
+        targets = [(query, query)]
+    else:
+        answer = lab.resolve("client", query, rtype, server=ENTRY_DNS)
+        chain = [query, *(value for _, kind, value, _ in answer if kind == "CNAME")]
+        targets = [
+            (",".join(chain) + "=" + value, value) for _, kind, value, _ in answer if kind == rtype
+        ]
+    rows = []
+    for explained, address in targets:
+        result = explain(loaded, policy, parse_query(explained), geo)
+        try:
+            seen = lab.whoami("client", address)
+        except LabError as e:
+            seen = f"error: {e}".splitlines()[0]
+        rows.append(
+            {
+                "query": f"{query} {rtype}".strip(),
+                "address": address,
+                "predicted": result["exit"] or "main",
+                "seen": seen,
+                "because": _because(result),
+            }
+        )
+    return rows
 
 
 def _because(result: dict[str, Any]) -> str:
     match = result["match"]
     if match is None:
         return {
-            "default": "no rule matches: default exit",
-            "main": "no rule matches",
-            "private": "private or mesh: never diverted",
+            "default": "no rule: default exit",
+            "main": "no rule",
+            "private": "private or mesh",
         }[result["reason"]]
-    what = f"{match['kind']} {match['detail']}"
-    if match["name"]:
-        what += f" matched {match['name']}"
-    beaten = len(result["beaten"])
-    return what + (f", beat {beaten} other rule{'s' * (beaten > 1)}" if beaten else "")
+    what = f"rule {match['rule']}: {match['kind']} {match['detail']}"
+    return what + (f", beat {len(result['beaten'])}" if result["beaten"] else "")
+
+
+def _print_table(rows: list[dict[str, str]]) -> None:
+    columns = ("query", "address", "predicted", "seen", "because")
+    heads = ("query", "answer", "explain says", "far side saw", "why")
+    widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in zip(columns, heads)]
+    print()
+    print("  ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        mark = "" if r["predicted"] == r["seen"] else "   <-- MISMATCH"
+        print("  ".join(r[c].ljust(w) for c, w in zip(columns, widths)).rstrip() + mark)
