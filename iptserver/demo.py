@@ -22,6 +22,7 @@ from iptserver.lab.addresses import LAB_COUNTRIES
 from iptserver.lab.entry import ENTRY_DNS, start_iptserver
 from iptserver.policy import Policy
 from iptserver.schema import load_schema
+from iptserver.schema.load import Loaded
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "schema" / "examples" / "uk-ru-us.yaml"
 
@@ -66,11 +67,10 @@ def run(schema_path: Path = EXAMPLE) -> int:
         policy = Policy(lab_loaded.schema, geo)
         iptserver = start_iptserver(lab, schema, mmdb)
         try:
-            rows = [_row(lab, lab_loaded, policy, geo, q, t) for q, t in QUERIES]
+            rows = [row for q, t in QUERIES for row in _rows(lab, lab_loaded, policy, geo, q, t)]
         finally:
             status = iptserver.stop()
         geo.close()
-    rows = [r for group in rows for r in group]
     _print_table(rows)
     mismatches = [r for r in rows if r["predicted"] != r["seen"]]
     print(
@@ -125,10 +125,12 @@ def _because(result: dict[str, Any]) -> str:
 def _print_table(rows: list[dict[str, str]]) -> None:
     columns = ("query", "address", "predicted", "seen", "because")
     heads = ("query", "answer", "explain says", "far side saw", "why")
-    widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in zip(columns, heads)]
+    widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in zip(columns, heads, strict=True)]
     print()
-    print("  ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip())
+    print("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())
     print("  ".join("-" * w for w in widths))
     for r in rows:
         mark = "" if r["predicted"] == r["seen"] else "   <-- MISMATCH"
-        print("  ".join(r[c].ljust(w) for c, w in zip(columns, widths)).rstrip() + mark)
+        print(
+            "  ".join(r[c].ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + mark
+        )
