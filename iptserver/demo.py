@@ -80,8 +80,8 @@ def run(schema_path: Path = EXAMPLE) -> int:
     return 1 if mismatches or status else 0
 
 
-def _row(
-    lab: Lab, loaded: Any, policy: Policy, geo: GeoIPDatabase, query: str, rtype: str
+def _rows(
+    lab: Lab, loaded: Loaded, policy: Policy, geo: GeoIPDatabase, query: str, rtype: str
 ) -> list[dict[str, str]]:
     if not rtype:
         targets = [(query, query)]
