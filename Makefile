@@ -57,6 +57,8 @@ lint: venv
 
 bench: setup
 	$(BIN)/python bench/policy.py
+	$(BIN)/python bench/dataplane.py
+	$(BIN)/python -m tests.dns.bench_proxy
 
 clean:
 	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache
