@@ -8,8 +8,10 @@ their exit across reloads (their mark lives in conntrack).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from typing import Any, TypeVar
 from iptserver.dataplane.kernel import Dataplane
 from iptserver.dataplane.plan import plan as kernel_plan
 from iptserver.dns.proxy import DnsProxy, ProxyConfig
-from iptserver.errors import GeoIPError, IptserverError, SchemaError
+from iptserver.errors import DataplaneError, GeoIPError, IptserverError, SchemaError
 from iptserver.geoip import DEFAULT_DATABASE, GeoIPDatabase
 from iptserver.policy import Policy
 from iptserver.router import Router, State
@@ -53,6 +55,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.reloads = {"ok": 0, "rejected": 0}
+        self._reloading: set[asyncio.Future[bool]] = set()
 
     def _schema(self) -> Schema:
         schema = load_schema(self.options.config).schema
@@ -83,9 +86,16 @@ class Daemon:
                 ", ".join(sorted(countries)),
             )
         networks = self._geo.networks_of(countries) if self._geo and countries else {}
-        return State(Policy(schema, self._geo), kernel_plan(schema, networks))
+        previous = self._dataplane.plan if self._dataplane is not None else None
+        return State(Policy(schema, self._geo), kernel_plan(schema, networks, previous))
 
     async def run(self) -> int:
+        # Before the kernel is touched: a SIGTERM while it is programmed (seconds, with
+        # whole countries) must stop the daemon cleanly, not kill it half-way.
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stopping.set)
         try:
             self._geo = self._open_geoip()
             state = self.load()
@@ -99,6 +109,13 @@ class Daemon:
                 "--listen/--upstream",
                 "listen address" if not schema.dns.listen else "upstream",
                 self.options.config,
+            )
+            return 1
+        if (taken := _listened_on(schema.dns.listen)) is not None:
+            log.error(
+                "cannot start: another program listens for DNS on UDP %s (a second "
+                "iptserver?); its kernel state is left alone",
+                taken,
             )
             return 1
         redirect = schema.dns.listen[0][1] if schema.ingress else None
@@ -121,10 +138,6 @@ class Daemon:
             log.error("cannot start: %s", e)
             await self._kernel(self._dataplane.stop, self.options.keep_state)
             return 1
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stopping.set)
         log.info(
             "iptserver running: DNS on %s, upstream %s, %d rules, %d exits",
             ", ".join(f"{a}:{p}" for a, p in schema.dns.listen),
@@ -147,6 +160,14 @@ class Daemon:
         (pyroute2's blocking API cannot run inside the event loop's thread)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
 
+    def _on_sighup(self) -> None:
+        if self._router is None:
+            log.warning("SIGHUP while starting: ignored (send it again once iptserver runs)")
+            return
+        task = asyncio.ensure_future(self.reload())
+        self._reloading.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._reloading.discard)
+
     async def reload(self) -> bool:
         """Swap in the schema on disk, or keep the running one if it is bad."""
         assert self._dataplane is not None and self._router is not None
@@ -156,7 +177,13 @@ class Daemon:
             self.reloads["rejected"] += 1
             log.error("reload rejected, the running policy stays:\n%s", e)
             return False
-        for problem in await self._kernel(self._dataplane.apply, state.plan):
+        try:
+            problems = await self._kernel(self._dataplane.apply, state.plan)
+        except DataplaneError as e:  # else lost in the signal handler's task
+            self.reloads["rejected"] += 1
+            log.error("reload failed, the kernel may hold part of the new schema: %s", e)
+            return False
+        for problem in problems:
             log.error("%s", problem)
         self._router.state = state
         self.reloads["ok"] += 1
@@ -170,3 +197,24 @@ class Daemon:
 
     def stop(self) -> None:
         self._stopping.set()
+
+
+def _listened_on(endpoints: list[Endpoint]) -> str | None:
+    """The first address where another process already holds the DNS port, or None.
+
+    Checked before the kernel is programmed: a second daemon started by mistake must not
+    tear down the running one's kernel state when its proxy cannot listen.
+    """
+    for address, port in endpoints:
+        if port == 0:
+            continue
+        v6 = address.version == 6
+        with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            if v6:  # as the proxy binds: [::]:53 and 0.0.0.0:53 do not clash
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind((str(address), port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return f"[{address}]:{port}" if v6 else f"{address}:{port}"
+    return None

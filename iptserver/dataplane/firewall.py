@@ -20,6 +20,22 @@ def _tables(version: int, name: str) -> iptc.Table:
     return iptc.Table(name) if version == 4 else iptc.Table6(name)
 
 
+def _fresh_table(version: int, name: str) -> iptc.Table:
+    """The table as the kernel holds it now, ready for changes committed at once.
+
+    python-iptables keeps one libiptc handle per table, and a handle goes stale once
+    committed: committing it again hands the kernel the rule count read with the handle,
+    and the kernel refuses (EAGAIN) when the table has changed since: every reload did.
+    So every batch starts from a freshly read handle (refresh() drops the old one, with
+    whatever a failed commit left pending on it).
+    """
+    table = _tables(version, name)
+    table.autocommit = True
+    table.refresh()
+    table.autocommit = False
+    return table
+
+
 def _rule(version: int) -> iptc.Rule:
     return iptc.Rule() if version == 4 else iptc.Rule6()
 
@@ -79,8 +95,7 @@ def install(plan: KernelPlan, dns_port: int | None) -> None:
 
 
 def _install_mangle(plan: KernelPlan, version: int) -> None:
-    table = _tables(version, iptc.Table.MANGLE)
-    table.autocommit = False
+    table = _fresh_table(version, iptc.Table.MANGLE)
     chain = _chain(table, CHAIN)
     family = 0 if version == 4 else 1
     rule = _rule(version)
@@ -112,8 +127,7 @@ def _install_mangle(plan: KernelPlan, version: int) -> None:
 
 
 def _install_dns(plan: KernelPlan, version: int, port: int | None) -> None:
-    table = _tables(version, iptc.Table.NAT)
-    table.autocommit = False
+    table = _fresh_table(version, iptc.Table.NAT)
     chain = _chain(table, DNS_CHAIN)
     if port is not None:
         for protocol in ("udp", "tcp"):

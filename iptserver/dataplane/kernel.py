@@ -104,10 +104,17 @@ class Dataplane:
             if name.startswith(PREFIX) and name not in wanted:
                 self._sets.destroy(name)
         if self._plan is not None:
-            keep = {(e.priority, e.table) for e in plan.exits}
+            # An exit's rule and its table are dropped apart: a kept exit may have moved to
+            # another table (its rule was replaced above, so leave the rule) or stopped
+            # using one (now the host gateway: flush the table, or it outlives stop()).
+            priorities = {e.priority for e in plan.exits}
+            tables = {e.table for e in plan.exits if e.route is Route.INTERFACE}
             for old in self._plan.exits:
-                if (old.priority, old.table) not in keep:
-                    self._routing.remove_exit(old)
+                self._routing.remove_exit(
+                    old,
+                    rule=old.priority not in priorities,
+                    routes=old.table not in tables,
+                )
         marks = {e.mark for e in plan.exits}
         for weight_class in plan.classes:
             for set_plan in weight_class.learned:

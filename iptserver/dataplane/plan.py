@@ -17,6 +17,7 @@ rule written first, as §3 says.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -88,28 +89,42 @@ def set_name(kind: str, weight: int, family: int) -> str:
     return f"ipts-{kind}{spelled}-{family}"
 
 
-def exit_plans(schema: Schema) -> tuple[ExitPlan, ...]:
-    plans = []
-    for index, (name, spec) in enumerate(schema.exits.items()):
-        plans.append(_exit_plan(schema, index, name, spec))
-    return tuple(plans)
+def exit_plans(schema: Schema, previous: KernelPlan | None = None) -> tuple[ExitPlan, ...]:
+    """Each exit's slot (mark, table and rule priority, unless the schema sets them).
+
+    An exit keeps the slot it had in ``previous``; new exits take the lowest free ones.
+    Established connections (in conntrack) and learned entries (in the sets) carry marks,
+    so a reload that reorders, adds or removes exits must not give a mark to another exit.
+    """
+    held = {e.name: e.priority - RULE_PRIORITY_BASE for e in previous.exits} if previous else {}
+    slots = {name: held[name] for name in schema.exits if name in held}
+    free = (slot for slot in itertools.count() if slot not in slots.values())
+    for name in schema.exits:
+        if name not in slots:
+            slots[name] = next(free)
+    return tuple(_exit_plan(schema, slots[name], name, spec) for name, spec in schema.exits.items())
 
 
-def _exit_plan(schema: Schema, index: int, name: str, spec: Exit) -> ExitPlan:
+def _exit_plan(schema: Schema, slot: int, name: str, spec: Exit) -> ExitPlan:
     return ExitPlan(
         name=name,
         interface=spec.interface,
         route=spec.route,
         via=spec.via,
-        mark=spec.mark if spec.mark is not None else schema.kernel.mark_base + index,
-        table=spec.table if spec.table is not None else schema.kernel.table_base + index,
-        priority=RULE_PRIORITY_BASE + index,
+        mark=spec.mark if spec.mark is not None else schema.kernel.mark_base + slot,
+        table=spec.table if spec.table is not None else schema.kernel.table_base + slot,
+        priority=RULE_PRIORITY_BASE + slot,
     )
 
 
-def plan(schema: Schema, countries: Mapping[str, Iterable[IPNetwork]]) -> KernelPlan:
-    """The kernel state for ``schema``; ``countries`` lists each country's networks."""
-    exits = exit_plans(schema)
+def plan(
+    schema: Schema,
+    countries: Mapping[str, Iterable[IPNetwork]],
+    previous: KernelPlan | None = None,
+) -> KernelPlan:
+    """The kernel state for ``schema``; ``countries`` lists each country's networks;
+    ``previous`` is the plan the kernel holds (its exits keep their marks)."""
+    exits = exit_plans(schema, previous)
     marks = {e.name: e.mark for e in exits}
     # (weight, family) -> network -> (rule index, mark); the first rule keeps a prefix.
     static: dict[int, dict[IPNetwork, tuple[int, int]]] = {}

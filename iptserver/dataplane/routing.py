@@ -98,11 +98,12 @@ class Routing:
             if e.code != errno.ENOENT:
                 raise DataplaneError(f"cannot delete ip rule {priority}: {e}") from e
 
-    def remove_exit(self, exit_: ExitPlan) -> None:
+    def remove_exit(self, exit_: ExitPlan, *, rule: bool = True, routes: bool = True) -> None:
+        """Delete the exit's rule and flush its table's routes (each unless told not to)."""
         for family in FAMILIES.values():
-            while self._rules(family, exit_.priority):
+            while rule and self._rules(family, exit_.priority):
                 self._delete_rule(family, exit_.priority)
-            if exit_.route is Route.INTERFACE:
+            if routes and exit_.route is Route.INTERFACE:
                 try:
                     self._ip.flush_routes(table=exit_.table, family=family)
                 except NetlinkError as e:

@@ -60,6 +60,17 @@ ZONE: dict[str, tuple[Record, ...]] = {
     "b.chain.test": _cname("c.chain.ru"),
     "c.chain.ru": _a("203.0.113.80"),
     "dangling.example.org": _cname("nowhere.example.org"),  # CNAME to NXDOMAIN
+    # One name, rules of two exits: a ``ru`` domain rule and one naming it exactly.
+    "shop.ru": _a("203.0.113.74") + _aaaa("2001:db8:ff::74"),
+    # A .co.uk name on an address GeoIP places in RU: a domain rule against a country rule.
+    "ru-hosted.co.uk": _a("198.51.100.80") + _aaaa("2001:db8:7::80"),
+    # .ru names answering private and mesh addresses: a ru rule matches them, yet they are
+    # never diverted (mixed.ru has one public address, which is).
+    "printer.ru": _a("10.77.1.50") + _aaaa("fd77:1::50"),
+    "router.ru": _a("192.168.1.1"),
+    "cgnat.ru": _a("100.64.0.1"),
+    "linklocal.ru": _a("169.254.1.1") + _aaaa("fe80::1"),
+    "mixed.ru": _a("10.77.1.51", "203.0.113.79"),
     # The canary Firefox asks before it turns DNS over HTTPS on; the proxy NXDOMAINs it.
     "use-application-dns.net": _a("203.0.113.90"),
 }

@@ -1,23 +1,64 @@
-"""iptserver running in the lab's entry namespace with the UK/RU/US example schema."""
+"""iptserver running in the lab's entry namespace.
+
+Two ways to get one:
+
+* ``running``: one daemon per test module on the UK/RU/US example schema, for tests that
+  only send it traffic;
+* ``iptservers``: a factory of daemons owned by one test (a schema text in, a daemon
+  out), for tests that restart, reload or starve it. Its teardown stops what still runs
+  with SIGTERM and checks that the entry namespace is as it was before any iptserver ran
+  (and puts it back if not, so the next test starts fresh).
+
+Only one iptserver can listen on 10.77.1.1:53: pytest runs tests one at a time and
+finalizes a module's ``running`` when the module ends, so a module uses one of the two.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from iptserver.lab import Lab
-from iptserver.lab.topology import LabError
+from iptserver.cli import main
+from iptserver.dns.queries import DOH_CANARY
+from iptserver.lab import Lab, LabError
 from tests.conftest import EXAMPLES
+from tests.e2e.entry_kernel import EntryState, entry_state, ours, restore
 
 ENTRY_DNS = "10.77.1.1"
 UPSTREAM = "203.0.113.53:53"
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 15.0
+POLL = 0.02  # seconds between looks at a daemon's log
+RUNNING_LINE = "iptserver.daemon: iptserver running:"  # logged once signals are handled
+
+# The lab's native schemas start from BASE_SCHEMA: every exit of the lab and the direct
+# uplink, the client network as ingress and mesh, DNS on the entry's client-side address.
+LAB_EXITS = """\
+exits:
+  uk: {interface: wg-uk}
+  ru: {interface: wg-ru}
+  us: {interface: wg-us}
+  direct: {interface: _DEFAULT}
+"""
+LAB_SETTINGS = """\
+ingress: [wg-clients]
+mesh: [10.77.0.0/16, "fd77::/16"]
+dns:
+  listen: ["10.77.1.1:53"]
+  upstream: ["203.0.113.53:53"]
+"""
+BASE_SCHEMA = LAB_EXITS + LAB_SETTINGS
 
 
 @dataclass
@@ -26,62 +67,251 @@ class Running:
     schema: Path
     mmdb: Path
     proc: subprocess.Popen[bytes]
+    log_start: int = 0  # where this daemon's output starts in its (shared) log file
+
+    @property
+    def output(self) -> str:
+        """Everything this daemon has logged so far."""
+        with self.lab.log_path(self.proc).open("rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode(errors="replace")
 
     @property
     def log(self) -> str:
-        return self.lab.log_path(self.proc).read_text()[-4000:]
+        return self.output[-4000:]
 
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
-def start_iptserver(lab: Lab, schema: Path, mmdb: Path, *extra: str) -> Running:
-    proc = lab.spawn(
-        "entry",
-        [
-            sys.executable,
-            "-m",
-            "iptserver",
-            "--log-level",
-            "debug",
-            "run",
-            "--config",
-            str(schema),
-            "--geoip",
-            str(mmdb),
-            "--upstream",
-            UPSTREAM,
-            *extra,
-        ],
-        name="iptserver",
-    )
-    deadline = time.monotonic() + 15
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"iptserver exited with {proc.returncode}:\n"
-                f"{lab.log_path(proc).read_text()[-3000:]}"
-            )
-        try:
-            lab.resolve("client", "probe.example.org", server=ENTRY_DNS, timeout=0.5)
-            break
-        except LabError:
+    def reload(self, timeout: float = 10.0) -> bool:
+        """SIGHUP, then wait for the daemon's verdict: True when it logged the new schema
+        as loaded, False when it logged the schema as rejected."""
+        loaded, rejected = self._reloads()
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while True:
+            now_loaded, now_rejected = self._reloads()
+            if now_loaded > loaded:
+                return True
+            if now_rejected > rejected:
+                return False
+            if not self.alive:
+                code = self.proc.returncode
+                raise AssertionError(f"iptserver died on SIGHUP ({code}):\n{self.log}")
             if time.monotonic() > deadline:
-                raise AssertionError(
-                    "iptserver did not answer DNS within 15 s:\n"
-                    + lab.log_path(proc).read_text()[-3000:]
-                ) from None
-    return Running(lab, schema, mmdb, proc)
+                raise AssertionError(f"no reload logged {timeout} s after SIGHUP:\n{self.log}")
+            time.sleep(POLL)
+
+    def _reloads(self) -> tuple[int, int]:
+        text = self.output
+        failed = text.count("reload rejected") + text.count("reload failed")
+        return text.count("iptserver.daemon: reloaded "), failed
+
+
+def iptserver_argv(
+    schema: Path, mmdb: Path, *extra: str, upstream: Sequence[str] = (UPSTREAM,)
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "iptserver",
+        "--log-level",
+        "debug",
+        "run",
+        "--config",
+        str(schema),
+        "--geoip",
+        str(mmdb),
+        *(arg for address in upstream for arg in ("--upstream", address)),
+        *extra,
+    ]
+
+
+def start_iptserver(
+    lab: Lab,
+    schema: Path,
+    mmdb: Path,
+    *extra: str,
+    upstream: Sequence[str] = (UPSTREAM,),
+) -> Running:
+    """Start ``iptserver run`` in the entry; return once it serves DNS.
+
+    Ready means: this daemon logged that it runs (after its signal handlers are in place,
+    so a SIGHUP cannot kill it), and the client gets the DoH canary's NXDOMAIN, which the
+    proxy answers itself (so a daemon whose upstreams are dead is ready too).
+    """
+    log = lab.workdir / "logs" / "entry-iptserver.log"  # as Lab.spawn names it; appended to
+    log_start = log.stat().st_size if log.exists() else 0
+    argv = iptserver_argv(schema, mmdb, *extra, upstream=upstream)
+    proc = lab.spawn("entry", argv, name="iptserver")
+    running = Running(lab, schema, mmdb, proc, log_start)
+    deadline = time.monotonic() + START_TIMEOUT
+    while RUNNING_LINE not in running.output:
+        if not running.alive:
+            raise AssertionError(f"iptserver exited with {proc.returncode}:\n{running.log}")
+        if time.monotonic() > deadline:
+            stop_iptserver(running)
+            raise AssertionError(f"iptserver did not start in {START_TIMEOUT} s:\n{running.log}")
+        time.sleep(POLL)
+    try:
+        answer = lab.query("client", DOH_CANARY, server=ENTRY_DNS, timeout=2.0)
+    except LabError as e:
+        stop_iptserver(running)
+        raise AssertionError(f"iptserver runs but does not answer DNS: {e}\n{running.log}") from e
+    assert answer.rcode == "NXDOMAIN", answer
+    return running
 
 
 def stop_iptserver(running: Running) -> int:
-    running.proc.send_signal(signal.SIGTERM)
-    return running.proc.wait(timeout=15)
+    """SIGTERM and wait (SIGKILL after STOP_TIMEOUT: a daemon that hangs is a failure)."""
+    if running.alive:
+        running.proc.send_signal(signal.SIGTERM)
+    try:
+        return running.proc.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        running.proc.kill()
+        running.proc.wait()
+        message = f"iptserver ignored SIGTERM for {STOP_TIMEOUT} s:\n{running.log}"
+        raise AssertionError(message) from e
+
+
+def explained(running: Running, query: str) -> dict[str, Any]:
+    """What ``iptserver explain --json`` says of a query, on the daemon's schema."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        argv = ["explain", str(running.schema), query, "--geoip", str(running.mmdb), "--json"]
+        assert main(argv) == 0
+    found: dict[str, Any] = json.loads(out.getvalue())[0]
+    return found
+
+
+def explained_exit(running: Running, query: str) -> str | None:
+    """The exit ``iptserver explain --json`` names for a query (None: the main table)."""
+    exit_name: str | None = explained(running, query)["exit"]
+    return exit_name
+
+
+def resolved(
+    lab: Lab, name: str, rtype: str = "A", *, server: str = ENTRY_DNS
+) -> list[tuple[str, int]]:
+    """The (address, TTL) of each ``rtype`` record the client got for ``name``."""
+    records = lab.resolve("client", name, rtype, server=server)
+    found = [(value, ttl) for _, kind, value, ttl in records if kind == rtype]
+    assert found, f"no {rtype} record for {name} from {server}: {records}"
+    return found
+
+
+def lab_schema(lab: Lab, path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` with wg-uk/wg-ru/wg-us/wg-clients named as in the lab."""
+    path.write_text(text, encoding="utf-8")
+    path.write_text(lab.schema_text(path), encoding="utf-8")
+    return path
+
+
+class Iptservers:
+    """Daemons for one test, one at a time: ``start(text)`` runs iptserver on a schema."""
+
+    def __init__(self, lab: Lab, mmdb: Path, write_schema: Callable[[str], Path]) -> None:
+        self.lab = lab
+        self.mmdb = mmdb
+        self._write = write_schema
+        self._started: list[Running] = []
+
+    def schema(self, text: str) -> Path:
+        """A new schema file holding ``text`` (lab interface names filled in)."""
+        return lab_schema(self.lab, self._write(""), text)
+
+    def rewrite(self, running: Running, text: str) -> None:
+        """Replace the daemon's schema file (it reads it again on SIGHUP)."""
+        lab_schema(self.lab, running.schema, text)
+
+    def start(
+        self, schema: str | Path, *extra: str, upstream: Sequence[str] = (UPSTREAM,)
+    ) -> Running:
+        """iptserver on a schema (a file, or a text written to a new file)."""
+        still = [r for r in self._started if r.alive]
+        assert not still, "stop the running iptserver first: one may listen on 10.77.1.1:53"
+        path = schema if isinstance(schema, Path) else self.schema(schema)
+        running = start_iptserver(self.lab, path, self.mmdb, *extra, upstream=upstream)
+        self._started.append(running)
+        return running
+
+    def attempt(self, schema: Path, *extra: str) -> tuple[int, str]:
+        """Run a daemon that is expected to give up: its exit code and its output."""
+        argv = iptserver_argv(schema, self.mmdb, *extra)
+        proc = self.lab.spawn("entry", argv, name="iptserver-attempt")
+        try:
+            code = proc.wait(timeout=START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"still running after {START_TIMEOUT} s") from None
+        return code, self.lab.log_path(proc).read_text()
+
+    def stop(self, running: Running) -> None:
+        """SIGTERM; the daemon must exit 0."""
+        code = stop_iptserver(running)
+        assert code == 0, f"iptserver exited {code}:\n{running.log}"
+
+    def close(self) -> list[str]:
+        problems = []
+        for running in self._started:
+            if running.alive:
+                try:
+                    self.stop(running)
+                except AssertionError as e:
+                    problems.append(str(e))
+        return problems
+
+
+@pytest.fixture(scope="session")
+def pristine_entry(lab: Lab) -> EntryState:
+    """The entry's kernel state before any iptserver ran in it."""
+    state = entry_state(lab)
+    assert not ours(state), f"the lab's entry already holds iptserver's state: {ours(state)}"
+    return state
+
+
+@pytest.fixture
+def iptservers(
+    lab: Lab, lab_mmdb: Path, write_schema: Callable[[str], Path], pristine_entry: EntryState
+) -> Iterator[Iptservers]:
+    """Start daemons in the test; at teardown they are stopped (SIGTERM) and the entry
+    must be as it was before any iptserver ran."""
+    servers = Iptservers(lab, lab_mmdb, write_schema)
+    yield servers
+    problems = servers.close()
+    problems += [f"left behind: {line}" for line in restore(lab, pristine_entry)]
+    assert not problems, "\n".join(problems)
+
+
+@contextlib.contextmanager
+def serving(
+    lab: Lab, schema: Path, mmdb: Path, pristine: EntryState, *extra: str
+) -> Iterator[Running]:
+    """A daemon for a whole module: stopped at the end, the entry checked and restored."""
+    started = start_iptserver(lab, schema, mmdb, *extra)
+    try:
+        yield started
+    finally:
+        try:
+            code = stop_iptserver(started)
+        finally:
+            left = restore(lab, pristine)
+    assert code == 0, started.log
+    assert not left, "left behind:\n" + "\n".join(left)
 
 
 @pytest.fixture(scope="module")
 def running(
-    lab: Lab, lab_mmdb: Path, tmp_path_factory: pytest.TempPathFactory
+    lab: Lab,
+    lab_mmdb: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    pristine_entry: EntryState,
 ) -> Iterator[Running]:
+    """iptserver on the UK/RU/US example, for the tests of one module."""
     schema = tmp_path_factory.mktemp("e2e") / "uk-ru-us.yaml"
     schema.write_text(lab.schema_text(EXAMPLES / "uk-ru-us.yaml"))
-    started = start_iptserver(lab, schema, lab_mmdb)
-    yield started
-    assert stop_iptserver(started) == 0, started.log
+    with serving(lab, schema, lab_mmdb, pristine_entry) as started:
+        yield started

@@ -7,26 +7,9 @@ predict that same exit.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-
 import pytest
 
-from iptserver.cli import main
-from tests.e2e.conftest import ENTRY_DNS, Running
-
-
-def explained_exit(running: Running, query: str) -> str | None:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert (
-            main(["explain", str(running.schema), query, "--geoip", str(running.mmdb), "--json"])
-            == 0
-        )
-    exit_name: str | None = json.loads(out.getvalue())[0]["exit"]
-    return exit_name
-
+from tests.e2e.conftest import ENTRY_DNS, Running, explained_exit
 
 # (name, record type, the exit the far side must see, why)
 BY_NAME = [
