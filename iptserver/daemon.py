@@ -119,8 +119,15 @@ class Daemon:
             )
             return 1
         redirect = schema.dns.listen[0][1] if schema.ingress else None
-        self._dataplane = await self._kernel(Dataplane, redirect)
-        for problem in await self._kernel(self._dataplane.apply, state.plan):
+        try:
+            self._dataplane = await self._kernel(Dataplane, redirect)
+            problems = await self._kernel(self._dataplane.apply, state.plan)
+        except DataplaneError as e:
+            log.error("cannot start: %s", e)
+            if self._dataplane is not None:
+                await self._kernel(self._dataplane.close)
+            return 1
+        for problem in problems:
             log.error("%s", problem)
         self._router = Router(state, partial(self._kernel, self._dataplane.learn))
         proxy = DnsProxy(
@@ -137,6 +144,7 @@ class Daemon:
         except IptserverError as e:
             log.error("cannot start: %s", e)
             await self._kernel(self._dataplane.stop, self.options.keep_state)
+            await self._kernel(self._dataplane.close)
             return 1
         log.info(
             "iptserver running: DNS on %s, upstream %s, %d rules, %d exits",

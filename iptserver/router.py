@@ -18,6 +18,10 @@ from iptserver.schema.values import IPAddress
 
 log = logging.getLogger(__name__)
 
+# Seconds an entry outlives the TTL handed out: its timeout starts before the client
+# receives the answer, and a client may round its cache time up.
+HOLD_MARGIN = 2
+
 
 @dataclass(frozen=True, slots=True)
 class State:
@@ -90,7 +94,7 @@ class Router:
                     plan.learned_set(rule.weight, ip.version),
                     ipaddress.ip_network(ip),
                     plan.exit(rule.exit).mark,
-                    hold,
+                    hold + HOLD_MARGIN,
                 )
             )
             shortest = hold if shortest is None else min(shortest, hold)

@@ -9,6 +9,7 @@ missing is reported and skipped; every other exit keeps working.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -54,7 +55,21 @@ class Dataplane:
         return self._plan
 
     def apply(self, plan: KernelPlan) -> list[str]:
-        """Program ``plan``; return the problems of exits that could not be set up."""
+        """Program ``plan``; return the problems of exits that could not be set up.
+
+        If the first plan fails half-way, what it made is removed before the error goes
+        up: a daemon that could not start leaves no half-made state.
+        """
+        try:
+            return self._apply(plan)
+        except DataplaneError:
+            if self._plan is None:
+                self._plan = plan
+                with contextlib.suppress(DataplaneError):
+                    self.stop()
+            raise
+
+    def _apply(self, plan: KernelPlan) -> list[str]:
         for set_plan in plan.private:
             self._fill(set_plan, mark=False)
         for weight_class in plan.classes:

@@ -473,6 +473,10 @@ _BIND_HINTS = {
 }
 
 
+# The kernel caps this at net.core.rmem_max (raise that sysctl for bigger bursts).
+_UDP_RCVBUF = 4 * 1024 * 1024
+
+
 def _bind(kind: socket.SocketKind, endpoint: Endpoint) -> socket.socket:
     v6 = endpoint.address.version == 6
     sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
@@ -481,6 +485,8 @@ def _bind(kind: socket.SocketKind, endpoint: Endpoint) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind == socket.SOCK_STREAM:  # restart while old connections sit in TIME_WAIT
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        else:  # absorb bursts: asyncio reads one datagram per loop turn
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF)
         sock.bind((str(endpoint.address), endpoint.port))
         if kind == socket.SOCK_STREAM:
             sock.listen(_TCP_BACKLOG)

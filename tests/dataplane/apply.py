@@ -1,6 +1,6 @@
-"""Run inside a test namespace: apply a schema's plan N times, then optionally stop.
+"""Run inside a test namespace: apply schemas' plans in turn, N times, then maybe stop.
 
-Usage: python -m tests.dataplane.apply SCHEMA MMDB TIMES {stop,keep,stay}
+Usage: python -m tests.dataplane.apply SCHEMA[,SCHEMA...] MMDB TIMES {stop,keep,stay}
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from iptserver.schema import load_schema
 
 
 def main() -> None:
-    schema_path, mmdb, times, end = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    schema = load_schema(Path(schema_path)).schema
+    schema_paths, mmdb, times, end = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     geo = GeoIPDatabase(mmdb)
-    countries = geo.networks_of({c for r in schema.rules for c in r.countries})
     dataplane = Dataplane(dns_port=5353)
     problems: list[str] = []
     for _ in range(times):
-        problems = dataplane.apply(plan(schema, countries))
+        for schema_path in schema_paths.split(","):
+            schema = load_schema(Path(schema_path)).schema
+            countries = geo.networks_of({c for r in schema.rules for c in r.countries})
+            problems = dataplane.apply(plan(schema, countries, dataplane.plan))
     if end != "stay":
         dataplane.stop(keep_state=end == "keep")
     print(json.dumps({"problems": problems}))

@@ -164,3 +164,24 @@ def test_keep_state_leaves_the_kernel_as_it_was(
     before = state(netns)
     apply(netns, schema, lab_mmdb, times=1, end="keep")
     assert state(netns) == before
+
+
+def test_a_second_plan_in_one_process_replaces_the_first(
+    netns: str,
+    write_schema,
+    lab_mmdb: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """A reload: fewer rules, another weight, one exit gone; the kernel follows."""
+    first = write_schema(SCHEMA)
+    second = write_schema(
+        "exits:\n  uk: {interface: xuk}\n  ru: {interface: xru}\ningress: [ing0]\n"
+        "rules:\n  - {exit: ru, nets: [203.0.113.0/24], weight: 7}\n"
+    )
+    apply(netns, Path(f"{first},{second}"), lab_mmdb, times=1, end="stay")
+    after = state(netns)
+    assert "ipts-n7-4" in after["sets"]
+    assert "ipts-n5-4" not in after["sets"] and "ipts-n0-4" not in after["sets"]
+    assert "add ipts-n7-4 203.0.113.0/24 skbmark 0x101" in after["sets"]
+    assert "fwmark 0x103" not in after["rules4"]  # the direct exit is gone
+    assert after["mangle4"].count("-j SET --map-set") == 2  # learned + static, weight 7
+    assert "--set-xmark" not in after["mangle4"]  # no default exit any more
