@@ -6,6 +6,7 @@ written. Only our chains and the jumps into them are touched.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Sequence
 
 import iptc
@@ -85,10 +86,7 @@ def install(plan: KernelPlan, dns_port: int | None) -> None:
     for version in (4, 6):
         try:
             _install_mangle(plan, version)
-            # python-iptables cannot load the REDIRECT target for IPv6 (it can for IPv4);
-            # clients are given the entrypoint's IPv4 resolver address.
-            if version == 4:
-                _install_dns(plan, version, dns_port)
+            _install_dns(plan, version, dns_port)
         except (iptc.IPTCError, iptc.XTablesError) as e:
             family = "iptables" if version == 4 else "ip6tables"
             raise DataplaneError(f"{family}: cannot install the {CHAIN} chains: {e}") from e
@@ -127,9 +125,11 @@ def _install_mangle(plan: KernelPlan, version: int) -> None:
 
 
 def _install_dns(plan: KernelPlan, version: int, port: int | None) -> None:
+    """Port 53 arriving on the ingress goes to the proxy (REDIRECT: the interface's own
+    address), so clients that ask another resolver are answered (and routed) by us."""
     table = _fresh_table(version, iptc.Table.NAT)
     chain = _chain(table, DNS_CHAIN)
-    if port is not None:
+    if port is not None and version == 4:
         for protocol in ("udp", "tcp"):
             rule = _rule(version)
             rule.protocol = protocol
@@ -139,6 +139,30 @@ def _install_dns(plan: KernelPlan, version: int, port: int | None) -> None:
     _ensure_jumps(table, "PREROUTING", DNS_CHAIN, plan.ingress if port else (), version)
     table.commit()
     table.autocommit = True
+    if port is not None and version == 6:
+        _redirect_v6(port)
+
+
+def _redirect_v6(port: int) -> None:
+    """The IPv6 REDIRECT rules, through ip6tables-legacy-restore: python-iptables loads the
+    REDIRECT extension for one family per process, and IPv4 has it. The chain was just
+    flushed, so the rules are appended once."""
+    rules = "".join(
+        f"-A {DNS_CHAIN} -p {protocol} -m {protocol} --dport 53 -j REDIRECT --to-ports {port}\n"
+        for protocol in ("udp", "tcp")
+    )
+    try:
+        subprocess.run(
+            ["ip6tables-legacy-restore", "--noflush"],
+            input=f"*nat\n{rules}COMMIT\n",
+            text=True,
+            capture_output=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", "") or e
+        raise DataplaneError(f"ip6tables: cannot redirect IPv6 DNS to port {port}: {detail}") from e
 
 
 def remove() -> None:

@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from iptserver.lab import Lab, ProbeError
+from iptserver.lab import Lab
 from iptserver.lab.addresses import CLIENT
 from tests.e2e.conftest import BASE_SCHEMA, Iptservers
 
@@ -62,15 +62,9 @@ def test_dns_to_another_resolver_is_answered_and_routed(
     assert lab.whoami("client", ADDRESS) == "ru", "the answer was routed: iptserver saw it"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ProbeError,
-    reason="IPv6 DNS is not redirected: python-iptables loads the REDIRECT target for one "
-    "family per process (IPv4 here), so IPTSERVER-DNS exists for IPv4 only",
-)
 def test_dns_to_another_resolver_over_ipv6_is_answered(iptservers: Iptservers, lab: Lab) -> None:
-    """DESIGN §4 wants port 53 redirected whatever the family; a client given an IPv6
-    resolver bypasses iptserver today (its answers are not routed)."""
+    """DESIGN §4 wants port 53 redirected whatever the family: a client given an IPv6
+    resolver is answered (and routed) by iptserver listening on the ingress's address."""
     listen = '  listen: ["10.77.1.1:53", "[fd77:1::1]:53"]\n'
     iptservers.start(SCHEMA.replace('  listen: ["10.77.1.1:53"]\n', listen))
     assert lab.query("client", NAME, server="2001:db8:ff::99").rcode == "NOERROR"
