@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
         help="leave sets, rules and routes in place on exit (for a restart)",
     )
     run.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        type=Path,
+        help="remember the exits' marks and tables here, for restarts with --keep-state",
+    )
+    run.add_argument(
         "--fail-closed",
         action="store_true",
         help="answer SERVFAIL when the kernel cannot be programmed",
@@ -151,6 +157,7 @@ def _run(args: argparse.Namespace) -> int:
         upstream=tuple(args.upstream),
         keep_state=args.keep_state,
         fail_closed=args.fail_closed,
+        state_dir=args.state_dir,
     )
     return asyncio.run(Daemon(options).run())
 

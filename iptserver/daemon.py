@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from iptserver.dataplane.kernel import Dataplane
+from iptserver.dataplane.kernel import Dataplane, saved_exits
 from iptserver.dataplane.plan import plan as kernel_plan
 from iptserver.dns.proxy import DnsProxy, ProxyConfig
 from iptserver.errors import DataplaneError, GeoIPError, IptserverError, SchemaError
@@ -44,6 +44,11 @@ class Options:
     upstream: tuple[Endpoint, ...] = ()  # override the schema's dns.upstream
     keep_state: bool = False  # leave the kernel state in place on exit (for a restart)
     fail_closed: bool = False
+    state_dir: Path | None = None  # where the exits the kernel holds are written down
+
+    @property
+    def state_file(self) -> Path | None:
+        return self.state_dir / "exits.json" if self.state_dir is not None else None
 
 
 class Daemon:
@@ -86,7 +91,10 @@ class Daemon:
                 ", ".join(sorted(countries)),
             )
         networks = self._geo.networks_of(countries) if self._geo and countries else {}
-        previous = self._dataplane.plan if self._dataplane is not None else None
+        if self._dataplane is not None:
+            previous = self._dataplane.exits_in_kernel
+        else:
+            previous = saved_exits(self.options.state_file)
         return State(Policy(schema, self._geo), kernel_plan(schema, networks, previous))
 
     async def run(self) -> int:
@@ -120,7 +128,7 @@ class Daemon:
             return 1
         redirect = schema.dns.listen[0][1] if schema.ingress else None
         try:
-            self._dataplane = await self._kernel(Dataplane, redirect)
+            self._dataplane = await self._kernel(Dataplane, redirect, self.options.state_file)
             problems = await self._kernel(self._dataplane.apply, state.plan)
         except DataplaneError as e:
             log.error("cannot start: %s", e)

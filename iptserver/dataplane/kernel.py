@@ -18,7 +18,14 @@ from pathlib import Path
 
 from iptserver.dataplane import firewall
 from iptserver.dataplane.ipset import Entry, IPSets
-from iptserver.dataplane.plan import MARK_MASK, ExitPlan, KernelPlan, SetPlan
+from iptserver.dataplane.plan import (
+    MARK_MASK,
+    ExitPlan,
+    KernelPlan,
+    SetPlan,
+    exits_from_json,
+    exits_to_json,
+)
 from iptserver.dataplane.routing import Routing
 from iptserver.errors import DataplaneError
 from iptserver.schema.model import Route
@@ -40,11 +47,14 @@ class Learned:
 
 
 class Dataplane:
-    def __init__(self, dns_port: int | None = None) -> None:
+    def __init__(self, dns_port: int | None = None, state_file: Path | None = None) -> None:
         self.dns_port = dns_port
         self._sets = IPSets()
         self._routing = Routing()
         self._plan: KernelPlan | None = None
+        self._state_file = state_file
+        # The exits a previous run left in the kernel (with --keep-state), if it said.
+        self._previous_exits = saved_exits(state_file)
 
     def close(self) -> None:
         self._sets.close()
@@ -53,6 +63,11 @@ class Dataplane:
     @property
     def plan(self) -> KernelPlan | None:
         return self._plan
+
+    @property
+    def exits_in_kernel(self) -> tuple[ExitPlan, ...]:
+        """The exits whose marks, rules and tables the kernel holds now."""
+        return self._plan.exits if self._plan is not None else self._previous_exits
 
     def apply(self, plan: KernelPlan) -> list[str]:
         """Program ``plan``; return the problems of exits that could not be set up.
@@ -88,6 +103,7 @@ class Dataplane:
                 problems.append(str(e))
         self._drop_stale(plan)
         self._plan = plan
+        self._save_state()
         log.info(
             "dataplane ready: %d exits, %d weight classes, %d static entries",
             len(plan.exits),
@@ -118,13 +134,13 @@ class Dataplane:
         for name in self._sets.names():
             if name.startswith(PREFIX) and name not in wanted:
                 self._sets.destroy(name)
-        if self._plan is not None:
+        if self.exits_in_kernel:
             # An exit's rule and its table are dropped apart: a kept exit may have moved to
             # another table (its rule was replaced above, so leave the rule) or stopped
             # using one (now the host gateway: flush the table, or it outlives stop()).
             priorities = {e.priority for e in plan.exits}
             tables = {e.table for e in plan.exits if e.route is Route.INTERFACE}
-            for old in self._plan.exits:
+            for old in self.exits_in_kernel:
                 self._routing.remove_exit(
                     old,
                     rule=old.priority not in priorities,
@@ -159,6 +175,33 @@ class Dataplane:
             if name.startswith(PREFIX):
                 self._sets.destroy(name)
         self._plan = None
+        if self._state_file is not None:
+            self._state_file.unlink(missing_ok=True)
+
+    def _save_state(self) -> None:
+        if self._state_file is None or self._plan is None:
+            return
+        try:
+            self._state_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = self._state_file.with_name(self._state_file.name + ".partial")
+            partial.write_text(exits_to_json(self._plan.exits))
+            partial.replace(self._state_file)
+        except OSError as e:
+            log.warning(
+                "cannot save %s (%s): a restart may not keep exit marks", self._state_file, e
+            )
+
+
+def saved_exits(path: Path | None) -> tuple[ExitPlan, ...]:
+    """The exits a previous run wrote down, so they keep their marks and the rules and
+    tables of exits that are gone can be removed."""
+    if path is None or not path.exists():
+        return ()
+    try:
+        return exits_from_json(path.read_text())
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        log.warning("ignoring %s (%s): exits of a previous run may keep their rules", path, e)
+        return ()
 
 
 def _loosen_rp_filter(exit_: ExitPlan) -> None:

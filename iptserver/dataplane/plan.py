@@ -18,8 +18,9 @@ rule written first, as §3 says.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 
 from iptserver.policy.core import PRIVATE_NETS
 from iptserver.schema.model import Exit, Route, Schema
@@ -89,14 +90,15 @@ def set_name(kind: str, weight: int, family: int) -> str:
     return f"ipts-{kind}{spelled}-{family}"
 
 
-def exit_plans(schema: Schema, previous: KernelPlan | None = None) -> tuple[ExitPlan, ...]:
+def exit_plans(schema: Schema, previous: Sequence[ExitPlan] = ()) -> tuple[ExitPlan, ...]:
     """Each exit's slot (mark, table and rule priority, unless the schema sets them).
 
-    An exit keeps the slot it had in ``previous``; new exits take the lowest free ones.
+    An exit keeps the slot it had in ``previous`` (the exits the kernel holds); new exits
+    take the lowest free ones.
     Established connections (in conntrack) and learned entries (in the sets) carry marks,
     so a reload that reorders, adds or removes exits must not give a mark to another exit.
     """
-    held = {e.name: e.priority - RULE_PRIORITY_BASE for e in previous.exits} if previous else {}
+    held = {e.name: e.priority - RULE_PRIORITY_BASE for e in previous}
     slots = {name: held[name] for name in schema.exits if name in held}
     free = (slot for slot in itertools.count() if slot not in slots.values())
     for name in schema.exits:
@@ -120,10 +122,10 @@ def _exit_plan(schema: Schema, slot: int, name: str, spec: Exit) -> ExitPlan:
 def plan(
     schema: Schema,
     countries: Mapping[str, Iterable[IPNetwork]],
-    previous: KernelPlan | None = None,
+    previous: Sequence[ExitPlan] = (),
 ) -> KernelPlan:
     """The kernel state for ``schema``; ``countries`` lists each country's networks;
-    ``previous`` is the plan the kernel holds (its exits keep their marks)."""
+    ``previous`` are the exits the kernel holds (they keep their marks)."""
     exits = exit_plans(schema, previous)
     marks = {e.name: e.mark for e in exits}
     # (weight, family) -> network -> (rule index, mark); the first rule keeps a prefix.
@@ -181,3 +183,15 @@ def plan(
 def _order(item: tuple[IPNetwork, tuple[int, int]]) -> tuple[int, int, int]:
     net = item[0]
     return (net.version, int(net.network_address), net.prefixlen)
+
+
+def exits_to_json(exits: Sequence[ExitPlan]) -> str:
+    """The exits the kernel holds, for the state directory: a restarted daemon keeps
+    their marks and removes the rules and tables of exits that are gone."""
+    return json.dumps(
+        [{**asdict(e), "route": e.route.value} for e in exits], indent=2, sort_keys=True
+    )
+
+
+def exits_from_json(text: str) -> tuple[ExitPlan, ...]:
+    return tuple(ExitPlan(**{**item, "route": Route(item["route"])}) for item in json.loads(text))

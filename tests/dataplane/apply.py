@@ -24,7 +24,7 @@ def main() -> None:
         for schema_path in schema_paths.split(","):
             schema = load_schema(Path(schema_path)).schema
             countries = geo.networks_of({c for r in schema.rules for c in r.countries})
-            problems = dataplane.apply(plan(schema, countries, dataplane.plan))
+            problems = dataplane.apply(plan(schema, countries, dataplane.exits_in_kernel))
     if end != "stay":
         dataplane.stop(keep_state=end == "keep")
     print(json.dumps({"problems": problems}))

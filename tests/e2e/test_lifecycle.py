@@ -280,6 +280,33 @@ def test_restart_with_keep_state_adopts_what_it_finds(iptservers: Iptservers) ->
     assert ours(entry_state(lab)) == [], "a plain stop removes everything, adopted too"
 
 
+def test_keep_state_restart_onto_a_changed_schema_with_a_state_dir(
+    iptservers: Iptservers, tmp_path: Path
+) -> None:
+    """With ``--state-dir`` a restarted daemon knows the exits the kernel holds: an exit
+    kept in the new schema keeps its mark (the learned mail.ru entries still leave via
+    ru although the exits were reordered), and a removed exit loses its rule and table
+    (nothing of it is left after the final plain stop)."""
+    state_dir = ("--state-dir", str(tmp_path / "state"))
+    daemon = iptservers.start(iptservers.schema(RESTART_SCHEMA), "--keep-state", *state_dir)
+    lab = daemon.lab
+    assert_routes(lab)  # mail.ru learned via ru
+    iptservers.stop(daemon)
+    reordered = RESTART_SCHEMA.replace(
+        "  uk: {interface: wg-uk}\n  ru: {interface: wg-ru}\n  us: {interface: wg-us}\n",
+        "  ru: {interface: wg-ru}\n  uk: {interface: wg-uk}\n",
+    ).replace("  - exit: us\n", "  - exit: direct\n")
+    assert reordered != RESTART_SCHEMA
+    daemon = iptservers.start(iptservers.schema(reordered), *state_dir)
+    for rtype, address in MAIL_RU.items():  # not asked again: the adopted entries
+        assert lab.whoami("client", address) == "ru", f"mail.ru {rtype} {address}"
+    assert lab.whoami("client", "203.0.113.9") == "direct"
+    rules = [line for line in entry_state(lab)["ip -4 rule"] if "fwmark" in line]
+    assert len(rules) == RESTART_EXITS - 1, rules  # us is gone
+    iptservers.stop(daemon)
+    assert ours(entry_state(lab)) == [], "nothing of the removed exit is left"
+
+
 def test_a_second_daemon_leaves_the_running_one_alone(iptservers: Iptservers) -> None:
     """A second ``iptserver run`` on the entry cannot listen, so it gives up (exit 1);
     the running daemon goes on routing: the second one touched none of its state."""
