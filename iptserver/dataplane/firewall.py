@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import iptc
 
-from iptserver.dataplane.plan import CHAIN, DNS_CHAIN, MARK_MASK, KernelPlan
+from iptserver.dataplane.plan import CHAIN, DNS_CHAIN, DOH_CHAIN, MARK_MASK, KernelPlan
 from iptserver.errors import DataplaneError
 
 _MASK = f"0x{MARK_MASK:x}"
@@ -87,6 +87,7 @@ def install(plan: KernelPlan, dns_port: int | None) -> None:
         try:
             _install_mangle(plan, version)
             _install_dns(plan, version, dns_port)
+            _install_doh(plan, version)
         except (iptc.IPTCError, iptc.XTablesError) as e:
             family = "iptables" if version == 4 else "ip6tables"
             raise DataplaneError(f"{family}: cannot install the {CHAIN} chains: {e}") from e
@@ -143,6 +144,37 @@ def _install_dns(plan: KernelPlan, version: int, port: int | None) -> None:
         _redirect_v6(port)
 
 
+def _install_doh(plan: KernelPlan, version: int) -> None:
+    """With dns.block_doh: reject DoT/DoQ (853) and DoH to known servers from the ingress,
+    with a reset so that clients fall back to plain DNS at once."""
+    table = _fresh_table(version, iptc.Table.FILTER)
+    if plan.doh is None:
+        if table.is_chain(DOH_CHAIN):
+            _ensure_jumps(table, "FORWARD", DOH_CHAIN, (), version)
+            chain = iptc.Chain(table, DOH_CHAIN)
+            chain.flush()
+            chain.delete()
+            table.commit()
+        table.autocommit = True
+        return
+    chain = _chain(table, DOH_CHAIN)
+    doh_set = plan.doh[0 if version == 4 else 1].name
+    for port, only_known in (("853", False), ("443", True)):
+        for protocol in ("tcp", "udp"):
+            rule = _rule(version)
+            rule.protocol = protocol
+            rule.create_match(protocol).dport = port
+            if only_known:
+                rule.create_match("set").match_set = [doh_set, "dst"]
+            target = rule.create_target("REJECT")
+            if protocol == "tcp":
+                target.reject_with = "tcp-reset"
+            chain.append_rule(rule)
+    _ensure_jumps(table, "FORWARD", DOH_CHAIN, plan.ingress, version)
+    table.commit()
+    table.autocommit = True
+
+
 def _redirect_v6(port: int) -> None:
     """The IPv6 REDIRECT rules, through ip6tables-legacy-restore: python-iptables loads the
     REDIRECT extension for one family per process, and IPv4 has it. The chain was just
@@ -168,14 +200,18 @@ def _redirect_v6(port: int) -> None:
 def remove() -> None:
     """Unhook and delete our chains (both families)."""
     for version in (4, 6):
-        for table_name, chain_name in ((iptc.Table.MANGLE, CHAIN), (iptc.Table.NAT, DNS_CHAIN)):
+        for table_name, chain_name, hook in (
+            (iptc.Table.MANGLE, CHAIN, "PREROUTING"),
+            (iptc.Table.NAT, DNS_CHAIN, "PREROUTING"),
+            (iptc.Table.FILTER, DOH_CHAIN, "FORWARD"),
+        ):
             table = _tables(version, table_name)
             table.autocommit = True
             table.refresh()
             if not table.is_chain(chain_name):
                 continue
             try:
-                _ensure_jumps(table, "PREROUTING", chain_name, (), version)
+                _ensure_jumps(table, hook, chain_name, (), version)
                 chain = iptc.Chain(table, chain_name)
                 chain.flush()
                 chain.delete()

@@ -85,7 +85,7 @@ class Dataplane:
             raise
 
     def _apply(self, plan: KernelPlan) -> list[str]:
-        for set_plan in plan.private:
+        for set_plan in (*plan.private, *(plan.doh or ())):
             self._fill(set_plan, mark=False)
         for weight_class in plan.classes:
             for set_plan in weight_class.learned:

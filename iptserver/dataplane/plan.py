@@ -17,6 +17,7 @@ rule written first, as §3 says.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,6 +29,34 @@ from iptserver.schema.values import IPNetwork
 
 CHAIN = "IPTSERVER"
 DNS_CHAIN = "IPTSERVER-DNS"
+DOH_CHAIN = "IPTSERVER-DOH"
+# Well-known public DNS-over-HTTPS resolvers (their anycast addresses), rejected on port
+# 443 with dns.block_doh; operators add others with dns.doh_servers.
+WELL_KNOWN_DOH: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "1.1.1.1/32",
+        "1.0.0.1/32",
+        "2606:4700:4700::1111/128",
+        "2606:4700:4700::1001/128",
+        "8.8.8.8/32",
+        "8.8.4.4/32",
+        "2001:4860:4860::8888/128",
+        "2001:4860:4860::8844/128",
+        "9.9.9.9/32",
+        "149.112.112.112/32",
+        "2620:fe::fe/128",
+        "2620:fe::9/128",
+        "94.140.14.14/32",
+        "94.140.15.15/32",
+        "2a10:50c0::ad1:ff/128",
+        "2a10:50c0::ad2:ff/128",
+        "208.67.222.222/32",
+        "208.67.220.220/32",
+        "2620:119:35::35/128",
+        "2620:119:53::53/128",
+    )
+)
 RULE_PRIORITY_BASE = 1000  # ip rule priorities of the exits: before main (32766)
 MARK_MASK = 0xFFFFFFFF
 FAMILIES = (4, 6)
@@ -66,6 +95,7 @@ class KernelPlan:
     private: tuple[SetPlan, SetPlan]
     default_mark: int | None
     ingress: tuple[str, ...]
+    doh: tuple[SetPlan, SetPlan] | None = None  # DoH servers to reject, when blocking
 
     def exit(self, name: str) -> ExitPlan:
         return next(e for e in self.exits if e.name == name)
@@ -78,7 +108,7 @@ class KernelPlan:
 
     @property
     def sets(self) -> tuple[SetPlan, ...]:
-        found = list(self.private)
+        found = [*self.private, *(self.doh or ())]
         for weight_class in self.classes:
             found += [*weight_class.learned, *weight_class.static]
         return tuple(found)
@@ -171,7 +201,21 @@ def plan(
         )
         for family in FAMILIES
     )
+    doh = None
+    if schema.dns.block_doh:
+        servers = (*WELL_KNOWN_DOH, *schema.dns.doh_servers)
+        doh_sets = tuple(
+            SetPlan(
+                f"ipts-doh-{family}",
+                family,
+                False,
+                tuple((net, 0) for net in servers if net.version == family),
+            )
+            for family in FAMILIES
+        )
+        doh = (doh_sets[0], doh_sets[1])
     return KernelPlan(
+        doh=doh,
         exits=exits,
         classes=tuple(classes),
         private=(private[0], private[1]),

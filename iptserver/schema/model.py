@@ -87,6 +87,14 @@ class Dns(_Model):
     listen: list[Endpoint] = Field(default_factory=list, description="Where the proxy listens")
     upstream: list[Endpoint] = Field(default_factory=list, description="Recursors to forward to")
     timeout: Annotated[float, Field(gt=0, le=30)] = 2.0
+    block_doh: bool = Field(
+        False,
+        description="Reject, from the ingress, DNS over TLS/QUIC (port 853) and DNS over "
+        "HTTPS to well-known resolvers: a client that bypasses our DNS bypasses the policy",
+    )
+    doh_servers: list[Network] = Field(
+        default_factory=list, description="More DNS-over-HTTPS servers to reject (block_doh)"
+    )
 
 
 class Api(_Model):
