@@ -19,7 +19,7 @@ from iptserver.geoip import GeoIPDatabase
 from iptserver.geoip.build import write_country_db
 from iptserver.lab import Lab, LabError, reap_stale_labs
 from iptserver.lab.addresses import LAB_COUNTRIES
-from iptserver.lab.entry import ENTRY_DNS, start_iptserver
+from iptserver.lab.entry import ENTRY_DNS, start_iptserver, stop_iptserver
 from iptserver.policy import Policy
 from iptserver.schema import load_schema
 from iptserver.schema.load import Loaded
@@ -69,7 +69,7 @@ def run(schema_path: Path = EXAMPLE) -> int:
         try:
             rows = [row for q, t in QUERIES for row in _rows(lab, lab_loaded, policy, geo, q, t)]
         finally:
-            status = iptserver.stop()
+            status = stop_iptserver(iptserver)
         geo.close()
     _print_table(rows)
     mismatches = [r for r in rows if r["predicted"] != r["seen"]]

@@ -191,37 +191,32 @@ def plan(
                 ),
             )
         )
-    never = (*PRIVATE_NETS, *schema.mesh)
-    private = tuple(
-        SetPlan(
-            f"ipts-private-{family}",
-            family,
-            False,
-            tuple((net, 0) for net in never if net.version == family),
-        )
-        for family in FAMILIES
-    )
+    never = _plain_sets("private", (*PRIVATE_NETS, *schema.mesh))
     doh = None
     if schema.dns.block_doh:
-        servers = (*WELL_KNOWN_DOH, *schema.dns.doh_servers)
-        doh_sets = tuple(
-            SetPlan(
-                f"ipts-doh-{family}",
-                family,
-                False,
-                tuple((net, 0) for net in servers if net.version == family),
-            )
-            for family in FAMILIES
-        )
-        doh = (doh_sets[0], doh_sets[1])
+        doh = _plain_sets("doh", (*WELL_KNOWN_DOH, *schema.dns.doh_servers))
     return KernelPlan(
         doh=doh,
         exits=exits,
         classes=tuple(classes),
-        private=(private[0], private[1]),
+        private=never,
         default_mark=marks[schema.default] if schema.default is not None else None,
         ingress=tuple(schema.ingress),
     )
+
+
+def _plain_sets(kind: str, networks: Sequence[IPNetwork]) -> tuple[SetPlan, SetPlan]:
+    """An IPv4 and an IPv6 set of networks without marks (``ipts-private-4``...)."""
+    v4, v6 = (
+        SetPlan(
+            f"ipts-{kind}-{family}",
+            family,
+            False,
+            tuple((net, 0) for net in networks if net.version == family),
+        )
+        for family in FAMILIES
+    )
+    return v4, v6
 
 
 def _order(item: tuple[IPNetwork, tuple[int, int]]) -> tuple[int, int, int]:
