@@ -75,6 +75,18 @@ def _parser() -> argparse.ArgumentParser:
         help="recursor (repeatable; overrides dns.upstream)",
     )
     run.add_argument(
+        "--api",
+        metavar="ADDR:PORT",
+        type=_endpoint,
+        help="HTTP API address (overrides api.listen; keep it on loopback)",
+    )
+    run.add_argument(
+        "--api-token-file",
+        metavar="FILE",
+        type=Path,
+        help="file holding the bearer token the API's POST endpoints require",
+    )
+    run.add_argument(
         "--keep-state",
         action="store_true",
         help="leave sets, rules and routes in place on exit (for a restart)",
@@ -158,6 +170,8 @@ def _run(args: argparse.Namespace) -> int:
         keep_state=args.keep_state,
         fail_closed=args.fail_closed,
         state_dir=args.state_dir,
+        api=args.api,
+        api_token_file=args.api_token_file,
     )
     return asyncio.run(Daemon(options).run())
 

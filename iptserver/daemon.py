@@ -8,6 +8,7 @@ their exit across reloads (their mark lives in conntrack).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import signal
@@ -19,6 +20,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aiohttp import web
+
+from iptserver.api import ApiConfig, make_app
 from iptserver.dataplane.kernel import Dataplane, saved_exits
 from iptserver.dataplane.plan import plan as kernel_plan
 from iptserver.dns.proxy import DnsProxy, ProxyConfig
@@ -27,6 +31,7 @@ from iptserver.geoip import DEFAULT_DATABASE, GeoIPDatabase
 from iptserver.policy import Policy
 from iptserver.router import Router, State
 from iptserver.schema import load_schema
+from iptserver.schema.load import Loaded
 from iptserver.schema.model import Schema
 from iptserver.schema.values import IPAddress
 
@@ -45,6 +50,8 @@ class Options:
     keep_state: bool = False  # leave the kernel state in place on exit (for a restart)
     fail_closed: bool = False
     state_dir: Path | None = None  # where the exits the kernel holds are written down
+    api: Endpoint | None = None  # override the schema's api.listen
+    api_token_file: Path | None = None  # POST endpoints then need this bearer token
 
     @property
     def state_file(self) -> Path | None:
@@ -58,12 +65,14 @@ class Daemon:
         self._dataplane: Dataplane | None = None
         self._router: Router | None = None
         self._stopping = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.reloads = {"ok": 0, "rejected": 0}
         self._reloading: set[asyncio.Future[bool]] = set()
 
-    def _schema(self) -> Schema:
-        schema = load_schema(self.options.config).schema
+    def _schema(self) -> Loaded:
+        loaded = load_schema(self.options.config)
+        schema = loaded.schema
         dns = schema.dns
         updates = {}
         if self.options.listen:
@@ -72,7 +81,7 @@ class Daemon:
             updates["upstream"] = list(self.options.upstream)
         if updates:
             schema = schema.model_copy(update={"dns": dns.model_copy(update=updates)})
-        return schema
+        return dataclasses.replace(loaded, schema=schema)
 
     def _open_geoip(self) -> GeoIPDatabase | None:
         path = self.options.geoip
@@ -82,7 +91,8 @@ class Daemon:
 
     def load(self) -> State:
         """Validate and compile the schema; raises SchemaError with every problem."""
-        schema = self._schema()
+        loaded = self._schema()
+        schema = loaded.schema
         countries = {c for rule in schema.rules for c in rule.countries}
         if countries and self._geo is None:
             log.warning(
@@ -95,7 +105,8 @@ class Daemon:
             previous = self._dataplane.exits_in_kernel
         else:
             previous = saved_exits(self.options.state_file)
-        return State(Policy(schema, self._geo), kernel_plan(schema, networks, previous))
+        plan = kernel_plan(schema, networks, previous)
+        return State(Policy(schema, self._geo), plan, loaded)
 
     async def run(self) -> int:
         # Before the kernel is touched: a SIGTERM while it is programmed (seconds, with
@@ -154,6 +165,14 @@ class Daemon:
             await self._kernel(self._dataplane.stop, self.options.keep_state)
             await self._kernel(self._dataplane.close)
             return 1
+        try:
+            api = await self._start_api(schema, proxy)
+        except (OSError, IptserverError) as e:
+            log.error("cannot start the HTTP API: %s", e)
+            await proxy.stop()
+            await self._kernel(self._dataplane.stop, self.options.keep_state)
+            await self._kernel(self._dataplane.close)
+            return 1
         log.info(
             "iptserver running: DNS on %s, upstream %s, %d rules, %d exits",
             ", ".join(f"{a}:{p}" for a, p in schema.dns.listen),
@@ -165,11 +184,52 @@ class Daemon:
             await self._stopping.wait()
         finally:
             log.info("stopping")
+            if api is not None:
+                await api.cleanup()
             await proxy.stop()
             await self._kernel(self._dataplane.stop, self.options.keep_state)
             await self._kernel(self._dataplane.close)
             self._executor.shutdown()
         return 0
+
+    async def _start_api(self, schema: Schema, proxy: DnsProxy) -> web.AppRunner | None:
+        """The HTTP API on --api or api.listen (off when neither is set)."""
+        endpoint = self.options.api or schema.api.listen
+        if endpoint is None:
+            return None
+        assert self._router is not None
+        token = None
+        if self.options.api_token_file is not None:
+            try:
+                token = self.options.api_token_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise IptserverError(f"cannot read the API token: {e}") from e
+            if not token:
+                raise IptserverError(f"the API token file {self.options.api_token_file} is empty")
+        address, port = endpoint
+        if token is None and not address.is_loopback:
+            log.warning("the HTTP API on %s has no token: anyone who reaches it can POST", address)
+        app = make_app(
+            ApiConfig(
+                router=self._router,
+                counters=proxy.counters,
+                reload=self.reload,
+                reloads=self.reloads,
+                geo=self._geo,
+                token=token,
+            )
+        )
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, str(address), port).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        log.info(
+            "HTTP API on %s", f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+        )
+        return runner
 
     async def _kernel(self, call: Callable[..., T], *args: Any) -> T:
         """Run a dataplane call on the one thread that owns the netlink sockets
@@ -185,7 +245,13 @@ class Daemon:
         task.add_done_callback(self._reloading.discard)
 
     async def reload(self) -> bool:
-        """Swap in the schema on disk, or keep the running one if it is bad."""
+        """Swap in the schema on disk, or keep the running one if it is bad.
+
+        SIGHUP and the API may ask at once: one reload runs after the other."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         assert self._dataplane is not None and self._router is not None
         try:
             state = await asyncio.to_thread(self.load)

@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from iptserver.dataplane.kernel import Learned
 from iptserver.dataplane.plan import KernelPlan
 from iptserver.policy import Decision, MatchKind, Policy
+from iptserver.schema.load import Loaded
 from iptserver.schema.values import IPAddress
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,7 @@ class State:
 
     policy: Policy
     plan: KernelPlan
+    loaded: Loaded | None = None  # the file it came from: explain cites rules by line
 
 
 class Batcher:
@@ -75,6 +79,11 @@ class Router:
         self.state = state
         self._batcher = Batcher(apply) if apply is not None else None
         self.recent: list[tuple[tuple[str, ...], Decision]] = []  # for status and tests
+        # For metrics, read at scrape time: answers seen, IPs learned per exit, and a
+        # hook the HTTP API sets to time each policy decision.
+        self.answers = 0
+        self.learned: Counter[str] = Counter()
+        self.observe_decision: Callable[[float], None] | None = None
 
     def learned_entries(self, decisions: Sequence[Decision]) -> tuple[list[Learned], int | None]:
         """The entries a batch of decisions needs, and the shortest hold among them."""
@@ -101,11 +110,18 @@ class Router:
         return entries, shortest
 
     async def learn(self, names: Sequence[str], addresses: Sequence[IPAddress], ttl: int) -> int:
+        self.answers += 1
+        started = time.perf_counter()
         decisions = self.state.policy.decide(names, addresses)
+        if self.observe_decision is not None:
+            self.observe_decision(time.perf_counter() - started)
         entries, shortest = self.learned_entries(decisions)
-        self.recent = [*self.recent[-99:], *((tuple(names), d) for d in decisions)]
+        self.recent = [*self.recent[-100:], *((tuple(names), d) for d in decisions)][-100:]
         if entries and self._batcher is not None:
             await self._batcher.submit(entries)
+        self.learned.update(
+            d.exit for d in decisions if d.kind is MatchKind.DOMAIN and d.exit is not None
+        )
         ttl_cfg = self.state.policy.schema.ttl
         cap = ttl_cfg.client_max or ttl_cfg.hold
         if shortest is not None:

@@ -1,0 +1,310 @@
+"""The HTTP API: health, Prometheus metrics, the running policy, and the answers the
+PowerDNS Recursor plugin posts.
+
+A thin adapter over ``Router`` (the same object the DNS proxy feeds), so an answer posted
+here is routed exactly as one the proxy saw. Everything a client sends is validated
+before it reaches the router; every error is a JSON ``{"error": ...}`` with a 4xx/5xx
+status, never a crash.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from iptserver.dns.counters import DnsCounters
+from iptserver.errors import DataplaneError
+from iptserver.explain import explain, parse_query
+from iptserver.geoip import GeoIPDatabase
+from iptserver.router import Router
+from iptserver.schema.values import IPAddress, normalize_name
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024  # an answer is a few hundred bytes; bigger is a mistake or an attack
+MAX_TTL = 2**31 - 1  # RFC 2181: a TTL is an unsigned 31-bit number
+MAX_NAME = 253
+MAX_CHAIN = 16
+MAX_ADDRESSES = 512
+MAX_QUERIES = 64  # explain queries per request
+
+
+@dataclass
+class ApiConfig:
+    """What the API reads and calls; the daemon owns all of it."""
+
+    router: Router
+    counters: DnsCounters | None = None
+    reload: Callable[[], Awaitable[bool]] | None = None
+    reloads: Mapping[str, int] = field(default_factory=dict)  # "ok"/"rejected" counts
+    geo: GeoIPDatabase | None = None
+    token: str | None = None  # POST endpoints need "Authorization: Bearer TOKEN" if set
+
+
+CONFIG = web.AppKey("config", ApiConfig)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+
+
+class BadRequest(Exception):
+    """A request that breaks the contract: its message goes back to the client."""
+
+
+def make_app(config: ApiConfig) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
+    app[CONFIG] = config
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_StateCollector(config))
+    decision = Histogram(
+        "iptserver_decision_seconds",
+        "Time the policy core took to decide one answer's exits",
+        registry=registry,
+        buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1),
+    )
+    config.router.observe_decision = decision.observe
+    app[REGISTRY] = registry
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/metrics", metrics),
+            web.get("/v1/exits", exits),
+            web.get("/v1/routes", routes),
+            web.get("/v1/explain", explain_view),
+            web.post("/v1/answers", answers),
+            web.post("/v1/reload", reload),
+        ]
+    )
+    return app
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error a JSON body saying what is wrong (aiohttp's own are plain text)."""
+    try:
+        return await handler(request)
+    except BadRequest as e:
+        return _error(400, str(e))
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"the body is larger than {MAX_BODY} bytes")
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "www-authenticate")}
+        response = _error(e.status, e.reason)
+        response.headers.update(headers)
+        return response
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal error (logged)")
+
+
+def _authorize(request: web.Request) -> None:
+    token = request.app[CONFIG].token
+    if token is None:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        raise web.HTTPUnauthorized(
+            reason="a valid 'Authorization: Bearer TOKEN' header is required",
+            headers={"WWW-Authenticate": 'Bearer realm="iptserver"'},
+        )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def exits(request: web.Request) -> web.Response:
+    plan = request.app[CONFIG].router.state.plan
+    return web.json_response(
+        [
+            {
+                "name": e.name,
+                "interface": e.interface,
+                "mark": e.mark,
+                "table": e.table,
+                "route": e.route.value,
+            }
+            for e in plan.exits
+        ]
+    )
+
+
+async def routes(request: web.Request) -> web.Response:
+    """The router's recent decisions, oldest first; ``?exit=NAME`` keeps one exit's."""
+    wanted = request.query.getall("exit", [])
+    result = []
+    for names, decision in request.app[CONFIG].router.recent:
+        if wanted and decision.exit not in wanted:
+            continue
+        result.append(
+            {
+                "names": list(names),
+                "ip": str(decision.ip) if decision.ip is not None else None,
+                "exit": decision.exit,
+                "rule": decision.rule,
+                "kind": decision.kind.value if decision.kind is not None else None,
+                "reason": decision.reason.value,
+            }
+        )
+    return web.json_response(result)
+
+
+async def explain_view(request: web.Request) -> web.Response:
+    """What ``iptserver explain --json`` prints, for the running policy."""
+    config = request.app[CONFIG]
+    texts = request.query.getall("q", [])
+    if not texts:
+        raise BadRequest("give at least one query: ?q=NAME, ?q=IP or ?q=NAME=IP")
+    if len(texts) > MAX_QUERIES:
+        raise BadRequest(f"at most {MAX_QUERIES} queries per request")
+    try:
+        queries = [parse_query(text) for text in texts]
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    state = config.router.state
+    if state.loaded is None:
+        return _error(503, "the running policy does not know its file: explain is unavailable")
+    return web.json_response(
+        [explain(state.loaded, state.policy, query, config.geo) for query in queries]
+    )
+
+
+async def answers(request: web.Request) -> web.Response:
+    """An answer the recursor resolved: route it, and say the TTL clients may keep it."""
+    _authorize(request)
+    names, addresses, ttl = _parse_answer(await _json_body(request))
+    try:
+        cap = await request.app[CONFIG].router.learn(names, addresses, ttl)
+    except DataplaneError as e:
+        log.error("answer for %s not routed: %s", names[0], e)
+        return _error(503, f"the kernel refused the routes: {e}")
+    return web.json_response({"ttl": cap})
+
+
+async def reload(request: web.Request) -> web.Response:
+    """The same reload as SIGHUP; a bad schema is rejected and the running one stays."""
+    _authorize(request)
+    config = request.app[CONFIG]
+    if config.reload is None:
+        return _error(503, "reload is not available here")
+    reloaded = await config.reload()
+    return web.json_response({"reloaded": reloaded})
+
+
+async def _json_body(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+    raw = await request.read()  # raises 413 past client_max_size, even when chunked
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise BadRequest(f"the body is not JSON: {e}") from None
+
+
+def _parse_answer(body: Any) -> tuple[list[str], list[IPAddress], int]:
+    """``{"qname", "chain"?, "addresses", "ttl"}``, checked field by field."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - {"qname", "chain", "addresses", "ttl"})
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    for key in ("qname", "addresses", "ttl"):
+        if key not in body:
+            raise BadRequest(f"{key} is required")
+    qname = _name(body["qname"], "qname")
+    chain = body.get("chain", [])
+    if not isinstance(chain, list):
+        raise BadRequest("chain must be a list of names")
+    if len(chain) > MAX_CHAIN:
+        raise BadRequest(f"chain has more than {MAX_CHAIN} names")
+    names = [qname, *(_name(n, f"chain[{i}]") for i, n in enumerate(chain))]
+    raw_addresses = body["addresses"]
+    if not isinstance(raw_addresses, list):
+        raise BadRequest("addresses must be a list of IP addresses")
+    if len(raw_addresses) > MAX_ADDRESSES:
+        raise BadRequest(f"addresses has more than {MAX_ADDRESSES} entries")
+    addresses = [_address(a, f"addresses[{i}]") for i, a in enumerate(raw_addresses)]
+    ttl = body["ttl"]
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TTL:
+        raise BadRequest(f"ttl must be an integer from 0 to {MAX_TTL}")
+    return names, addresses, ttl
+
+
+def _name(raw: Any, where: str) -> str:
+    if not isinstance(raw, str):
+        raise BadRequest(f"{where} must be a string")
+    name = normalize_name(raw)
+    if not name or len(name) > MAX_NAME or any(c.isspace() or not c.isprintable() for c in name):
+        raise BadRequest(f"{where} is not a DNS name: {raw[:80]!r}")
+    return name
+
+
+def _address(raw: Any, where: str) -> IPAddress:
+    if not isinstance(raw, str):
+        raise BadRequest(f"{where} must be a string")
+    try:
+        return ipaddress.ip_address(raw)
+    except ValueError:
+        raise BadRequest(f"{where} is not an IP address: {raw[:80]!r}") from None
+
+
+class _StateCollector(Collector):
+    """Reads the daemon's plain counters at scrape time (nothing to keep in sync)."""
+
+    def __init__(self, config: ApiConfig) -> None:
+        self._config = config
+
+    def collect(self) -> Iterator[Metric]:
+        config = self._config
+        if config.counters is not None:
+            for key, value in config.counters.snapshot().items():
+                yield CounterMetricFamily(
+                    f"iptserver_dns_{key}", f"DNS proxy: {key.replace('_', ' ')}", value=value
+                )
+        router = config.router
+        yield CounterMetricFamily(
+            "iptserver_answers", "Answers routed (DNS proxy and API)", value=router.answers
+        )
+        learned = CounterMetricFamily(
+            "iptserver_learned_ips", "Answer IPs a domain rule sent to an exit", labels=["exit"]
+        )
+        for name in sorted({e.name for e in router.state.plan.exits} | set(router.learned)):
+            learned.add_metric([name], router.learned[name])
+        yield learned
+        reloads = CounterMetricFamily(
+            "iptserver_reloads", "Schema reloads by result", labels=["result"]
+        )
+        for result in ("ok", "rejected"):
+            reloads.add_metric([result], config.reloads.get(result, 0))
+        yield reloads
+        exits = GaugeMetricFamily(
+            "iptserver_exits",
+            "The running exits (value 1), with their interface, fwmark and table",
+            labels=["name", "interface", "mark", "table"],
+        )
+        for e in router.state.plan.exits:
+            exits.add_metric([e.name, e.interface, str(e.mark), str(e.table)], 1)
+        yield exits
