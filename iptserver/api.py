@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -37,6 +38,18 @@ MAX_NAME = 253
 MAX_CHAIN = 16
 MAX_ADDRESSES = 512
 MAX_QUERIES = 64  # explain queries per request
+
+# The status page: static files shipped in the package, served as they are.
+STATUS_FILES = {
+    "index.html": "text/html",
+    "status.css": "text/css",
+    "status.js": "text/javascript",
+}
+# The page loads its own files and calls this API, nothing else.
+STATUS_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 @dataclass
@@ -74,10 +87,13 @@ def make_app(config: ApiConfig) -> web.Application:
     app[REGISTRY] = registry
     app.add_routes(
         [
+            web.get("/", status_page),
+            web.get("/status/{file}", status_file),
             web.get("/healthz", healthz),
             web.get("/metrics", metrics),
             web.get("/v1/exits", exits),
             web.get("/v1/routes", routes),
+            web.get("/v1/status", status),
             web.get("/v1/explain", explain_view),
             web.post("/v1/answers", answers),
             web.post("/v1/reload", reload),
@@ -127,6 +143,29 @@ def _authorize(request: web.Request) -> None:
         )
 
 
+def _status_response(name: str) -> web.Response:
+    """One of the status page's files, read from the package."""
+    body = resources.files("iptserver").joinpath("status", name).read_bytes()
+    response = web.Response(body=body, content_type=STATUS_FILES[name], charset="utf-8")
+    response.headers["Content-Security-Policy"] = STATUS_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """The human status page (HTML that fetches the JSON endpoints)."""
+    return _status_response("index.html")
+
+
+async def status_file(request: web.Request) -> web.Response:
+    """The page's CSS and JS; any other name is a 404."""
+    name = request.match_info["file"]
+    if name not in STATUS_FILES or name == "index.html":
+        raise web.HTTPNotFound(reason=f"no status file {name!r}")
+    return _status_response(name)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -170,6 +209,22 @@ async def routes(request: web.Request) -> web.Response:
             }
         )
     return web.json_response(result)
+
+
+async def status(request: web.Request) -> web.Response:
+    """Counts for the status page: answers, learned IPs per exit, DNS and reloads."""
+    config = request.app[CONFIG]
+    router = config.router
+    names = [e.name for e in router.state.plan.exits]
+    names += sorted(set(router.learned) - set(names))
+    return web.json_response(
+        {
+            "answers": router.answers,
+            "learned": {name: router.learned[name] for name in names},
+            "dns": config.counters.snapshot() if config.counters is not None else None,
+            "reloads": {result: config.reloads.get(result, 0) for result in ("ok", "rejected")},
+        }
+    )
 
 
 async def explain_view(request: web.Request) -> web.Response:
