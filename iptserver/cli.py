@@ -129,6 +129,27 @@ def _parser() -> argparse.ArgumentParser:
     json_schema = sub.add_parser("json-schema", help="print the JSON Schema of the format")
     json_schema.set_defaults(handler=_json_schema)
 
+    render = sub.add_parser("render", help="configuration for the programs around iptserver")
+    render_sub = render.add_subparsers(dest="render_command", required=True, metavar="ACTION")
+    recursor = render_sub.add_parser("recursor", help="PowerDNS Recursor: load the plugin")
+    recursor.add_argument(
+        "--api",
+        metavar="ADDR:PORT",
+        type=_endpoint,
+        default="127.0.0.1:8053",
+        help="iptserver's HTTP API (default: 127.0.0.1:8053)",
+    )
+    recursor.add_argument(
+        "--fail-closed", action="store_true", help="SERVFAIL when iptserver cannot be asked"
+    )
+    recursor.add_argument("--timeout", type=float, default=0.5, help="seconds (default: 0.5)")
+    recursor.add_argument("--api-token-file", metavar="FILE", type=Path)
+    recursor.add_argument("--plugin", metavar="LUA", type=Path, help="the plugin's path")
+    recursor.add_argument(
+        "--out-dir", metavar="DIR", type=Path, help="write the files here (default: print)"
+    )
+    recursor.set_defaults(handler=_render_recursor)
+
     geoip = sub.add_parser("geoip", help="country database: install, query, build")
     geo_sub = geoip.add_subparsers(dest="geoip_command", required=True, metavar="ACTION")
     update = geo_sub.add_parser("update", help="install or refresh the CC0 country database")
@@ -254,6 +275,34 @@ def _json_schema(args: argparse.Namespace) -> int:
     from iptserver.schema.jsonschema import json_schema_text
 
     sys.stdout.write(json_schema_text())
+    return 0
+
+
+def _render_recursor(args: argparse.Namespace) -> int:
+    from iptserver.render.recursor import (
+        DEFAULT_DIR,
+        DEFAULT_PLUGIN,
+        RecursorSettings,
+        render_recursor,
+    )
+
+    settings = RecursorSettings(
+        api=args.api,
+        plugin=(args.plugin or DEFAULT_PLUGIN).resolve(),
+        directory=(args.out_dir or DEFAULT_DIR).resolve(),
+        fail_closed=args.fail_closed,
+        timeout=args.timeout,
+        token_file=args.api_token_file.resolve() if args.api_token_file else None,
+    )
+    files = render_recursor(settings)
+    if args.out_dir is None:
+        for name, text in files.items():
+            print(f"# --- {settings.directory / name} ---\n{text}")
+        return 0
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (args.out_dir / name).write_text(text, encoding="utf-8")
+        print(args.out_dir / name)
     return 0
 
 

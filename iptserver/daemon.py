@@ -137,7 +137,11 @@ class Daemon:
                 taken,
             )
             return 1
-        redirect = schema.dns.listen[0][1] if schema.ingress else None
+        # Port 53 from the ingress is redirected to the proxy, unless the proxy listens on
+        # loopback only (a REDIRECT cannot reach it there): then a recursor with the
+        # plugin serves the clients, and the proxy is not theirs.
+        first = schema.dns.listen[0]
+        redirect = first[1] if schema.ingress and not first[0].is_loopback else None
         try:
             self._dataplane = await self._kernel(Dataplane, redirect, self.options.state_file)
             problems = await self._kernel(self._dataplane.apply, state.plan)

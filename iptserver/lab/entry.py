@@ -97,12 +97,14 @@ def start_iptserver(
     mmdb: Path,
     *extra: str,
     upstream: Sequence[str] = (UPSTREAM,),
+    probe: tuple[str, str, int] = ("client", ENTRY_DNS, 53),
 ) -> Iptserver:
     """Start ``iptserver run`` in the entry; return once it serves DNS.
 
     Ready means: this daemon logged that it runs (after its signal handlers are in place,
-    so a SIGHUP cannot kill it), and the client gets the DoH canary's NXDOMAIN, which the
-    proxy answers itself (so a daemon whose upstreams are dead is ready too).
+    so a SIGHUP cannot kill it), and ``probe`` (node, server, port: by default the client
+    asking 10.77.1.1:53) gets the DoH canary's NXDOMAIN, which the proxy answers itself
+    (so a daemon whose upstreams are dead is ready too).
     """
     log = lab.workdir / "logs" / "entry-iptserver.log"  # as Lab.spawn names it; appended to
     log_start = log.stat().st_size if log.exists() else 0
@@ -118,7 +120,8 @@ def start_iptserver(
             raise LabError(f"iptserver did not start in {START_TIMEOUT} s:\n{running.log}")
         time.sleep(POLL)
     try:
-        answer = lab.query("client", DOH_CANARY, server=ENTRY_DNS, timeout=2.0)
+        node, server, port = probe
+        answer = lab.query(node, DOH_CANARY, server=server, port=port, timeout=2.0)
     except LabError as e:
         stop_iptserver(running)
         raise LabError(f"iptserver runs but does not answer DNS: {e}\n{running.log}") from e

@@ -112,13 +112,18 @@ class Iptservers:
         lab_schema(self.lab, running.schema, text)
 
     def start(
-        self, schema: str | Path, *extra: str, upstream: Sequence[str] = (UPSTREAM,)
+        self,
+        schema: str | Path,
+        *extra: str,
+        upstream: Sequence[str] = (UPSTREAM,),
+        probe: tuple[str, str, int] = ("client", ENTRY_DNS, 53),
     ) -> Running:
-        """iptserver on a schema (a file, or a text written to a new file)."""
+        """iptserver on a schema (a file, or a text written to a new file); ``probe`` is
+        where its proxy is asked whether it is ready (node, server, port)."""
         still = [r for r in self._started if r.alive]
         assert not still, "stop the running iptserver first: one may listen on 10.77.1.1:53"
         path = schema if isinstance(schema, Path) else self.schema(schema)
-        running = start_iptserver(self.lab, path, self.mmdb, *extra, upstream=upstream)
+        running = start_iptserver(self.lab, path, self.mmdb, *extra, upstream=upstream, probe=probe)
         self._started.append(running)
         return running
 

@@ -1,0 +1,1 @@
+"""Configuration files for the programs around iptserver, rendered from its settings."""

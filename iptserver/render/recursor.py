@@ -1,0 +1,73 @@
+"""The PowerDNS Recursor side of the plugin: a recursor.conf snippet and the Lua settings.
+
+Pure functions (text in, text out) so the output is checked against golden files; the
+CLI decides where it goes. The recursor loads ``SETTINGS_FILE`` as its lua-dns-script:
+it sets the ``IPTSERVER`` table the plugin reads, then runs the plugin itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+CONF_FILE = "iptserver.conf"  # for the recursor's include-dir (recursor.d)
+SETTINGS_FILE = "iptserver-settings.lua"
+DEFAULT_DIR = Path("/etc/powerdns/recursor.d")
+DEFAULT_PLUGIN = Path(__file__).resolve().parents[2] / "recursor_plugin" / "iptserver.lua"
+
+
+@dataclass(frozen=True)
+class RecursorSettings:
+    """What the plugin needs to reach iptserver, and where the files live."""
+
+    api: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
+    plugin: Path = DEFAULT_PLUGIN
+    directory: Path = DEFAULT_DIR
+    fail_closed: bool = False
+    timeout: float = 0.5  # seconds per answer; the recursor's worker waits this long at most
+    token_file: Path | None = None
+
+
+def _lua_string(text: str) -> str:
+    """A Lua string literal (paths and addresses: no need for more than this)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_settings(settings: RecursorSettings) -> str:
+    """The lua-dns-script: the plugin's settings, then the plugin."""
+    address, port = settings.api
+    token = "nil"
+    if settings.token_file is not None:
+        token = f"(io.open({_lua_string(str(settings.token_file))}):read('*l'))"
+    return (
+        "-- Rendered by `iptserver render recursor`: the iptserver plugin's settings.\n"
+        "IPTSERVER = {\n"
+        f"  host = {_lua_string(str(address))},\n"
+        f"  port = {port},\n"
+        f"  timeout = {settings.timeout:g},\n"
+        f"  fail_closed = {'true' if settings.fail_closed else 'false'},\n"
+        f"  token = {token},\n"
+        "}\n"
+        f"dofile({_lua_string(str(settings.plugin))})\n"
+    )
+
+
+def render_conf(settings: RecursorSettings) -> str:
+    """The recursor.conf lines that load the plugin."""
+    return (
+        "# Rendered by `iptserver render recursor`: every answer is routed by iptserver\n"
+        f"# at {_endpoint(settings.api)} before it goes out"
+        f" ({'SERVFAIL' if settings.fail_closed else 'answered anyway'} when it cannot be).\n"
+        f"lua-dns-script={settings.directory / SETTINGS_FILE}\n"
+    )
+
+
+def render_recursor(settings: RecursorSettings) -> dict[str, str]:
+    """Every file, by name (to be written in ``settings.directory``)."""
+    return {CONF_FILE: render_conf(settings), SETTINGS_FILE: render_settings(settings)}
+
+
+def _endpoint(api: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]) -> str:
+    address, port = api
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"

@@ -1,0 +1,100 @@
+"""The PowerDNS Recursor plugin end to end: a real ``pdns_recursor`` in the entry serves
+the client and posts every answer to iptserver's HTTP API (iptserver's own proxy is on
+loopback, out of the clients' way), so the first connection leaves by the schema's exit
+and the client gets TTLs capped to the route hold. With iptserver gone, fail-open still
+answers and fail-closed answers SERVFAIL."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from iptserver.lab import Lab
+from iptserver.lab.entry import ENTRY_DNS
+from iptserver.lab.zones import DEFAULT_TTL
+from tests.e2e.conftest import BASE_SCHEMA, Iptservers, explained_exit
+from tests.e2e.recursor import API, Recursor, start_recursor
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("pdns_recursor") is None, reason="pdns-recursor is not installed (make apt)"
+)
+
+PROXY = ("127.0.0.1", 5399)  # iptserver's own proxy: required, but nobody's resolver here
+HOLD = 30
+SCHEMA = (
+    BASE_SCHEMA.replace('listen: ["10.77.1.1:53"]', f'listen: ["{PROXY[0]}:{PROXY[1]}"]')
+    + f"""\
+default: us
+rules:
+  - exit: ru
+    domains: [mail.ru, "*.yandex.net"]
+  - exit: uk
+    countries: [GB]
+ttl: {{hold: {HOLD}}}
+"""
+)
+
+
+@pytest.fixture
+def recursor_dir(tmp_path: Path) -> Path:
+    return tmp_path / "recursor"
+
+
+@pytest.fixture
+def recursors(lab: Lab, recursor_dir: Path) -> Iterator[list[Recursor]]:
+    """Recursors the test starts; all stopped (by PID) at teardown."""
+    started: list[Recursor] = []
+    yield started
+    for recursor in started:
+        recursor.stop()
+
+
+def answer(lab: Lab, name: str) -> list[tuple[str, int]]:
+    records = lab.resolve("client", name, server=ENTRY_DNS)
+    return [(value, ttl) for _, kind, value, ttl in records if kind == "A"]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected", "unrouted"),
+    [
+        ("mail.ru", "ru", "us"),  # a domain rule (its RU address alone takes the default)
+        ("cdn.example.net", "ru", "us"),  # CNAME to edge.yandex.net, matched by *.yandex.net
+        ("www.bbc.co.uk", "uk", "uk"),  # a country rule
+    ],
+)
+def test_first_connection_leaves_by_the_schema_through_the_recursor(
+    lab: Lab,
+    iptservers: Iptservers,
+    recursors: list[Recursor],
+    recursor_dir: Path,
+    name: str,
+    expected: str,
+    unrouted: str,
+) -> None:
+    running = iptservers.start(SCHEMA, "--api", API, probe=("entry", *PROXY))
+    recursors.append(start_recursor(lab, recursor_dir))
+    found = answer(lab, name)
+    assert found, f"no A record for {name}"
+    for address, ttl in found:
+        assert ttl <= HOLD, f"{name}: TTL {ttl} not capped to {HOLD}"
+        assert explained_exit(running, address) == unrouted
+        assert lab.whoami("client", address) == expected, f"{name} -> {address}"
+    assert "not routed" not in recursors[0].log
+
+
+def test_fail_open_answers_and_fail_closed_refuses_without_iptserver(
+    lab: Lab, iptservers: Iptservers, recursors: list[Recursor], recursor_dir: Path
+) -> None:
+    running = iptservers.start(SCHEMA, "--api", API, probe=("entry", *PROXY))
+    iptservers.stop(running)
+    recursors.append(start_recursor(lab, recursor_dir))
+    assert answer(lab, "www.example.com") == [("198.51.100.150", DEFAULT_TTL)]
+    assert "www.example.com. not routed" in recursors[-1].log
+    recursors[-1].stop()
+    recursors.append(start_recursor(lab, recursor_dir, fail_closed=True))
+    refused = lab.query("client", "www.example.com", server=ENTRY_DNS)
+    assert refused.rcode == "SERVFAIL"
+    assert refused.records == []

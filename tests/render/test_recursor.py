@@ -1,0 +1,44 @@
+"""``iptserver render recursor``: the files the recursor needs, against golden copies
+(an intended change of the output is a change of these files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from iptserver.cli import main
+from iptserver.render.recursor import RecursorSettings, render_recursor
+from iptserver.schema.values import parse_endpoint
+
+GOLDEN = Path(__file__).parent
+SETTINGS = RecursorSettings(
+    api=parse_endpoint("127.0.0.1:8053"),
+    plugin=Path("/usr/share/iptserver/iptserver.lua"),
+    directory=Path("/etc/powerdns/recursor.d"),
+    fail_closed=True,
+)
+
+
+def test_renders_the_golden_files() -> None:
+    for name, text in render_recursor(SETTINGS).items():
+        assert text == (GOLDEN / name).read_text(encoding="utf-8"), name
+
+
+def test_fail_open_and_token_file() -> None:
+    settings = RecursorSettings(
+        api=parse_endpoint("[::1]:9000"), token_file=Path("/etc/iptserver/token")
+    )
+    lua = render_recursor(settings)["iptserver-settings.lua"]
+    assert 'host = "::1",\n  port = 9000,' in lua
+    assert "fail_closed = false" in lua
+    assert 'io.open("/etc/iptserver/token")' in lua
+
+
+def test_cli_writes_what_the_renderer_renders(tmp_path: Path) -> None:
+    argv = ["render", "recursor", "--fail-closed", "--out-dir", str(tmp_path)]
+    argv += ["--plugin", "/usr/share/iptserver/iptserver.lua"]
+    assert main(argv) == 0
+    settings = RecursorSettings(
+        api=SETTINGS.api, plugin=SETTINGS.plugin, directory=tmp_path, fail_closed=True
+    )
+    for name, text in render_recursor(settings).items():
+        assert (tmp_path / name).read_text(encoding="utf-8") == text
