@@ -59,6 +59,7 @@ bench: setup
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/dataplane.py
 	$(BIN)/python -m tests.dns.bench_proxy
+	$(BIN)/python bench/recursor.py
 
 clean:
 	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache

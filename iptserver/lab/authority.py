@@ -37,7 +37,7 @@ from dnslib import (
     DNSRecord,
 )
 
-from iptserver.lab.zones import NEGATIVE_TTL, ZONE, Record
+from iptserver.lab.zones import BENCH_ZONE, NEGATIVE_TTL, ZONE, Record, synthetic
 
 log = logging.getLogger("iptserver.lab.authority")
 
@@ -60,8 +60,15 @@ def _rr(owner: DNSLabel | str, record: Record) -> RR:
     return RR(owner, getattr(QTYPE, record.type), rdata=rdata, ttl=record.ttl)
 
 
+def _records(name: str, zone: Mapping[str, tuple[Record, ...]]) -> tuple[Record, ...]:
+    """The zone's records of ``name``, else the synthetic zone's (``zones.synthetic``)."""
+    return zone.get(name) or synthetic(name)
+
+
 def _exists(name: str, zone: Mapping[str, tuple[Record, ...]]) -> bool:
     """A name exists if it has records or names under it (an empty non-terminal)."""
+    if name == BENCH_ZONE or synthetic(name):
+        return True
     return name in zone or any(other.endswith("." + name) for other in zone)
 
 
@@ -89,7 +96,7 @@ def respond(query: DNSRecord, zone: Mapping[str, tuple[Record, ...]] = ZONE) -> 
     owner: DNSLabel = question.qname  # the first owner keeps the client's spelling
     name = _key(owner)
     for _ in range(MAX_CHAIN):
-        records = zone.get(name, ())
+        records = _records(name, zone)
         cname = [r for r in records if r.type == "CNAME"]
         if cname and qtype not in ("CNAME", "ANY"):
             reply.add_answer(_rr(owner, cname[0]))

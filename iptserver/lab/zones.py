@@ -8,10 +8,14 @@ and 2001:db8:ff::/48 in no country.
 Names are lower case without the trailing dot. The authority stands in for the whole DNS
 (it plays the recursor the entry forwards to), so it answers for every name: what is not
 here is NXDOMAIN, a name that only has names under it (``chain.test``) is NODATA.
+
+Besides ``ZONE``, one synthetic zone (``synthetic``): every name under ``bench.ru`` has
+one A record, so a benchmark can ask an endless supply of names no cache has seen.
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import NamedTuple
 
 DEFAULT_TTL = 60
@@ -74,3 +78,17 @@ ZONE: dict[str, tuple[Record, ...]] = {
     # The canary Firefox asks before it turns DNS over HTTPS on; the proxy NXDOMAINs it.
     "use-application-dns.net": _a("203.0.113.90"),
 }
+
+# The synthetic zone: any name under BENCH_ZONE (a wildcard, ``*.bench.ru``) answers one A
+# record in 203.0.113.200-249 (no country), derived from the name so answers are stable.
+BENCH_ZONE = "bench.ru"
+BENCH_FIRST, BENCH_COUNT = 200, 50
+
+
+def synthetic(name: str) -> tuple[Record, ...]:
+    """The records of ``name`` (lower case, no trailing dot) in the synthetic zone; ()
+    for names outside it (and for ``bench.ru`` itself, which has only names under it)."""
+    if not name.endswith("." + BENCH_ZONE):
+        return ()
+    host = BENCH_FIRST + zlib.crc32(name.encode()) % BENCH_COUNT
+    return _a(f"203.0.113.{host}")

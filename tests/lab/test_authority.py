@@ -5,7 +5,7 @@ from __future__ import annotations
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
 from iptserver.lab.authority import respond, tcp_payload, udp_payload
-from iptserver.lab.zones import NEGATIVE_TTL, ZONE
+from iptserver.lab.zones import DEFAULT_TTL, NEGATIVE_TTL, ZONE, synthetic
 
 
 def _ask(name: str, rtype: str = "A", edns: int | None = None) -> DNSRecord:
@@ -82,3 +82,22 @@ def test_tcp_is_never_truncated() -> None:
 def test_ttls_from_the_zone_data() -> None:
     assert _answers(respond(_ask("short.example.org")))[0][3] == 2
     assert _answers(respond(_ask("long.example.org")))[0][3] == 86400
+
+
+def test_every_name_under_bench_ru_has_a_stable_unplaced_address() -> None:
+    address = synthetic("q1.bench.ru")[0].value
+    assert _answers(respond(_ask("q1.Bench.RU"))) == [("q1.Bench.RU.", "A", address, DEFAULT_TTL)]
+    assert _answers(respond(_ask("q1.bench.ru")))[0][2] == address
+    addresses = {synthetic(f"n{i}.x.bench.ru")[0].value for i in range(500)}
+    assert len(addresses) > 10
+    assert all(
+        a.startswith("203.0.113.") and 200 <= int(a.rsplit(".")[-1]) < 250 for a in addresses
+    )
+
+
+def test_the_bench_zone_is_nodata_for_aaaa_and_its_apex_and_leaves_zone_alone() -> None:
+    for name, rtype in (("q1.bench.ru", "AAAA"), ("bench.ru", "A")):
+        reply = respond(_ask(name, rtype))
+        assert reply.header.rcode == RCODE.NOERROR and not reply.rr, name
+    assert respond(_ask("nothing.ru")).header.rcode == RCODE.NXDOMAIN
+    assert not any(name.endswith("bench.ru") for name in ZONE)
