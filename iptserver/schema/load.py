@@ -6,6 +6,7 @@ path of the field in the file's own terms (``routes.3.net.0`` for a legacy file)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from functools import cache
@@ -135,9 +136,13 @@ def _problem(doc: Document, t: Translation, error: ErrorDetails) -> Problem:
     return doc.problem(legacy, _message(error))
 
 
+_WRAPPER = re.compile(r"^(\[key\]|function-(after|before|plain|wrap)\[.*\])$")
+
+
 def _is_wrapper(part: str | int) -> bool:
-    # pydantic adds "[key]" / function-after markers for some validators
-    return isinstance(part, str) and (part.startswith("function-") or part.endswith("]"))
+    """Markers pydantic puts in an error's location that are no key of the file (a key
+    written ``x]`` in the file is a key, and stays in the path)."""
+    return isinstance(part, str) and _WRAPPER.match(part) is not None
 
 
 def _message(error: ErrorDetails) -> str:

@@ -323,3 +323,10 @@ def test_hostile_yaml_is_rejected_with_a_message(text: str, expected: str) -> No
     with pytest.raises(SchemaError) as caught:
         parse_schema(text, "x")
     assert any(str(p).startswith(expected) for p in caught.value.problems), caught.value
+
+
+def test_a_key_that_looks_like_a_pydantic_marker_is_still_a_key() -> None:
+    """Found by the damaged-file test: a top-level key ending in "]"."""
+    assert problems("exits: {}\nrules: []\n000ml-languag]: x\n") == [
+        "s.yaml:3:1: 000ml-languag]: unknown key '000ml-languag]'"
+    ]
