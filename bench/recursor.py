@@ -32,9 +32,7 @@ import asyncio
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,13 +45,10 @@ from iptserver.geoip.build import write_country_db
 from iptserver.lab import Lab
 from iptserver.lab.addresses import LAB_COUNTRIES
 from iptserver.lab.entry import ENTRY_DNS, UPSTREAM, start_iptserver, stop_iptserver
-from iptserver.lab.errors import LabError
+from iptserver.lab.recursor import API, Recursor, start_recursor
 from iptserver.lab.zones import BENCH_ZONE, synthetic
-from iptserver.render.recursor import RecursorSettings, render_recursor
-from iptserver.schema.values import parse_endpoint
 
 PROXY = ("127.0.0.1", 5399)  # iptserver's own proxy: required, but nobody's resolver here
-API = "127.0.0.1:8053"
 PLUGIN_PORT, PLAIN_PORT = 53, 5353
 SCHEMA = f"""\
 exits:
@@ -71,7 +66,6 @@ rules:
   - exit: ru
     domains: [ru]
 """
-START_TIMEOUT = 15.0
 QUERY_TIMEOUT = 2.0  # seconds before a query is sent again
 TRIES = 3  # sends per query before it counts as missing
 P99_GOAL_MS = 1.0
@@ -100,53 +94,6 @@ class Config:
             return float("nan")
         rank = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered)) - 1))
         return ordered[rank] * 1000
-
-
-@dataclass
-class Recursor:
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers: by PID, never by name."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def start_recursor(lab: Lab, directory: Path, port: int, *, plugin: bool) -> Recursor:
-    """A recursor on ENTRY_DNS:``port`` with its files in ``directory``; once it answers."""
-    include = directory / "recursor.d"
-    include.mkdir(parents=True)
-    if plugin:
-        settings = RecursorSettings(api=parse_endpoint(API), directory=include)
-        for name, text in render_recursor(settings).items():
-            (include / name).write_text(text, encoding="utf-8")
-    (directory / "recursor.conf").write_text(
-        f"local-address={ENTRY_DNS}\nlocal-port={port}\nsocket-dir={directory}\n"
-        "daemon=no\nwrite-pid=no\ndisable-syslog=yes\nsecurity-poll-suffix=\n"
-        "dnssec=off\ndont-query=\nallow-from=10.0.0.0/8, 127.0.0.0/8\n"
-        f"forward-zones-recurse=.={UPSTREAM}\ninclude-dir={include}\n"
-    )
-    name = f"pdns_recursor-{port}"
-    proc = lab.spawn("entry", ["pdns_recursor", f"--config-dir={directory}"], name=name)
-    recursor = Recursor(proc, lab.log_path(proc))
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            raise LabError(f"pdns_recursor exited with {proc.returncode}:\n{recursor.log}")
-        try:
-            lab.query("client", "mail.ru", "TXT", server=ENTRY_DNS, port=port, timeout=0.5)
-            return recursor
-        except LabError:
-            if time.monotonic() > deadline:
-                recursor.stop()
-                raise LabError(f"pdns_recursor on port {port} does not answer") from None
-            time.sleep(0.1)
 
 
 def check(name: str, data: bytes) -> str | None:
@@ -296,11 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         running = start_iptserver(lab, schema, mmdb, "--api", API, probe=("entry", *PROXY))
         recursors: list[Recursor] = []
         try:
-            recursors.append(start_recursor(lab, work / "plugin", PLUGIN_PORT, plugin=True))
-            recursors.append(start_recursor(lab, work / "plain", PLAIN_PORT, plugin=False))
+            recursors.append(start_recursor(lab, work / "plugin", port=PLUGIN_PORT))
+            recursors.append(start_recursor(lab, work / "plain", port=PLAIN_PORT, plugin=False))
             measure(lab, [plugin, plain], args.queries, args.concurrency, args.rounds)
             routed = lab.whoami("client", synthetic(f"check.{BENCH_ZONE}")[0].value)
-            not_routed = recursors[0].log.read_text(errors="replace").count("not routed")
+            not_routed = recursors[0].log.count("not routed")
         finally:
             for recursor in recursors:
                 recursor.stop()

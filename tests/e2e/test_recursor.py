@@ -14,9 +14,9 @@ import pytest
 
 from iptserver.lab import Lab
 from iptserver.lab.entry import ENTRY_DNS
+from iptserver.lab.recursor import API, Recursor, start_recursor
 from iptserver.lab.zones import DEFAULT_TTL
 from tests.e2e.conftest import BASE_SCHEMA, Iptservers, explained_exit
-from tests.e2e.recursor import API, Recursor, start_recursor
 
 pytestmark = pytest.mark.skipif(
     shutil.which("pdns_recursor") is None, reason="pdns-recursor is not installed (make apt)"

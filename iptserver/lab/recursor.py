@@ -1,4 +1,5 @@
-"""A real PowerDNS Recursor with the iptserver plugin, in the lab's entry namespace."""
+"""A real PowerDNS Recursor in the lab's entry namespace, optionally with the iptserver
+plugin: for the recursor tests and bench/recursor.py."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from iptserver.lab import Lab
 from iptserver.lab.entry import ENTRY_DNS, UPSTREAM
 from iptserver.lab.errors import LabError
+from iptserver.lab.topology import Lab
 from iptserver.render.recursor import RecursorSettings, render_recursor
 from iptserver.schema.values import parse_endpoint
 
@@ -18,20 +19,20 @@ API = "127.0.0.1:8053"  # iptserver's HTTP API, on the entry's loopback
 START_TIMEOUT = 15.0
 
 
-def recursor_conf(directory: Path, include: Path, listen: str = ENTRY_DNS) -> str:
+def recursor_conf(directory: Path, include: Path, port: int = 53) -> str:
     """The lab's recursor: on the client-side address, everything forwarded to the lab's
     authority (a documentation address, so dont-query is emptied), files in ``directory``."""
     return (
-        f"local-address={listen}\nlocal-port=53\nsocket-dir={directory}\n"
+        f"local-address={ENTRY_DNS}\nlocal-port={port}\nsocket-dir={directory}\n"
         "daemon=no\nwrite-pid=no\ndisable-syslog=yes\nsecurity-poll-suffix=\n"
-        f"dnssec=off\ndont-query=\nallow-from=10.0.0.0/8, 127.0.0.0/8\n"
+        "dnssec=off\ndont-query=\nallow-from=10.0.0.0/8, 127.0.0.0/8\n"
         f"forward-zones-recurse=.={UPSTREAM}\ninclude-dir={include}\n"
     )
 
 
 @dataclass
 class Recursor:
-    """A ``pdns_recursor`` the test started; ``log`` is what it said since."""
+    """A ``pdns_recursor`` that was started; ``log`` is what it said since."""
 
     lab: Lab
     proc: subprocess.Popen[bytes]
@@ -55,7 +56,12 @@ class Recursor:
 
 
 def start_recursor(
-    lab: Lab, directory: Path, *, fail_closed: bool = False, plugin: bool = True
+    lab: Lab,
+    directory: Path,
+    *,
+    port: int = 53,
+    fail_closed: bool = False,
+    plugin: bool = True,
 ) -> Recursor:
     """Render the config into ``directory``, start the recursor; return once it answers."""
     include = directory / "recursor.d"
@@ -68,20 +74,22 @@ def start_recursor(
         )
         for name, text in render_recursor(settings).items():
             (include / name).write_text(text, encoding="utf-8")
-    (directory / "recursor.conf").write_text(recursor_conf(directory, include))
-    log = lab.workdir / "logs" / "entry-pdns_recursor.log"  # as Lab.spawn names it
+    (directory / "recursor.conf").write_text(recursor_conf(directory, include, port))
+    label = "pdns_recursor" if port == 53 else f"pdns_recursor-{port}"
+    log = lab.workdir / "logs" / f"entry-{label}.log"  # as Lab.spawn names it
     log_start = log.stat().st_size if log.exists() else 0
-    proc = lab.spawn("entry", ["pdns_recursor", f"--config-dir={directory}"])
+    proc = lab.spawn("entry", ["pdns_recursor", f"--config-dir={directory}"], name=label)
     recursor = Recursor(lab, proc, log_start)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if proc.poll() is not None:
             raise LabError(f"pdns_recursor exited with {proc.returncode}:\n{recursor.log}")
         try:  # TXT: the plugin leaves answers without addresses alone
-            lab.query("client", "mail.ru", "TXT", server=ENTRY_DNS, timeout=0.5)
+            lab.query("client", "mail.ru", "TXT", server=ENTRY_DNS, port=port, timeout=0.5)
             return recursor
         except LabError:
             if time.monotonic() > deadline:
                 recursor.stop()
-                raise LabError(f"pdns_recursor does not answer:\n{recursor.log}") from None
+                message = f"pdns_recursor on port {port} does not answer:\n{recursor.log}"
+                raise LabError(message) from None
             time.sleep(0.1)
