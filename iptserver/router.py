@@ -9,7 +9,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # Seconds an entry outlives the TTL handed out: its timeout starts before the client
 # receives the answer, and a client may round its cache time up.
 HOLD_MARGIN = 2
+RECENT = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,8 @@ class Router:
     ) -> None:
         self.state = state
         self._batcher = Batcher(apply) if apply is not None else None
-        self.recent: list[tuple[tuple[str, ...], Decision]] = []  # for status and tests
+        # The last decisions, for the status page and /v1/routes.
+        self.recent: deque[tuple[tuple[str, ...], Decision]] = deque(maxlen=RECENT)
         # For metrics, read at scrape time: answers seen, IPs learned per exit, and a
         # hook the HTTP API sets to time each policy decision.
         self.answers = 0
@@ -116,7 +118,7 @@ class Router:
         if self.observe_decision is not None:
             self.observe_decision(time.perf_counter() - started)
         entries, shortest = self.learned_entries(decisions)
-        self.recent = [*self.recent[-100:], *((tuple(names), d) for d in decisions)][-100:]
+        self.recent.extend((tuple(names), d) for d in decisions)
         if entries and self._batcher is not None:
             await self._batcher.submit(entries)
         self.learned.update(
