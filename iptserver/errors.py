@@ -45,3 +45,7 @@ class GeoIPError(IptserverError):
 
 class DataplaneError(IptserverError):
     pass
+
+
+class KeyFileError(IptserverError):
+    """A WireGuard key file that cannot be read, written or used."""

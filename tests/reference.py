@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
+from typing import Any
 
 import geoip2.database
 import geoip2.errors
@@ -64,12 +65,23 @@ class ReferenceGeo:
         return (code, response.traits.network.prefixlen) if code else None
 
 
+def _mesh_nets(schema: Schema) -> list[Any]:
+    """DESIGN: "the mesh subnets" are never diverted: as listed, and every subnet the
+    tunnels, nodes and clients sections name."""
+    nets: list[Any] = [*schema.mesh, *(t.subnet for t in schema.tunnels.values())]
+    for node in schema.nodes.values():
+        nets.extend(node.subnets)
+    if schema.clients is not None:
+        nets.append(schema.clients.subnet)
+    return nets
+
+
 def reference_decision(
     schema: Schema, names: list[str], ip: IPAddress | None, geo: ReferenceGeo | None
 ) -> tuple[str | None, int | None]:
     """(exit, rule index) for one destination; rule None for default/main/private."""
     if ip is not None and any(
-        ip in net for net in [*NEVER_DIVERTED, *schema.mesh] if net.version == ip.version
+        ip in net for net in [*NEVER_DIVERTED, *_mesh_nets(schema)] if net.version == ip.version
     ):
         return None, None
     host = ip.max_prefixlen if ip is not None else 128

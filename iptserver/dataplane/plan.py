@@ -191,7 +191,7 @@ def plan(
                 ),
             )
         )
-    never = _plain_sets("private", (*PRIVATE_NETS, *schema.mesh))
+    never = _plain_sets("private", (*PRIVATE_NETS, *schema.never_diverted()))
     doh = None
     if schema.dns.block_doh:
         doh = _plain_sets("doh", (*WELL_KNOWN_DOH, *schema.dns.doh_servers))

@@ -114,7 +114,7 @@ class Policy:
         # Rule nets and the never-diverted nets in one map: the latter outrank any rule.
         self._nets: PrefixMap[_Best] = PrefixMap(
             [
-                *((net, _PRIVATE) for net in (*PRIVATE_NETS, *schema.mesh)),
+                *((net, _PRIVATE) for net in (*PRIVATE_NETS, *schema.never_diverted())),
                 *(
                     (net, ((rule.weight, net.prefixlen, -i), i, MatchKind.NET))
                     for i, rule in enumerate(rules)

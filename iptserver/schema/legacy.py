@@ -72,7 +72,10 @@ _SETTINGS_ROUTE_KEYS = {"country", "domain", "net", "interface", "weight", "metr
 _ROUTING_KEYS = {"routes", "pbr_mark", "table", "interfaces", "domain_route_ttl"}
 _ROUTING_ROUTE_KEYS = {"interface", "metric", "weight", "route_ttl", "geo", "domains", "static"}
 # Sections of the MRVPN2 schema that describe deployment, not routing.
-_MRVPN2_OTHER = {"tunnels", "services", "entrypoint", "firezone", "mrvpn_root"}
+_MRVPN2_OTHER = {"services", "entrypoint", "firezone", "mrvpn_root"}
+# Read as they are: MRVPN2's tunnels, and what it took from its inventory (native form).
+_MRVPN2_MESH = {"tunnels", "nodes", "clients"}
+_TUNNEL_KEYS = {"subnet", "preshared_key", "hosts"}
 
 _GEO = re.compile(r"""^\s*country\s*=\s*(['"]?)([A-Za-z]{2})\1\s*$""")
 
@@ -199,6 +202,39 @@ class _Translator:
             return match.group(2)
         return value
 
+    def mesh(self, data: dict[str, Any]) -> None:
+        """``nodes`` and ``clients`` as in the native format; ``tunnels`` as MRVPN2 wrote
+        it, where a tunnel's hosts may sit under ``hosts`` or directly under the tunnel."""
+        for key in ("nodes", "clients"):
+            if key in data:
+                self.put((key,), data[key], (key,))
+        tunnels = data.get("tunnels")
+        if tunnels is None:
+            return
+        if not isinstance(tunnels, dict):
+            self.problem(("tunnels",), "tunnels must be a mapping of tunnel names")
+            return
+        out: dict[Any, Any] = {}
+        self.put(("tunnels",), out, ("tunnels",))
+        for name, spec in tunnels.items():
+            base: Path = ("tunnels", name)
+            self.out.origin[base] = base
+            if not isinstance(spec, dict):
+                out[name] = spec  # the model says what is wrong with it
+                continue
+            tunnel = {key: spec[key] for key in ("subnet", "preshared_key") if key in spec}
+            if "hosts" in spec:
+                tunnel["hosts"] = spec["hosts"]
+                extra = {k: v for k, v in spec.items() if k not in _TUNNEL_KEYS}
+                for key in extra:
+                    self.problem((*base, key), f"unknown key {key!r} next to hosts", key=True)
+            else:
+                tunnel["hosts"] = {k: v for k, v in spec.items() if k not in _TUNNEL_KEYS}
+                self.out.origin[(*base, "hosts")] = base
+                for host in tunnel["hosts"]:
+                    self.out.origin[(*base, "hosts", host)] = (*base, host)
+            out[name] = tunnel
+
 
 def translate(doc: Document, fmt: Format) -> Translation:
     t = _Translator(doc)
@@ -210,7 +246,8 @@ def translate(doc: Document, fmt: Format) -> Translation:
         t.exits_and_rules(data.get("routes"), (), _SETTINGS_ROUTE_KEYS)
         t.common(data, ())
     else:
-        t.unknown_keys(data, {"routing"} | _MRVPN2_OTHER, ())
+        t.unknown_keys(data, {"routing"} | _MRVPN2_OTHER | _MRVPN2_MESH, ())
+        t.mesh(data)
         routing = data.get("routing")
         if not isinstance(routing, dict):
             t.problem(

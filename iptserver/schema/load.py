@@ -18,6 +18,7 @@ from pydantic_core import ErrorDetails
 
 from iptserver.errors import Problem, SchemaError
 from iptserver.schema.legacy import Format, Translation, detect_format, translate
+from iptserver.schema.mesh import mesh_problems
 from iptserver.schema.model import Schema
 from iptserver.schema.source import Document, Path, parse_yaml
 
@@ -73,6 +74,11 @@ def parse_schema(text: str, file: str = "<schema>") -> Loaded:
         schema = Schema.model_validate(translation.data)
     except ValidationError as e:
         problems += [_problem(doc, translation, error) for error in e.errors()]
+    if schema is not None:
+        problems += [
+            doc.problem(translation.legacy_path(path), message)
+            for path, message in mesh_problems(schema.nodes, schema.tunnels, schema.clients)
+        ]
     if problems or schema is None:
         raise SchemaError(problems)
     lines = tuple(

@@ -11,7 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-from iptserver.schema.values import Country, Domain, Endpoint, Network
+from iptserver.schema.mesh import Clients, Node, NodeName, Tunnel
+from iptserver.schema.values import Country, Domain, Endpoint, IPNetwork, Network
 
 HOST_GATEWAY = "_DEFAULT"
 """The interface name that means "the host's own default gateway" (go direct)."""
@@ -104,6 +105,12 @@ class Api(_Model):
 class Kernel(_Model):
     mark_base: Mark = Field(0x100, description="First fwmark; exits take consecutive marks")
     table_base: TableId = Field(100, description="First routing table; exits take consecutive ids")
+    export_table: TableId | None = Field(
+        None,
+        description="Also put each DNS-learned IP whose exit is a tunnel into this routing "
+        "table as a host route out of the exit's interface, for as long as it is held, so "
+        "FRR can announce it (zebra `ip import-table`); nothing forwards by it (default: off)",
+    )
 
 
 class Schema(_Model):
@@ -127,6 +134,13 @@ class Schema(_Model):
         default_factory=list,
         description="Mesh subnets, never diverted (private ranges never are either)",
     )
+    nodes: dict[NodeName, Node] = Field(
+        default_factory=dict, description="Machines of the mesh (for iptserver render)"
+    )
+    tunnels: dict[NodeName, Tunnel] = Field(
+        default_factory=dict, description="WireGuard tunnels between nodes, by tunnel name"
+    )
+    clients: Clients | None = Field(None, description="Mobile clients and where they connect")
     ttl: Ttl = Ttl()
     dns: Dns = Dns()
     api: Api = Api()
@@ -134,3 +148,12 @@ class Schema(_Model):
 
     def exit_of(self, rule: Rule) -> Exit:
         return self.exits[rule.exit]
+
+    def never_diverted(self) -> tuple[IPNetwork, ...]:
+        """The mesh's own subnets: `mesh` as written plus the tunnels', nodes' and clients'."""
+        nets: list[IPNetwork] = list(self.mesh)
+        nets += (tunnel.subnet for tunnel in self.tunnels.values())
+        nets += (net for node in self.nodes.values() for net in node.subnets)
+        if self.clients is not None:
+            nets.append(self.clients.subnet)
+        return tuple(dict.fromkeys(nets))

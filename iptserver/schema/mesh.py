@@ -1,0 +1,258 @@
+"""The mesh part of the schema: nodes, the WireGuard tunnels between them, mobile clients.
+
+Field names follow MRVPN2's ``tunnels:`` section (``expose``, ``allowed_nets``,
+``masquerade``, ``table``, ``compose_service``, ``autostart``, ``mikrotik_*``) so that
+section translates one to one. Checks that span sections (a tunnel's hosts are defined
+nodes, addresses fit their subnets, interface names are unique on a node) are in
+:func:`mesh_problems`, which names the offending path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from difflib import get_close_matches
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+
+from iptserver.schema.source import Path
+from iptserver.schema.values import IPAddress, IPNetwork, Network
+
+NodeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
+Interface = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.=-]{0,14}$")]
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+TUNNEL_PORT_BASE = 51820
+"""``expose: true`` listens on this plus the tunnel's 1-based position in the file."""
+
+_ANYWHERE = ("0.0.0.0/0", "::/0")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _no_port(value: str | None) -> str | None:
+    if value is None:
+        return None
+    host = value.strip()
+    if not host or any(c.isspace() for c in host) or "/" in host:
+        raise ValueError(f"{value!r} is not a host name or IP address")
+    if host.count(":") == 1 or (host.startswith("[") and "]:" in host):
+        raise ValueError(f"{value!r}: give the host only; the port comes from the peer's expose")
+    return host.strip("[]")
+
+
+def _public_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except binascii.Error:
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError(f"{value!r} is not a WireGuard key (44 characters of base64)")
+    return value.strip()
+
+
+class Node(_Model):
+    """A machine of the mesh (MRVPN2 took these from its Ansible inventory)."""
+
+    endpoint: str | None = Field(
+        None, description="Public host name or IP that peers dial (absent: it only dials out)"
+    )
+    subnets: list[Network] = Field(
+        default_factory=list, description="LANs behind the node, announced into OSPF"
+    )
+    router_id: ipaddress.IPv4Address | None = Field(
+        None, description="OSPF router id (default: the node's first IPv4 tunnel address)"
+    )
+    ospf: StrictBool = Field(True, description="Run FRR OSPF on this node")
+    mikrotik: StrictBool = Field(
+        False, description="A RouterOS peer: gets a RouterOS script instead of wg-quick/FRR files"
+    )
+    entry: StrictBool = Field(
+        False, description="iptserver runs here; mobile clients use it for DNS"
+    )
+
+    check_endpoint = field_validator("endpoint")(_no_port)
+
+
+class TunnelHost(_Model):
+    """One side of a tunnel, on one node."""
+
+    interface: Interface | None = Field(None, description="Interface name (default: the tunnel's)")
+    expose: StrictBool | Port = Field(
+        False,
+        description="UDP port this side listens on (true: 51820 + the tunnel's position); "
+        "false: it dials out only",
+    )
+    allowed_nets: list[Network] = Field(
+        default_factory=lambda: [ipaddress.ip_network(n) for n in _ANYWHERE],
+        description="WireGuard AllowedIPs for the peer (default: everything; routing decides)",
+    )
+    masquerade: StrictBool = Field(False, description="NAT what leaves this node from the tunnel")
+    table: str | None = Field(
+        None, description="wg-quick Table (default: off where FRR runs, else auto)"
+    )
+    compose_service: str | None = Field(
+        None, description="Compose service whose network namespace the tunnel runs in"
+    )
+    autostart: StrictBool = True
+    mikrotik_deploy: list[str] = Field(default_factory=list, description="RouterOS commands")
+    mikrotik_cleanup: list[str] = Field(default_factory=list, description="RouterOS commands")
+    keepalive: Annotated[StrictInt, Field(ge=1, le=65535)] | None = Field(
+        None, description="PersistentKeepalive seconds (default: 25 on a side that dials out)"
+    )
+    private_key_file: str | None = Field(
+        None, description="Read the private key from this file instead of the state directory"
+    )
+    public_key: str | None = Field(
+        None, description="The side's public key, when its private key is kept elsewhere"
+    )
+    ospf_cost: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
+
+    check_public_key = field_validator("public_key")(_public_key)
+
+    @field_validator("table", mode="before")
+    @classmethod
+    def _table(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class Tunnel(_Model):
+    subnet: Network = Field(
+        description="Point-to-point subnet: the hosts, in the order written, get its first "
+        "and second host address"
+    )
+    preshared_key: StrictBool = Field(False, description="Add a generated preshared key")
+    hosts: dict[NodeName, TunnelHost] = Field(description="The tunnel's two sides, by node")
+
+
+class ClientPeer(_Model):
+    address: IPAddress | None = Field(
+        None, description="Address in clients.subnet (default: the next free one, in order)"
+    )
+    private_key_file: str | None = None
+    public_key: str | None = Field(
+        None, description="The client's public key, when it generated its own private key"
+    )
+
+    check_public_key = field_validator("public_key")(_public_key)
+
+
+class Clients(_Model):
+    """Mobile clients: one WireGuard interface on one node, a peer each."""
+
+    node: NodeName = Field(description="The node the clients connect to")
+    interface: Interface = "wg-clients"
+    subnet: Network = Field(description="The node takes the first host address, peers the rest")
+    port: Port = 51820
+    dns: list[IPAddress] = Field(
+        default_factory=list, description="DNS servers for clients (default: the node's address)"
+    )
+    allowed_ips: list[Network] = Field(
+        default_factory=lambda: [ipaddress.ip_network(n) for n in _ANYWHERE],
+        description="What clients send into the tunnel (default: everything)",
+    )
+    keepalive: Annotated[StrictInt, Field(ge=1, le=65535)] | None = 25
+    peers: dict[NodeName, ClientPeer] = Field(default_factory=dict)
+
+
+def mesh_problems(
+    nodes: dict[str, Node], tunnels: dict[str, Tunnel], clients: Clients | None
+) -> list[tuple[Path, str]]:
+    """What the model alone cannot see: references between sections, address fit."""
+    problems: list[tuple[Path, str]] = []
+    defined = set(nodes)
+    entries = [name for name, node in nodes.items() if node.entry]
+    for extra in entries[1:]:
+        problems.append(
+            (("nodes", extra, "entry"), f"only one node can be the entry ({entries[0]!r} is)")
+        )
+
+    def unknown(path: Path, name: str) -> None:
+        if nodes and name not in defined:
+            hint = _did_you_mean(name, defined)
+            problems.append((path, f"node {name!r} is not defined under nodes{hint}"))
+
+    interfaces: dict[tuple[str, str], Path] = {}
+
+    def claim(node: str, interface: str, path: Path) -> None:
+        if (node, interface) in interfaces:
+            first = ".".join(str(p) for p in interfaces[node, interface])
+            problems.append(
+                (path, f"interface {interface!r} is already used on node {node!r} by {first}")
+            )
+        interfaces.setdefault((node, interface), path)
+
+    for name, tunnel in tunnels.items():
+        base: Path = ("tunnels", name)
+        if len(tunnel.hosts) != 2:
+            problems.append(
+                (
+                    (*base, "hosts"),
+                    f"a tunnel joins exactly two hosts, this one lists {len(tunnel.hosts)}",
+                )
+            )
+        if _host_count(tunnel.subnet) < 2:
+            problems.append(
+                (
+                    (*base, "subnet"),
+                    f"{tunnel.subnet} has fewer than two host addresses "
+                    "(use a /30 or /31, or a /126 or /127)",
+                )
+            )
+        for host, side in tunnel.hosts.items():
+            unknown((*base, "hosts", host), host)
+            claim(host, side.interface or name, (*base, "hosts", host))
+            if side.private_key_file and side.public_key:
+                problems.append(
+                    (
+                        (*base, "hosts", host, "public_key"),
+                        "give private_key_file or public_key, not both",
+                    )
+                )
+    if clients is not None:
+        base = ("clients",)
+        unknown((*base, "node"), clients.node)
+        claim(clients.node, clients.interface, (*base, "interface"))
+        problems += _client_addresses(clients)
+    return problems
+
+
+def _host_count(net: IPNetwork) -> int:
+    return net.num_addresses if net.prefixlen >= net.max_prefixlen - 1 else net.num_addresses - 2
+
+
+def _client_addresses(clients: Clients) -> list[tuple[Path, str]]:
+    problems: list[tuple[Path, str]] = []
+    subnet = clients.subnet
+    first = next(iter(subnet.hosts()), None)
+    taken: dict[IPAddress, str] = {}
+    for name, peer in clients.peers.items():
+        if peer.address is None:
+            continue
+        path: Path = ("clients", "peers", name, "address")
+        if peer.address not in subnet or peer.address in (
+            subnet.network_address,
+            subnet.broadcast_address,
+        ):
+            problems.append((path, f"{peer.address} is not a host address of {subnet}"))
+        elif peer.address == first:
+            problems.append((path, f"{peer.address} is the node's own address in {subnet}"))
+        elif peer.address in taken:
+            problems.append((path, f"{peer.address} is already given to {taken[peer.address]!r}"))
+        taken.setdefault(peer.address, name)
+    automatic = sum(1 for peer in clients.peers.values() if peer.address is None)
+    if automatic and _host_count(subnet) - 1 - len(taken) < automatic:
+        problems.append(
+            (("clients", "subnet"), f"{subnet} has no room for {len(clients.peers)} clients")
+        )
+    return problems
+
+
+def _did_you_mean(name: str, names: set[str]) -> str:
+    close = get_close_matches(name, sorted(names), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f" (defined: {', '.join(sorted(names))})"
