@@ -149,6 +149,45 @@ def _parser() -> argparse.ArgumentParser:
         "--out-dir", metavar="DIR", type=Path, help="write the files here (default: print)"
     )
     recursor.set_defaults(handler=_render_recursor)
+    compose = render_sub.add_parser(
+        "compose", help="docker compose override: iptserver as sidecars of a service"
+    )
+    compose.add_argument("--compose-file", required=True, metavar="FILE", type=Path)
+    compose.add_argument(
+        "--service", required=True, metavar="NAME", help="the service whose network to join"
+    )
+    compose.add_argument(
+        "--config", metavar="SCHEMA", type=Path, default=Path("iptserver.yaml"), help="schema"
+    )
+    compose.add_argument("--state-dir", metavar="DIR", type=Path, default=Path("iptserver-state"))
+    compose.add_argument("--frr-dir", metavar="DIR", type=Path, default=Path("frr"))
+    compose.add_argument("--geoip", metavar="MMDB", type=Path, help="country database to mount")
+    compose.add_argument("--image", default="iptserver:latest", help="the sidecar image")
+    compose.add_argument(
+        "--dns-listen",
+        metavar="ADDR:PORT",
+        type=_endpoint,
+        default="0.0.0.0:53",
+        help="where the recursor answers the clients (default: 0.0.0.0:53)",
+    )
+    compose.add_argument(
+        "--forward",
+        action="append",
+        default=[],
+        metavar="ADDR:PORT",
+        type=_endpoint,
+        help="the recursor forwards every query here (repeatable; default: it recurses)",
+    )
+    compose.add_argument(
+        "--allow-from",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        type=_network,
+        help="clients the recursor answers (repeatable; default: the recursor's own)",
+    )
+    compose.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    compose.set_defaults(handler=_render_compose)
 
     geoip = sub.add_parser("geoip", help="country database: install, query, build")
     geo_sub = geoip.add_subparsers(dest="geoip_command", required=True, metavar="ACTION")
@@ -303,6 +342,46 @@ def _render_recursor(args: argparse.Namespace) -> int:
     for name, text in files.items():
         (args.out_dir / name).write_text(text, encoding="utf-8")
         print(args.out_dir / name)
+    return 0
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _render_compose(args: argparse.Namespace) -> int:
+    from iptserver.render.compose import (
+        ComposeError,
+        ComposeSettings,
+        read_compose,
+        render_override,
+    )
+
+    settings = ComposeSettings(
+        service=args.service,
+        schema=args.config.resolve(),
+        state_dir=args.state_dir.resolve(),
+        frr_dir=args.frr_dir.resolve(),
+        image=args.image,
+        geoip=args.geoip.resolve() if args.geoip else None,
+        dns_listen=args.dns_listen,
+        forward=tuple(args.forward),
+        allow_from=tuple(args.allow_from),
+    )
+    try:
+        if args.output is not None and args.output.resolve() == args.compose_file.resolve():
+            raise ComposeError(f"{args.output}: the override must not replace the compose file")
+        text = render_override(read_compose(args.compose_file), settings, str(args.compose_file))
+    except ComposeError as e:
+        print(f"iptserver render compose: {e}", file=sys.stderr)
+        return 1
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
     return 0
 
 
