@@ -7,6 +7,7 @@ path of the field in the file's own terms (``routes.3.net.0`` for a legacy file)
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from functools import cache
@@ -113,6 +114,7 @@ def _cross_check(doc: Document, t: Translation) -> list[Problem]:
             if isinstance(rule, dict) and "exit" in rule:
                 check_ref(("rules", i, "exit"), rule["exit"])
     if isinstance(exits, dict):
+        problems += _failover_problems(doc, t, exits, check_ref)
         for attribute in ("mark", "table"):
             seen: dict[Any, str] = {}
             for name, spec in exits.items():
@@ -127,6 +129,28 @@ def _cross_check(doc: Document, t: Translation) -> list[Problem]:
                         )
                     )
                 seen.setdefault(value, name)
+    return problems
+
+
+def _failover_problems(
+    doc: Document, t: Translation, exits: dict[Any, Any], check_ref: Callable[[Path, Any], None]
+) -> list[Problem]:
+    """Each exit's ``on_down`` list names other defined exits, each once."""
+    problems: list[Problem] = []
+    for name, spec in exits.items():
+        failover = spec.get("on_down") if isinstance(spec, dict) else None
+        if not isinstance(failover, list):
+            continue
+        for i, other in enumerate(failover):
+            path = ("exits", name, "on_down", i)
+            if other == name:
+                problems.append(
+                    doc.problem(t.legacy_path(path), "an exit cannot fail over to itself")
+                )
+            elif other in failover[:i]:
+                problems.append(doc.problem(t.legacy_path(path), f"exit {other!r} is listed twice"))
+            else:
+                check_ref(path, other)
     return problems
 
 

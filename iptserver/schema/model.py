@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
+from iptserver.schema.health import BLOCK, Health, HealthSettings, OnDown
 from iptserver.schema.mesh import Clients, Node, NodeName, Tunnel
 from iptserver.schema.values import Country, Domain, Endpoint, IPNetwork, Network
 
@@ -47,10 +48,35 @@ class Exit(_Model):
     table: TableId | None = Field(
         None, description="Routing table (default: assigned from kernel.table_base)"
     )
+    health: Health | None = Field(
+        None, description="How the exit is watched (without it, it is never considered down)"
+    )
+    on_down: OnDown = BLOCK
 
     @property
     def route(self) -> Route:
         return Route.HOST_GATEWAY if self.interface == HOST_GATEWAY else Route.INTERFACE
+
+    @property
+    def failover(self) -> tuple[str, ...]:
+        """The exits that take the traffic while this one is down, in order."""
+        return () if isinstance(self.on_down, str) else self.on_down
+
+    @model_validator(mode="after")
+    def _health_fits(self) -> Exit:
+        if self.route is Route.HOST_GATEWAY and self.health is not None:
+            raise ValueError(
+                f"health watches a tunnel: the host gateway ({HOST_GATEWAY}) has no tunnel "
+                "to probe through"
+            )
+        if self.route is Route.HOST_GATEWAY and self.failover:
+            raise ValueError(f"on_down: the host gateway ({HOST_GATEWAY}) is never down")
+        if self.failover and self.health is None:
+            raise ValueError(
+                "on_down lists exits to fail over to, but the exit has no health: "
+                "an exit without health is never considered down"
+            )
+        return self
 
 
 class Rule(_Model):
@@ -145,6 +171,7 @@ class Schema(_Model):
     dns: Dns = Dns()
     api: Api = Api()
     kernel: Kernel = Kernel()
+    health: HealthSettings = HealthSettings()
 
     def exit_of(self, rule: Rule) -> Exit:
         return self.exits[rule.exit]
