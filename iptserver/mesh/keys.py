@@ -50,7 +50,7 @@ class KeyStore:
 
     def private(self, node: str, interface: str, file: str | None = None) -> str:
         if file is not None:
-            return self._read(Path(file), "private key")
+            return _given(Path(file))
         return self._get(self.root / node / f"{interface}.key", _new_private)
 
     def public(self, node: str, interface: str, file: str | None = None) -> str:
@@ -58,23 +58,24 @@ class KeyStore:
 
     def client_private(self, name: str, file: str | None = None) -> str:
         if file is not None:
-            return self._read(Path(file), "private key")
+            return _given(Path(file))
         return self._get(self.root / "clients" / f"{name}.key", _new_private)
 
     def preshared(self, tunnel: str) -> str:
         return self._get(self.root / "tunnels" / f"{tunnel}.psk", _new_preshared)
 
     def _get(self, path: Path, make: Callable[[], str]) -> str:
-        try:
-            return self._read(path, "key")
-        except FileNotFoundError:
-            pass
+        found = _read(path, "key")
+        if found is not None:
+            return found
         text = make()
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            for directory in (self.root, path.parent):
+                directory.mkdir(mode=0o700, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # another render made it meanwhile: use theirs
-            return self._read(path, "key")
+            return _given(path)
         except OSError as e:
             raise KeyFileError(f"cannot create the key file {path}: {e.strerror}") from e
         with os.fdopen(fd, "w") as f:
@@ -82,24 +83,31 @@ class KeyStore:
         log.info("generated a new WireGuard key in %s", path)
         return text
 
-    @staticmethod
-    def _read(path: Path, what: str) -> str:
-        try:
-            mode = path.stat().st_mode
-            text = path.read_text(encoding="ascii")
-        except FileNotFoundError:
-            raise
-        except (OSError, UnicodeDecodeError) as e:
-            raise KeyFileError(f"cannot read the {what} file {path}: {e}") from e
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning(
-                "key file %s is readable by others (mode %o); run: chmod 600 %s",
-                path,
-                stat.S_IMODE(mode),
-                path,
-            )
-        _decode(text, what, path)
-        return text.strip()
+
+def _given(path: Path) -> str:
+    found = _read(path, "private key")
+    if found is None:
+        raise KeyFileError(f"cannot read the private key file {path}: it does not exist")
+    return found
+
+
+def _read(path: Path, what: str) -> str | None:
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise KeyFileError(f"cannot read the {what} file {path}: {e}") from e
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "key file %s is readable by others (mode %o); run: chmod 600 %s",
+            path,
+            stat.S_IMODE(mode),
+            path,
+        )
+    _decode(text, what, path)
+    return text.strip()
 
 
 def _new_private() -> str:

@@ -15,7 +15,16 @@ import ipaddress
 from difflib import get_close_matches
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+    field_validator,
+)
 
 from iptserver.schema.source import Path
 from iptserver.schema.values import IPAddress, IPNetwork, Network
@@ -56,6 +65,23 @@ def _public_key(value: str | None) -> str | None:
     return value.strip()
 
 
+def _expose(value: object) -> bool | int:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and 1 <= value <= 65535:
+        return value
+    raise ValueError(f"expose must be a UDP port (1-65535), true or false, not {value!r}")
+
+
+Expose = Annotated[
+    bool | int,
+    PlainValidator(_expose),
+    WithJsonSchema(
+        {"anyOf": [{"type": "boolean"}, {"type": "integer", "minimum": 1, "maximum": 65535}]}
+    ),
+]
+
+
 class Node(_Model):
     """A machine of the mesh (MRVPN2 took these from its Ansible inventory)."""
 
@@ -83,7 +109,7 @@ class TunnelHost(_Model):
     """One side of a tunnel, on one node."""
 
     interface: Interface | None = Field(None, description="Interface name (default: the tunnel's)")
-    expose: StrictBool | Port = Field(
+    expose: Expose = Field(
         False,
         description="UDP port this side listens on (true: 51820 + the tunnel's position); "
         "false: it dials out only",
@@ -118,6 +144,9 @@ class TunnelHost(_Model):
     @field_validator("table", mode="before")
     @classmethod
     def _table(cls, value: object) -> object:
+        """wg-quick's ``Table = off`` written unquoted reads as YAML false."""
+        if value is False:
+            return "off"
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
