@@ -8,7 +8,22 @@ import yaml
 
 from iptserver.schema.model import Schema
 
-_ORDER = ("version", "exits", "default", "ingress", "mesh", "rules", "ttl", "dns", "api", "kernel")
+_ORDER = (
+    "version",
+    "exits",
+    "default",
+    "ingress",
+    "mesh",
+    "rules",
+    "ttl",
+    "dns",
+    "api",
+    "kernel",
+    "health",
+    "nodes",
+    "tunnels",
+    "clients",
+)
 
 
 def to_yaml(schema: Schema, header: str = "") -> str:
@@ -16,6 +31,7 @@ def to_yaml(schema: Schema, header: str = "") -> str:
     data["version"] = schema.version
     data["exits"] = schema.model_dump(mode="json", exclude_defaults=True)["exits"]
     ordered = {key: data[key] for key in _ORDER if key in data}
+    ordered |= {key: value for key, value in data.items() if key not in ordered}
     body = yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True, width=100)
     lines = [f"# {line}" for line in header.splitlines()]
     return "\n".join([*lines, body]) if lines else body

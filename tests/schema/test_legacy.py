@@ -118,6 +118,9 @@ def test_convert_keeps_every_decision(path: Path, lab_geoip: GeoIPDatabase) -> N
     ]
     for chain in names:
         assert before.decide(chain, ips) == after.decide(chain, ips), chain
+    # The deployment sections come along too (render reads them).
+    original = load_schema(path).schema
+    assert (converted.schema.tunnels, converted.schema.nodes) == (original.tunnels, original.nodes)
 
 
 def test_converted_file_says_where_it_came_from() -> None:
