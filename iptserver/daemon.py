@@ -152,7 +152,12 @@ class Daemon:
             return 1
         for problem in problems:
             log.error("%s", problem)
-        self._router = Router(state, partial(self._kernel, self._dataplane.learn))
+        self._router = Router(
+            state,
+            partial(self._kernel, self._dataplane.learn),
+            partial(self._kernel, self._dataplane.expire_exports),
+        )
+        self._router.exports_changed()
         proxy = DnsProxy(
             ProxyConfig(
                 listen=tuple(schema.dns.listen),
@@ -191,6 +196,7 @@ class Daemon:
             if api is not None:
                 await api.cleanup()
             await proxy.stop()
+            self._router.close()
             await self._kernel(self._dataplane.stop, self.options.keep_state)
             await self._kernel(self._dataplane.close)
             self._executor.shutdown()
@@ -272,6 +278,7 @@ class Daemon:
         for problem in problems:
             log.error("%s", problem)
         self._router.state = state
+        self._router.exports_changed()
         self.reloads["ok"] += 1
         log.info(
             "reloaded %s: %d rules, %d exits",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from iptserver.dataplane.kernel import Learned
 from iptserver.dataplane.plan import KernelPlan
+from iptserver.errors import DataplaneError
 from iptserver.policy import Decision, MatchKind, Policy
 from iptserver.schema.load import Loaded
 from iptserver.schema.values import IPAddress
@@ -71,14 +72,68 @@ class Batcher:
                         future.set_result(None)
 
 
+class ExpiryTimer:
+    """Runs ``sweep`` at the earliest deadline it has been told of.
+
+    ``sweep`` removes the exported host routes whose hold is over and returns the next
+    deadline (``loop.time()``, i.e. ``time.monotonic()`` seconds) or None; the timer then
+    sleeps until that one. An earlier deadline (a rule with a shorter hold) moves it up.
+    """
+
+    RETRY = 1.0  # seconds before a sweep the kernel refused is tried again
+
+    def __init__(self, sweep: Callable[[], Awaitable[float | None]]) -> None:
+        self._sweep = sweep
+        self._handle: asyncio.TimerHandle | None = None
+        self._at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def wake_by(self, deadline: float) -> None:
+        if self._at is not None and self._at <= deadline:
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self._at = deadline
+        self._handle = asyncio.get_running_loop().call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = self._at = None
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            upcoming = await self._sweep()
+        except DataplaneError as e:
+            log.error(
+                "cannot remove expired exported routes (retrying in %.0f s): %s", self.RETRY, e
+            )
+            upcoming = loop.time() + self.RETRY
+        if upcoming is not None:
+            self.wake_by(upcoming)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        self._handle = self._at = self._task = None
+
+
 class Router:
     """Implements the DNS proxy's ``AnswerSink``."""
 
     def __init__(
-        self, state: State, apply: Callable[[list[Learned]], Awaitable[None]] | None
+        self,
+        state: State,
+        apply: Callable[[list[Learned]], Awaitable[None]] | None,
+        expire: Callable[[], Awaitable[float | None]] | None = None,
     ) -> None:
+        """``expire``: removes exported host routes whose hold is over (kernel.export_table)
+        and returns the next deadline."""
         self.state = state
         self._batcher = Batcher(apply) if apply is not None else None
+        self._expiry = ExpiryTimer(expire) if expire is not None else None
         # The last decisions, for the status page and /v1/routes.
         self.recent: deque[tuple[tuple[str, ...], Decision]] = deque(maxlen=RECENT)
         # For metrics, read at scrape time: answers seen, IPs learned per exit, and a
@@ -121,6 +176,9 @@ class Router:
         self.recent.extend((tuple(names), d) for d in decisions)
         if entries and self._batcher is not None:
             await self._batcher.submit(entries)
+            if self._expiry is not None and self.state.plan.export_table is not None:
+                assert shortest is not None
+                self._expiry.wake_by(time.monotonic() + shortest + HOLD_MARGIN)
         self.learned.update(
             d.exit for d in decisions if d.kind is MatchKind.DOMAIN and d.exit is not None
         )
@@ -129,3 +187,13 @@ class Router:
         if shortest is not None:
             cap = min(cap, shortest)
         return min(ttl, cap)
+
+    def exports_changed(self) -> None:
+        """The dataplane (re)built its export table: look for expired routes now, and
+        from then on at each deadline."""
+        if self._expiry is not None:
+            self._expiry.wake_by(asyncio.get_running_loop().time())
+
+    def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.close()

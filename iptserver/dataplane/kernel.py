@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from iptserver.dataplane import firewall
+from iptserver.dataplane.export import ExportTable, HostRoute
 from iptserver.dataplane.ipset import Entry, IPSets
 from iptserver.dataplane.plan import (
     MARK_MASK,
@@ -55,6 +57,8 @@ class Dataplane:
         self._state_file = state_file
         # The exits a previous run left in the kernel (with --keep-state), if it said.
         self._previous_exits = saved_exits(state_file)
+        # kernel.export_table: the learned host routes FRR announces, with their deadlines.
+        self._exports = ExportTable()
 
     def close(self) -> None:
         self._sets.close()
@@ -102,6 +106,7 @@ class Dataplane:
                 log.error("%s", e)
                 problems.append(str(e))
         self._drop_stale(plan)
+        problems += self._sync_exports(plan)
         self._plan = plan
         self._save_state()
         log.info(
@@ -163,12 +168,72 @@ class Dataplane:
             by_set[learned.set_name].append(Entry(learned.network, learned.mark, learned.timeout))
         for name, batch in by_set.items():
             self._sets.add(name, batch, MARK_MASK)
+        if self._plan is not None and self._plan.export_table is not None:
+            now = time.monotonic()
+            wanted = self._exported(
+                self._plan, ((e.network, e.mark, e.timeout) for e in entries), now
+            )
+            missing = self._exports.refresh(wanted)
+            for problem in self._routing.replace_host_routes(self._plan.export_table, missing):
+                log.warning("%s", problem)
+
+    def expire_exports(self, now: float | None = None) -> float | None:
+        """Delete the exported host routes whose hold is over; return the next deadline
+        (``time.monotonic()`` seconds), or None when none is left."""
+        now = time.monotonic() if now is None else now
+        gone = self._exports.expired(now)
+        if gone and self._plan is not None and self._plan.export_table is not None:
+            self._routing.delete_host_routes(self._plan.export_table, gone)
+            log.debug("export table: %d host routes expired", len(gone))
+        return self._exports.next_deadline()
+
+    def _exported(
+        self,
+        plan: KernelPlan,
+        learned: Iterable[tuple[IPNetwork, int | None, int | None]],
+        now: float,
+    ) -> list[tuple[HostRoute, float]]:
+        """The host routes (and deadlines) of learned entries whose exit is a tunnel."""
+        tunnels = {e.mark: e.interface for e in plan.exits if e.route is Route.INTERFACE}
+        return [
+            (HostRoute(network, tunnels[mark]), now + timeout)
+            for network, mark, timeout in learned
+            if mark in tunnels and timeout is not None
+        ]
+
+    def _sync_exports(self, plan: KernelPlan) -> list[str]:
+        """Make the export table hold a host route for each learned entry of a tunnel
+        exit, taken from the learned sets themselves: after a restart (kept state) or a
+        reload that moved exits, the routes again match what the sets hold."""
+        old = self._plan.export_table if self._plan is not None else None
+        if old is not None and old != plan.export_table:
+            self._routing.delete_host_routes(old, self._routing.exported_routes(old))
+        self._exports = ExportTable()
+        table = plan.export_table
+        if table is None:
+            return []
+        now = time.monotonic()
+        learned = [
+            (entry.network, entry.mark, entry.timeout)
+            for weight_class in plan.classes
+            for set_plan in weight_class.learned
+            for entry in self._sets.entries(set_plan.name)
+        ]
+        self._exports.refresh(self._exported(plan, learned, now))
+        wanted = set(self._exports.routes())
+        held = set(self._routing.exported_routes(table))
+        self._routing.delete_host_routes(table, sorted(held - wanted, key=_route_order))
+        return self._routing.replace_host_routes(table, sorted(wanted - held, key=_route_order))
 
     def stop(self, keep_state: bool = False) -> None:
         """Remove everything this dataplane made, unless ``keep_state`` (for a restart)."""
         if keep_state or self._plan is None:
             return
         firewall.remove()
+        if self._plan.export_table is not None:
+            table = self._plan.export_table
+            self._routing.delete_host_routes(table, self._routing.exported_routes(table))
+            self._exports = ExportTable()
         for exit_ in self._plan.exits:
             self._routing.remove_exit(exit_)
         for name in self._sets.names():
@@ -190,6 +255,10 @@ class Dataplane:
             log.warning(
                 "cannot save %s (%s): a restart may not keep exit marks", self._state_file, e
             )
+
+
+def _route_order(route: HostRoute) -> tuple[int, int]:
+    return (route.network.version, int(route.network.network_address))
 
 
 def saved_exits(path: Path | None) -> tuple[ExitPlan, ...]:

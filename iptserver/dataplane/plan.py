@@ -96,6 +96,7 @@ class KernelPlan:
     default_mark: int | None
     ingress: tuple[str, ...]
     doh: tuple[SetPlan, SetPlan] | None = None  # DoH servers to reject, when blocking
+    export_table: int | None = None  # learned host routes for FRR (kernel.export_table)
 
     def exit(self, name: str) -> ExitPlan:
         return next(e for e in self.exits if e.name == name)
@@ -202,6 +203,7 @@ def plan(
         private=never,
         default_mark=marks[schema.default] if schema.default is not None else None,
         ingress=tuple(schema.ingress),
+        export_table=schema.kernel.export_table,
     )
 
 

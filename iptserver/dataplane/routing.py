@@ -7,16 +7,22 @@ restart adds nothing twice.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
+from collections.abc import Sequence
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from iptserver.dataplane.export import HostRoute
 from iptserver.dataplane.plan import MARK_MASK, ExitPlan
 from iptserver.errors import DataplaneError
 from iptserver.schema.model import Route
+from iptserver.schema.values import IPNetwork
 
 MAIN_TABLE = 254
+# The `proto` of the host routes iptserver exports (kernel.export_table): what is ours.
+EXPORT_PROTO = 157
 FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
@@ -108,3 +114,68 @@ class Routing:
                     self._ip.flush_routes(table=exit_.table, family=family)
                 except NetlinkError as e:
                     raise DataplaneError(f"cannot flush table {exit_.table}: {e}") from e
+
+    def replace_host_routes(self, table: int, routes: Sequence[HostRoute]) -> list[str]:
+        """Install (or move to another interface) host routes in ``table``.
+
+        Returns one problem per route whose interface is missing: that route is left
+        out, the others go in."""
+        problems = []
+        indexes: dict[str, int | None] = {}
+        for route in routes:
+            if route.interface not in indexes:
+                indexes[route.interface] = self.interface_index(route.interface)
+            index = indexes[route.interface]
+            if index is None:
+                problems.append(
+                    f"export table {table}: not announcing {route.network}: interface "
+                    f"{route.interface} does not exist"
+                )
+                continue
+            try:
+                self._ip.route("replace", **_host_route(table, route.network), oif=index)
+            except NetlinkError as e:
+                raise DataplaneError(
+                    f"export table {table}: cannot route {route.network} via {route.interface}: {e}"
+                ) from e
+        return problems
+
+    def delete_host_routes(self, table: int, routes: Sequence[HostRoute]) -> None:
+        """Delete host routes from ``table`` (ones already gone are fine)."""
+        for route in routes:
+            try:
+                self._ip.route("del", **_host_route(table, route.network))
+            except NetlinkError as e:
+                if e.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+                    raise DataplaneError(
+                        f"export table {table}: cannot delete the route to {route.network}: {e}"
+                    ) from e
+
+    def exported_routes(self, table: int) -> list[HostRoute]:
+        """The host routes of ours in ``table`` (left by an earlier run, or this one)."""
+        found = []
+        for family in FAMILIES.values():
+            try:
+                dump = self._ip.get_routes(family=family, table=table, proto=EXPORT_PROTO)
+            except NetlinkError as e:
+                raise DataplaneError(f"cannot list routing table {table}: {e}") from e
+            for message in dump:
+                dst = message.get_attr("RTA_DST")
+                oif = message.get_attr("RTA_OIF")
+                if dst is None or oif is None:
+                    continue
+                links = self._ip.get_links(oif)
+                name = links[0].get_attr("IFLA_IFNAME") if links else str(oif)
+                network = ipaddress.ip_network(f"{dst}/{message['dst_len']}")
+                found.append(HostRoute(network, name))
+        return found
+
+
+def _host_route(table: int, network: IPNetwork) -> dict[str, object]:
+    return {
+        "family": FAMILIES[network.version],
+        "dst": str(network.network_address),
+        "dst_len": network.prefixlen,
+        "table": table,
+        "proto": EXPORT_PROTO,
+    }

@@ -145,6 +145,8 @@ class Lab:
     connected routes, ready for iptserver to program.
     """
 
+    nodes: tuple[str, ...] = NODES  # a subclass may add nodes (iptserver.lab.mesh)
+
     def __init__(
         self,
         *,
@@ -185,13 +187,13 @@ class Lab:
 
     def ns(self, node: str) -> str:
         """The namespace name of a node, e.g. ``ipts1a2b-entry``."""
-        if node not in NODES:
-            raise LabError(f"unknown lab node {node!r}; nodes are {', '.join(NODES)}")
+        if node not in self.nodes:
+            raise LabError(f"unknown lab node {node!r}; nodes are {', '.join(self.nodes)}")
         return f"{NS_PREFIX}{self.id}-{node}"
 
     @property
     def namespaces(self) -> list[str]:
-        return [self.ns(node) for node in NODES]
+        return [self.ns(node) for node in self.nodes]
 
     def wg_interface(self, exit_name: str, side: Literal["entry", "exit"] = "entry") -> str:
         """The WireGuard interface of a tunnel: on the entry (default) or the exit.

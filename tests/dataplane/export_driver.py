@@ -1,0 +1,58 @@
+"""Run inside a test namespace: one Dataplane driven by JSON commands on stdin.
+
+Each line is one command, answered by one JSON line on stdout, so a test can look at
+the kernel between steps:
+  {"apply": SCHEMA}                          apply the schema's plan
+  {"learn": [[IP, EXIT, SECONDS], ...]}      learn entries (weight 0 rules)
+  {"expire": SECONDS}                        expire_exports as if SECONDS had passed;
+                                             answers the next deadline, relative to now
+  {"stop": KEEP}                             stop (keep_state=KEEP) and quit
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from iptserver.dataplane.kernel import Dataplane, Learned
+from iptserver.dataplane.plan import KernelPlan, plan
+from iptserver.schema import load_schema
+
+
+def learned(current: KernelPlan, items: list[list[Any]]) -> list[Learned]:
+    entries = []
+    for ip, exit_name, seconds in items:
+        network = ipaddress.ip_network(ip)
+        set_name = current.learned_set(0, network.version)
+        entries.append(Learned(set_name, network, current.exit(exit_name).mark, seconds))
+    return entries
+
+
+def main() -> None:
+    dataplane = Dataplane()
+    for line in sys.stdin:
+        command = json.loads(line)
+        result: object = None
+        if "apply" in command:
+            schema = load_schema(Path(command["apply"])).schema
+            result = dataplane.apply(plan(schema, {}, dataplane.exits_in_kernel))
+        elif "learn" in command:
+            assert dataplane.plan is not None
+            dataplane.learn(learned(dataplane.plan, command["learn"]))
+        elif "expire" in command:
+            now = time.monotonic()
+            upcoming = dataplane.expire_exports(now + command["expire"])
+            result = None if upcoming is None else upcoming - now
+        elif "stop" in command:
+            dataplane.stop(keep_state=command["stop"])
+            print(json.dumps({"ok": True}), flush=True)
+            return
+        print(json.dumps({"ok": True, "result": result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
