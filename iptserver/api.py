@@ -27,6 +27,8 @@ from iptserver.dns.counters import DnsCounters
 from iptserver.errors import DataplaneError
 from iptserver.explain import explain, parse_query
 from iptserver.geoip import GeoIPDatabase
+from iptserver.health.monitor import Monitor
+from iptserver.health.state import ExitState
 from iptserver.router import Router
 from iptserver.schema.values import IPAddress, normalize_name
 
@@ -62,6 +64,15 @@ class ApiConfig:
     reloads: Mapping[str, int] = field(default_factory=dict)  # "ok"/"rejected" counts
     geo: GeoIPDatabase | None = None
     token: str | None = None  # POST endpoints need "Authorization: Bearer TOKEN" if set
+    monitor: Monitor | None = None  # exit health (None: every exit is up)
+
+    def exit_state(self, name: str) -> ExitState:
+        return self.monitor.state(name) if self.monitor is not None else ExitState.UP
+
+    def routed_by(self, name: str) -> str:
+        """Where an exit's traffic goes now: an exit's name, or "blocked"."""
+        via = self.monitor.routed_by(name) if self.monitor is not None else name
+        return via if via is not None else "blocked"
 
 
 CONFIG = web.AppKey("config", ApiConfig)
@@ -176,7 +187,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def exits(request: web.Request) -> web.Response:
-    plan = request.app[CONFIG].router.state.plan
+    """The running exits, each with its health ``state`` (up, down, unknown) and ``via``:
+    the exit its traffic leaves by now (itself, a failover exit) or "blocked"."""
+    config = request.app[CONFIG]
+    plan = config.router.state.plan
     return web.json_response(
         [
             {
@@ -185,6 +199,8 @@ async def exits(request: web.Request) -> web.Response:
                 "mark": e.mark,
                 "table": e.table,
                 "route": e.route.value,
+                "state": config.exit_state(e.name).value,
+                "via": config.routed_by(e.name),
             }
             for e in plan.exits
         ]
@@ -363,3 +379,34 @@ class _StateCollector(Collector):
         for e in router.state.plan.exits:
             exits.add_metric([e.name, e.interface, str(e.mark), str(e.table)], 1)
         yield exits
+        yield from self._health()
+
+    def _health(self) -> Iterator[Metric]:
+        config = self._config
+        names = [e.name for e in config.router.state.plan.exits]
+        up = GaugeMetricFamily(
+            "iptserver_exit_up",
+            "1 when the exit is up (or not watched), 0 when down or not known yet",
+            labels=["exit"],
+        )
+        for name in names:
+            up.add_metric([name], 1 if config.exit_state(name) is ExitState.UP else 0)
+        yield up
+        monitor = config.monitor
+        changes = CounterMetricFamily(
+            "iptserver_exit_state_changes",
+            "Times an exit went up or down (health)",
+            labels=["exit", "state"],
+        )
+        failures = CounterMetricFamily(
+            "iptserver_exit_probe_failures",
+            "Health rounds of an exit that failed (probes through it, or its handshake)",
+            labels=["exit"],
+        )
+        for name in names:
+            for state in (ExitState.UP, ExitState.DOWN):
+                count = monitor.changes[(name, state.value)] if monitor is not None else 0
+                changes.add_metric([name, state.value], count)
+            failures.add_metric([name], monitor.probe_failures[name] if monitor else 0)
+        yield changes
+        yield failures

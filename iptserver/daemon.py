@@ -28,6 +28,8 @@ from iptserver.dataplane.plan import plan as kernel_plan
 from iptserver.dns.proxy import DnsProxy, ProxyConfig
 from iptserver.errors import DataplaneError, GeoIPError, IptserverError, SchemaError
 from iptserver.geoip import DEFAULT_DATABASE, GeoIPDatabase
+from iptserver.health.monitor import Change, Monitor
+from iptserver.health.webhook import Webhook
 from iptserver.policy import Policy
 from iptserver.router import Router, State
 from iptserver.schema import load_schema
@@ -68,6 +70,8 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.reloads = {"ok": 0, "rejected": 0}
+        self._monitor: Monitor | None = None  # exit health; watches exits with `health`
+        self._webhook = Webhook(None)
         self._reloading: set[asyncio.Future[bool]] = set()
 
     def _schema(self) -> Loaded:
@@ -158,6 +162,9 @@ class Daemon:
             partial(self._kernel, self._dataplane.expire_exports),
         )
         self._router.exports_changed()
+        self._webhook.url = schema.health.webhook
+        monitor = Monitor(schema, self._set_routes, self._notify)
+        self._monitor = monitor
         proxy = DnsProxy(
             ProxyConfig(
                 listen=tuple(schema.dns.listen),
@@ -189,10 +196,13 @@ class Daemon:
             len(schema.rules),
             len(schema.exits),
         )
+        monitor.start()
         try:
             await self._stopping.wait()
         finally:
             log.info("stopping")
+            await monitor.stop()
+            await self._webhook.close()
             if api is not None:
                 await api.cleanup()
             await proxy.stop()
@@ -225,6 +235,7 @@ class Daemon:
                 counters=proxy.counters,
                 reload=self.reload,
                 reloads=self.reloads,
+                monitor=self._monitor,
                 geo=self._geo,
                 token=token,
             )
@@ -245,6 +256,16 @@ class Daemon:
         """Run a dataplane call on the one thread that owns the netlink sockets
         (pyroute2's blocking API cannot run inside the event loop's thread)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+
+    async def _set_routes(
+        self, routed_by: dict[str, str | None], force: frozenset[str]
+    ) -> list[str]:
+        """The health monitor's route changes, on the kernel thread."""
+        assert self._dataplane is not None
+        return await self._kernel(self._dataplane.set_routes, routed_by, force)
+
+    def _notify(self, change: Change) -> None:
+        self._webhook.post(change.as_json())
 
     def _on_sighup(self) -> None:
         if self._router is None:
@@ -278,6 +299,9 @@ class Daemon:
         for problem in problems:
             log.error("%s", problem)
         self._router.state = state
+        if self._monitor is not None:
+            self._webhook.url = state.policy.schema.health.webhook
+            await self._monitor.reconfigure(state.policy.schema)
         self._router.exports_changed()
         self.reloads["ok"] += 1
         log.info(

@@ -54,6 +54,9 @@ class Dataplane:
         self._sets = IPSets()
         self._routing = Routing()
         self._plan: KernelPlan | None = None
+        # Exit name -> the exit whose route its table holds while it is down (None:
+        # blocked); exits not in here take their own route. Set by the health monitor.
+        self._routed_by: dict[str, str | None] = {}
         self._state_file = state_file
         # The exits a previous run left in the kernel (with --keep-state), if it said.
         self._previous_exits = saved_exits(state_file)
@@ -100,7 +103,7 @@ class Dataplane:
         problems = []
         for exit_ in plan.exits:
             try:
-                self._routing.install_exit(exit_)
+                self._routing.install_exit(exit_, self._route_of(plan, exit_))
                 _loosen_rp_filter(exit_)
             except DataplaneError as e:
                 log.error("%s", e)
@@ -160,6 +163,41 @@ class Dataplane:
                         "%s: dropping %d entries of exits that are gone", set_plan.name, len(stale)
                     )
                     self._sets.delete(set_plan.name, stale)
+
+    def _route_of(self, plan: KernelPlan, exit_: ExitPlan) -> ExitPlan | None:
+        """The exit whose route ``exit_``'s table holds (None: blocked)."""
+        via = self._routed_by.get(exit_.name, exit_.name)
+        if via is None or via not in {e.name for e in plan.exits}:
+            return None
+        return plan.exit(via)
+
+    def set_routes(
+        self, routed_by: dict[str, str | None], force: frozenset[str] = frozenset()
+    ) -> list[str]:
+        """Route each tunnel exit's table by the exit ``routed_by`` names for it (itself
+        when absent; None: blocked), changing only tables that differ (and ``force``:
+        exits whose interface was made anew, so the kernel dropped their routes).
+        Returns the problems of tables that could not be set."""
+        if self._plan is None:
+            return []
+        problems = []
+        for exit_ in self._plan.exits:
+            if exit_.route is not Route.INTERFACE:
+                continue
+            want = routed_by.get(exit_.name, exit_.name)
+            have = self._routed_by.get(exit_.name, exit_.name)
+            if want == have and exit_.name not in force:
+                continue
+            if want == exit_.name:
+                self._routed_by.pop(exit_.name, None)
+            else:
+                self._routed_by[exit_.name] = want
+            try:
+                self._routing.set_route(exit_, self._route_of(self._plan, exit_))
+            except DataplaneError as e:
+                log.error("%s", e)
+                problems.append(str(e))
+        return problems
 
     def learn(self, entries: Sequence[Learned]) -> None:
         """Add or refresh DNS-learned entries, one netlink message per set and batch."""

@@ -2,6 +2,12 @@
 
 Every change is idempotent: a rule or route that is already there is left alone, so a
 restart adds nothing twice.
+
+The kill-switch: a tunnel exit's table holds, besides its default route, an
+``unreachable default`` route with a high metric (IPv4 and IPv6). When the interface
+disappears (the kernel deletes its routes) or the exit is blocked (``set_route``), the
+lookup ends on that route and the packet is dropped: a table that holds no route at all
+would let the rule lookup fall through to ``main`` and out of the host's own uplink.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from iptserver.schema.model import Route
 from iptserver.schema.values import IPNetwork
 
 MAIN_TABLE = 254
+KILL_SWITCH_METRIC = 4_000_000_000  # after any default route a table is given
 # The `proto` of the host routes iptserver exports (kernel.export_table): what is ours.
 EXPORT_PROTO = 157
 FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
@@ -37,39 +44,109 @@ class Routing:
         found = self._ip.link_lookup(ifname=name)
         return found[0] if found else None
 
-    def install_exit(self, exit_: ExitPlan) -> None:
-        """The exit's rule and, for a tunnel, its table's default routes (v4 and v6)."""
+    def install_exit(self, exit_: ExitPlan, via: ExitPlan | None) -> None:
+        """The exit's rule and, for a tunnel, its table: the kill-switch and the default
+        routes (v4 and v6) of ``via`` (the exit itself unless it is failed over; None:
+        blocked).
+
+        The rule and the kill-switch go in even when the interface is missing: its
+        traffic is then dropped, not sent out of the host's own uplink."""
         table = MAIN_TABLE if exit_.route is Route.HOST_GATEWAY else exit_.table
-        if exit_.route is Route.INTERFACE:
-            index = self.interface_index(exit_.interface)
+        try:
+            if exit_.route is Route.INTERFACE:
+                self.set_route(exit_, via)
+        finally:
+            for family in FAMILIES.values():
+                self._rule(exit_, family, table)
+
+    def set_route(self, exit_: ExitPlan, via: ExitPlan | None) -> None:
+        """Make the tunnel exit's table send its traffic by ``via``'s route: its own,
+        another tunnel's (failover), the host's main table (a ``_DEFAULT`` exit: the table
+        is emptied so the lookup falls through), or nowhere (None: blocked)."""
+        if via is not None and via.route is Route.HOST_GATEWAY:
+            for family in FAMILIES.values():
+                self._flush(exit_.table, family)
+            return
+        for family in FAMILIES.values():
+            self._kill_switch(exit_, family)
+        index = None
+        if via is not None:
+            index = self.interface_index(via.interface)
             if index is None:
+                for family in FAMILIES.values():
+                    self._drop_defaults(exit_.table, family)
                 raise DataplaneError(
-                    f"exit {exit_.name}: interface {exit_.interface} does not exist; its "
+                    f"exit {exit_.name}: interface {via.interface} does not exist; its "
                     "traffic goes nowhere until it appears (then reload)"
                 )
-            for version, family in FAMILIES.items():
-                self._default_route(exit_, family, version, index)
-        for family in FAMILIES.values():
-            self._rule(exit_, family, table)
+        for version, family in FAMILIES.items():
+            if via is None or not self._default_route(exit_, via, family, version, index):
+                self._drop_defaults(exit_.table, family)
 
-    def _default_route(self, exit_: ExitPlan, family: int, version: int, index: int) -> None:
+    def _kill_switch(self, exit_: ExitPlan, family: int) -> None:
+        try:
+            self._ip.route(
+                "replace",
+                table=exit_.table,
+                family=family,
+                dst="default",
+                type="unreachable",
+                priority=KILL_SWITCH_METRIC,
+            )
+        except NetlinkError as e:
+            raise DataplaneError(
+                f"exit {exit_.name}: cannot add the kill-switch route to table {exit_.table}: {e}"
+            ) from e
+
+    def _drop_defaults(self, table: int, family: int) -> None:
+        """Delete the table's default routes that lead somewhere (not the kill-switch)."""
+        for message in self._ip.get_routes(family=family, table=table):
+            if message["dst_len"] != 0 or message.get_attr("RTA_OIF") is None:
+                continue
+            spec: dict[str, object] = {
+                "table": table,
+                "family": family,
+                "dst": "default",
+                "oif": message.get_attr("RTA_OIF"),
+                "priority": message.get_attr("RTA_PRIORITY") or 0,
+            }
+            if (gateway := message.get_attr("RTA_GATEWAY")) is not None:
+                spec["gateway"] = gateway
+            try:
+                self._ip.route("del", **spec)
+            except NetlinkError as e:
+                if e.code not in (errno.ESRCH, errno.ENOENT):
+                    raise DataplaneError(f"cannot delete a route of table {table}: {e}") from e
+
+    def _flush(self, table: int, family: int) -> None:
+        try:
+            self._ip.flush_routes(table=table, family=family)
+        except NetlinkError as e:
+            raise DataplaneError(f"cannot flush table {table}: {e}") from e
+
+    def _default_route(
+        self, exit_: ExitPlan, via: ExitPlan, family: int, version: int, index: int | None
+    ) -> bool:
+        """Route the exit's table by ``via``; False when ``via`` has no route in this
+        family (a next hop of the other family)."""
         route: dict[str, object] = {
             "table": exit_.table,
             "oif": index,
             "family": family,
             "dst": "default",
         }
-        if exit_.via is not None:
-            if (":" in exit_.via) != (version == 6):
-                return
-            route["gateway"] = exit_.via
+        if via.via is not None:
+            if (":" in via.via) != (version == 6):
+                return False
+            route["gateway"] = via.via
         try:
             self._ip.route("replace", **route)
         except NetlinkError as e:
             raise DataplaneError(
                 f"exit {exit_.name}: cannot route table {exit_.table} via "
-                f"{exit_.interface} (IPv{version}): {e}"
+                f"{via.interface} (IPv{version}): {e}"
             ) from e
+        return True
 
     def _rule(self, exit_: ExitPlan, family: int, table: int) -> None:
         spec = {
@@ -110,10 +187,7 @@ class Routing:
             while rule and self._rules(family, exit_.priority):
                 self._delete_rule(family, exit_.priority)
             if routes and exit_.route is Route.INTERFACE:
-                try:
-                    self._ip.flush_routes(table=exit_.table, family=family)
-                except NetlinkError as e:
-                    raise DataplaneError(f"cannot flush table {exit_.table}: {e}") from e
+                self._flush(exit_.table, family)
 
     def replace_host_routes(self, table: int, routes: Sequence[HostRoute]) -> list[str]:
         """Install (or move to another interface) host routes in ``table``.

@@ -32,11 +32,18 @@ async function getJSON(url) {
   return body;
 }
 
+// "up"; "down, via us" (failed over); "down, blocked" (its traffic is dropped).
+function stateText(e) {
+  const state = e.state ?? "up";
+  if (e.via === undefined || e.via === e.name) return state;
+  return e.via === "blocked" ? `${state}, blocked` : `${state}, via ${e.via}`;
+}
+
 function renderExits(exits, status) {
   const rows = exits.map((e) =>
     row([
       cell(e.name),
-      cell("configured"),
+      cell(stateText(e), `state-${e.state ?? "up"}`),
       cell(e.interface, "mono"),
       cell(e.route),
       cell(e.mark, "number"),

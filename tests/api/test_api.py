@@ -144,14 +144,32 @@ def test_exits() -> None:
         response = await client.get("/v1/exits")
         assert response.status == 200
         assert await response.json() == [
-            {"name": "uk", "interface": "wg-uk", "mark": 256, "table": 100, "route": "interface"},
-            {"name": "ru", "interface": "wg-ru", "mark": 257, "table": 101, "route": "interface"},
+            {
+                "name": "uk",
+                "interface": "wg-uk",
+                "mark": 256,
+                "table": 100,
+                "route": "interface",
+                "state": "up",  # no health: never down
+                "via": "uk",
+            },
+            {
+                "name": "ru",
+                "interface": "wg-ru",
+                "mark": 257,
+                "table": 101,
+                "route": "interface",
+                "state": "up",
+                "via": "ru",
+            },
             {
                 "name": "direct",
                 "interface": "_DEFAULT",
                 "mark": 258,
                 "table": 102,
                 "route": "host-gateway",
+                "state": "up",
+                "via": "direct",
             },
         ]
 

@@ -194,7 +194,7 @@ def test_rendered_page_shows_exits_counts_and_decisions(server: Server, tmp_path
     dom = _rendered(f"{server.url}/", tmp_path)
     exits = {r[0]: r for r in _rows(_section(dom, "exits"))}
     assert set(exits) == {"uk", "ru", "direct"}
-    assert exits["uk"] == ["uk", "configured", "wg-uk", "interface", "256", "100", "1"]
+    assert exits["uk"] == ["uk", "up", "wg-uk", "interface", "256", "100", "1"]
     assert exits["direct"][2:4] == ["_DEFAULT", "host-gateway"]
     assert exits["direct"][-1] == "0"
     decisions = _rows(_section(dom, "decisions"))

@@ -1,0 +1,1 @@
+"""Exit health: probes through each exit, up/down with hysteresis, failover or block."""

@@ -1,0 +1,238 @@
+"""The health monitor: one asyncio task per watched exit, probing it every interval.
+
+When an exit changes state (``state.advance``), every tunnel exit's route is chosen again
+(``state.routes``) and handed to the dataplane through ``apply_routes`` (the daemon runs
+it on its kernel thread), then the change is logged, counted for the metrics and posted
+to the webhook. Rounds of different exits run concurrently; route changes one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from iptserver.health.probe import RoundResult, format_target, interface_index, probe_round
+from iptserver.health.state import ExitState, Tracker, advance, routes
+from iptserver.schema.health import Health
+from iptserver.schema.model import Schema
+
+log = logging.getLogger(__name__)
+
+# (routed_by, force) -> problems; see Dataplane.set_routes.
+ApplyRoutes = Callable[[dict[str, str | None], frozenset[str]], Awaitable[list[str]]]
+Probe = Callable[[str, Health], Awaitable[RoundResult]]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An exit went up or down."""
+
+    exit: str
+    state: ExitState
+    previous: ExitState
+    reason: str
+    at: datetime.datetime
+    via: str | None  # where the exit's traffic goes now (None: blocked)
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "exit": self.exit,
+            "state": self.state.value,
+            "previous": self.previous.value,
+            "reason": self.reason,
+            "at": self.at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "via": self.via if self.via is not None else "blocked",
+        }
+
+
+class Monitor:
+    def __init__(
+        self,
+        schema: Schema,
+        apply_routes: ApplyRoutes,
+        notify: Callable[[Change], None] | None = None,
+        probe: Probe = probe_round,
+    ) -> None:
+        self._schema = schema
+        self._apply_routes = apply_routes
+        self._notify = notify
+        self._probe = probe
+        self._trackers: dict[str, Tracker] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._routing = asyncio.Lock()
+        self._routed_by: dict[str, str | None] = routes(schema.exits, {})
+        self._indexes: dict[str, int | None] = {}
+        self._unread_handshakes: set[str] = set()  # warned once: no UAPI socket
+        self.changes: Counter[tuple[str, str]] = Counter()  # (exit, new state) -> count
+        self.probe_failures: Counter[str] = Counter()  # exit -> failed rounds
+
+    # -- what the API reads ------------------------------------------------------------
+
+    def state(self, name: str) -> ExitState:
+        """An exit's state; an exit without health is always up."""
+        spec = self._schema.exits.get(name)
+        if spec is not None and spec.health is None:
+            return ExitState.UP
+        return self._trackers.get(name, Tracker()).state
+
+    def routed_by(self, name: str) -> str | None:
+        """The exit whose route carries ``name``'s traffic now (None: blocked)."""
+        return self._routed_by.get(name, name)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._sync_tasks()
+
+    async def reconfigure(self, schema: Schema) -> None:
+        """After a reload: exits that are still watched keep their state."""
+        self._schema = schema
+        watched = {n for n, e in schema.exits.items() if e.health is not None}
+        for name in set(self._trackers) - watched:
+            del self._trackers[name]
+        await self._stop_tasks(set(self._tasks) - watched)
+        self._sync_tasks()
+        await self._reroute(frozenset())
+
+    async def stop(self) -> None:
+        await self._stop_tasks(set(self._tasks))
+
+    def _sync_tasks(self) -> None:
+        for name, spec in self._schema.exits.items():
+            if spec.health is not None and name not in self._tasks:
+                self._tasks[name] = asyncio.create_task(self._watch(name), name=f"health-{name}")
+
+    async def _stop_tasks(self, names: set[str]) -> None:
+        tasks = [self._tasks.pop(name) for name in names]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- rounds ------------------------------------------------------------------------
+
+    async def _watch(self, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            spec = self._schema.exits[name]
+            if spec.health is None:  # a reload took it away; reconfigure cancels us
+                return
+            began = loop.time()
+            try:
+                result = await self._probe(spec.interface, spec.health)
+                await self._observe(name, spec.interface, spec.health, result)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one exit's bug must not stop watching the others
+                log.exception("exit %s: health round failed unexpectedly", name)
+            await asyncio.sleep(max(0.0, began + spec.health.interval - loop.time()))
+
+    async def _observe(
+        self, name: str, interface: str, health: Health, result: RoundResult
+    ) -> None:
+        if not result.ok:
+            self.probe_failures[name] += 1
+        unread = health.handshake_max and result.ok and result.handshake_age is None
+        if unread and name not in self._unread_handshakes:
+            self._unread_handshakes.add(name)
+            log.warning(
+                "exit %s: %s has no wireguard-go control socket: its handshake age is "
+                "not checked (probes still are)",
+                name,
+                interface,
+            )
+        before = self._trackers.get(name, Tracker())
+        after = advance(before, result.ok, fall=health.fall, rise=health.rise)
+        self._trackers[name] = after
+        force = self._remade(name, interface)
+        if after.state is before.state:
+            if force:
+                await self._reroute(force)
+            return
+        await self._reroute(force, changed=name)
+        change = Change(
+            exit=name,
+            state=after.state,
+            previous=before.state,
+            reason=_reason(interface, health, result, after),
+            at=datetime.datetime.now(datetime.UTC),
+            via=self.routed_by(name),
+        )
+        self.changes[(name, after.state.value)] += 1
+        _log_change(change)
+        if self._notify is not None:
+            self._notify(change)
+
+    def _remade(self, name: str, interface: str) -> frozenset[str]:
+        """The exits whose tables route by ``interface``, if it was made anew since the
+        last round (the kernel dropped their routes with the old interface)."""
+        index = interface_index(interface)
+        previous = self._indexes.get(name)
+        self._indexes[name] = index
+        if index is None or previous is None or index == previous:
+            return frozenset()
+        log.info("exit %s: interface %s was made anew: its routes go back in", name, interface)
+        return frozenset(n for n, via in self._routed_by.items() if via == name)
+
+    async def _reroute(self, force: frozenset[str], changed: str | None = None) -> None:
+        async with self._routing:
+            states = {name: tracker.state for name, tracker in self._trackers.items()}
+            wanted = routes(self._schema.exits, states)
+            for problem in await self._apply_routes(wanted, force):
+                log.error("%s", problem)
+            for name, via in wanted.items():
+                old = self._routed_by.get(name, name)
+                if via != old and name not in (via, changed):
+                    where = f"via {via}" if via is not None else "nowhere (blocked)"
+                    log.warning("exit %s is down: its traffic now leaves %s", name, where)
+            self._routed_by = wanted
+
+
+def _reason(interface: str, health: Health, result: RoundResult, tracker: Tracker) -> str:
+    """Why the exit changed state, in the operator's terms."""
+    targets = ", ".join(format_target(t) for t in health.probe)
+    parts = []
+    if tracker.state is ExitState.DOWN:
+        if result.probe_error is not None:
+            parts.append(
+                f"{tracker.failed} rounds of probes to {targets} through {interface} failed: "
+                f"{result.probe_error}"
+            )
+        elif result.handshake_problem is None:
+            parts.append(f"{tracker.failed} failed rounds through {interface}")
+        if result.handshake_problem is not None:
+            parts.append(result.handshake_problem)
+        elif result.handshake_age is not None:
+            parts.append(f"last handshake {result.handshake_age:.0f} s ago")
+    else:
+        if health.probe:
+            parts.append(
+                f"{tracker.good} rounds of probes to {targets} through {interface} answered"
+            )
+        else:
+            parts.append(f"{tracker.good} good rounds")
+        if result.handshake_age is not None:
+            parts.append(f"last handshake {result.handshake_age:.0f} s ago")
+    return "; ".join(parts)
+
+
+def _log_change(change: Change) -> None:
+    state = change.state.value.upper()
+    if change.via is None:
+        where = "its traffic is dropped (blocked) until it is back"
+        if change.state is ExitState.DOWN:
+            log.error("exit %s %s (%s): %s", change.exit, state, change.reason, where)
+            return
+    elif change.via == change.exit:
+        again = "" if change.previous is ExitState.UNKNOWN else " again"
+        where = f"its traffic leaves through it{again}"
+    else:
+        where = f"its traffic now leaves via {change.via}"
+    level = logging.WARNING if change.state is ExitState.DOWN else logging.INFO
+    log.log(level, "exit %s %s (%s): %s", change.exit, state, change.reason, where)
