@@ -149,6 +149,11 @@ def _parser() -> argparse.ArgumentParser:
         "--out-dir", metavar="DIR", type=Path, help="write the files here (default: print)"
     )
     recursor.set_defaults(handler=_render_recursor)
+    wireguard = render_sub.add_parser("wireguard", help="wg-quick configs for the mesh's nodes")
+    wireguard.add_argument("schema", metavar="SCHEMA", type=Path)
+    _mesh_render_options(wireguard)
+    wireguard.add_argument("--node", help="only this node's configs")
+    wireguard.set_defaults(handler=_render_wireguard)
     compose = render_sub.add_parser(
         "compose", help="docker compose override: iptserver as sidecars of a service"
     )
@@ -383,6 +388,28 @@ def _render_compose(args: argparse.Namespace) -> int:
     else:
         args.output.write_text(text, encoding="utf-8")
     return 0
+
+
+def _mesh_render_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        type=Path,
+        default=Path("/var/lib/iptserver"),
+        help="keys live in DIR/keys, made on first use (default: /var/lib/iptserver)",
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", type=Path, help="write the files here, 0600 (default: print)"
+    )
+    parser.add_argument("--show-keys", action="store_true", help="print keys (without --out)")
+
+
+def _render_wireguard(args: argparse.Namespace) -> int:
+    from iptserver.render.mesh_command import render_wireguard_command
+
+    return render_wireguard_command(
+        args.schema, args.state_dir, args.node, args.out, args.show_keys
+    )
 
 
 def _geoip_update(args: argparse.Namespace) -> int:
