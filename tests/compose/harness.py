@@ -1,0 +1,221 @@
+"""A private dockerd for the compose tests, and the sidecar image built without a registry.
+
+The dockerd runs in a network namespace the test creates, in a mount namespace of its own
+(with that namespace's sysfs, and the host's cgroup hierarchies moved under it), with its
+own data root, exec root and socket, and without bridges or iptables rules: nothing it
+does reaches the root namespace. Images come from local files only: a Debian rootfs
+assembled by debootstrap from the machine's Debian mirror (cached under CACHE) is imported
+as the base image, and the project's wheels are put in the build context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DOCKERD = "/usr/sbin/dockerd"
+DOCKER = "/usr/bin/docker"  # Debian's client (/usr/local/bin/docker is another one)
+COMPOSE = "/usr/bin/docker-compose"
+PROJECT = Path(__file__).resolve().parents[2]
+DOCKERFILE = PROJECT / "compose" / "Dockerfile"
+CACHE = Path("/var/cache/iptserver/compose")
+MIRROR = "http://deb.debian.org/debian"
+SUITE = "bookworm"
+ROOTFS_EXTRA = ("python3", "python3-venv")  # what python:3.11-slim-bookworm brings
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+# Mount namespace set-up before dockerd starts: this netns's sysfs (so dockerd sees its
+# own links), with the host's cgroup hierarchies carried over (`ip netns exec` would hide
+# them, and dockerd refuses to start without the devices cgroup).
+_NAMESPACE_SETUP = (
+    'keep=$(mktemp -d); mount --rbind /sys/fs/cgroup "$keep"; '
+    'mount -t sysfs sysfs /sys; mount --move "$keep" /sys/fs/cgroup; rmdir "$keep"; '
+    'exec "$@"'
+)
+
+
+class HarnessError(Exception):
+    pass
+
+
+def run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 600) -> str:
+    """Run a command; its stdout, or an error with everything it said."""
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise HarnessError(
+            f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc.stdout
+
+
+@dataclass
+class Dockerd:
+    """A running dockerd: ``env`` points docker and docker-compose at it."""
+
+    netns: str
+    workdir: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def socket(self) -> Path:
+        return self.workdir / "docker.sock"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DOCKER_HOST": f"unix://{self.socket}", "DOCKER_BUILDKIT": "0"}
+
+    @property
+    def log(self) -> str:
+        return (self.workdir / "dockerd.log").read_text(errors="replace")
+
+    def docker(self, *args: str, timeout: float = 600) -> str:
+        return run([DOCKER, *args], env=self.env, timeout=timeout)
+
+
+def start_dockerd(workdir: Path) -> Dockerd:
+    """dockerd in a new network namespace; return once it answers."""
+    netns = f"iptsd-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+    argv = [
+        "nsenter",
+        f"--net=/run/netns/{netns}",
+        "unshare",
+        "--mount",
+        "--propagation",
+        "slave",
+        "sh",
+        "-ec",
+        _NAMESPACE_SETUP,
+        "sh",
+        DOCKERD,
+        f"--data-root={workdir / 'data'}",
+        f"--exec-root={workdir / 'exec'}",
+        f"--pidfile={workdir / 'dockerd.pid'}",
+        f"--host=unix://{workdir / 'docker.sock'}",
+        "--iptables=false",
+        "--ip6tables=false",
+        "--ip-masq=false",
+        "--bridge=none",
+        "--userland-proxy=false",
+    ]
+    with (workdir / "dockerd.log").open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    dockerd = Dockerd(netns, workdir, proc)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            stop_dockerd(dockerd)
+            raise HarnessError(f"dockerd exited with {proc.returncode}:\n{dockerd.log}")
+        if dockerd.socket.exists():
+            with contextlib.suppress(HarnessError):
+                dockerd.docker("version", timeout=10)
+                return dockerd
+        if time.monotonic() > deadline:
+            stop_dockerd(dockerd)
+            raise HarnessError(f"dockerd did not answer in {START_TIMEOUT} s:\n{dockerd.log}")
+        time.sleep(0.2)
+
+
+def stop_dockerd(dockerd: Dockerd) -> list[str]:
+    """Remove every container, stop dockerd by PID, kill what is left in its namespace,
+    delete the namespace. Returns what had to be forced (empty: a clean stop)."""
+    forced: list[str] = []
+    if dockerd.proc.poll() is None and dockerd.socket.exists():
+        with contextlib.suppress(HarnessError, subprocess.TimeoutExpired):
+            ids = dockerd.docker("ps", "-aq", timeout=30).split()
+            if ids:
+                dockerd.docker("rm", "-f", "-v", *ids, timeout=120)
+    if dockerd.proc.poll() is None:
+        dockerd.proc.send_signal(signal.SIGTERM)
+        try:
+            dockerd.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            forced.append(f"dockerd {dockerd.proc.pid} ignored SIGTERM")
+            dockerd.proc.kill()
+            dockerd.proc.wait()
+    listed = subprocess.run(
+        ["ip", "netns", "pids", dockerd.netns], capture_output=True, text=True, check=False
+    )
+    for pid in listed.stdout.split():  # containerd shims or containers that outlived it
+        forced.append(f"process {pid} left in {dockerd.netns}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    subprocess.run(["ip", "netns", "del", dockerd.netns], check=False)
+    return forced
+
+
+def rootfs_packages() -> list[str]:
+    """The Dockerfile's PACKAGES, and Python: the base the Dockerfile expects."""
+    match = re.search(r'^ARG PACKAGES="([^"]+)"', DOCKERFILE.read_text(), re.MULTILINE)
+    if match is None:
+        raise HarnessError(f"{DOCKERFILE}: no ARG PACKAGES=\"...\" line")
+    return sorted({*match.group(1).split(), *ROOTFS_EXTRA})
+
+
+def rootfs_tarball() -> tuple[Path, float | None]:
+    """The base rootfs as a tar file, built by debootstrap on first use and cached.
+
+    Returns the path and how long building it took (None: it was in the cache).
+    """
+    packages = rootfs_packages()
+    key = hashlib.sha256(" ".join([SUITE, MIRROR, *packages]).encode()).hexdigest()[:12]
+    tarball = CACHE / f"rootfs-{SUITE}-{key}.tar"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "rootfs.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others reuse it
+        if tarball.exists():
+            return tarball, None
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(dir=CACHE, prefix="rootfs-") as tmp:
+            root = Path(tmp) / "root"
+            argv = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}"]
+            run([*argv, SUITE, str(root), MIRROR], timeout=1800)
+            shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
+            partial = Path(tmp) / "rootfs.tar"
+            run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(partial), "."])
+            partial.rename(tarball)
+        return tarball, time.monotonic() - started
+
+
+def build_context(dest: Path) -> Path:
+    """What `docker build` gets: the package, the plugin, compose/, and every wheel."""
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(PROJECT / name, dest / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "wheels")
+    for name in ("iptserver", "recursor_plugin", "compose"):
+        shutil.copytree(PROJECT / name, dest / name, ignore=ignore)
+    wheels = dest / "compose" / "wheels"
+    wheels.mkdir()
+    run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(dest)])
+    return dest
+
+
+def build_image(dockerd: Dockerd, tarball: Path, context: Path, tag: str) -> None:
+    """Import the rootfs as the base image, then build the sidecar image on it offline."""
+    base = f"iptserver-test-base:{tarball.stem}"
+    dockerd.docker("import", str(tarball), base)
+    dockerd.docker(
+        "build",
+        "--network=none",
+        "--build-arg",
+        f"BASE={base}",
+        "-t",
+        tag,
+        "-f",
+        str(context / "compose" / "Dockerfile"),
+        str(context),
+        timeout=1200,
+    )
