@@ -154,6 +154,14 @@ def _parser() -> argparse.ArgumentParser:
     _mesh_render_options(wireguard)
     wireguard.add_argument("--node", help="only this node's configs")
     wireguard.set_defaults(handler=_render_wireguard)
+    clients = render_sub.add_parser("clients", help="wg-quick configs and QR codes for clients")
+    clients.add_argument("schema", metavar="SCHEMA", type=Path)
+    _mesh_render_options(clients)
+    clients.add_argument("--client", metavar="NAME", help="only this client's config")
+    clients.add_argument(
+        "--qr", action="store_true", help="show each config as a QR code (it holds the key)"
+    )
+    clients.set_defaults(handler=_render_clients)
     compose = render_sub.add_parser(
         "compose", help="docker compose override: iptserver as sidecars of a service"
     )
@@ -409,6 +417,14 @@ def _render_wireguard(args: argparse.Namespace) -> int:
 
     return render_wireguard_command(
         args.schema, args.state_dir, args.node, args.out, args.show_keys
+    )
+
+
+def _render_clients(args: argparse.Namespace) -> int:
+    from iptserver.render.mesh_command import render_clients_command
+
+    return render_clients_command(
+        args.schema, args.state_dir, args.client, args.out, args.qr, args.show_keys
     )
 
 

@@ -58,3 +58,37 @@ def render_wireguard_command(
         return 0
 
     return run_command("wireguard", work)
+
+
+def render_clients_command(
+    schema: Path,
+    state_dir: Path,
+    client: str | None,
+    out: Path | None,
+    qr: bool,
+    show_keys: bool,
+) -> int:
+    def work() -> int:
+        from iptserver.render.clients import qr_png, qr_terminal, render_clients
+
+        result = render_clients(_mesh(schema), KeyStore(state_dir), client)
+        for note in result.notes:
+            print(f"iptserver render clients: {note}", file=sys.stderr)
+        if out is None:
+            sys.stdout.write(printable(result.files, show_keys=show_keys))
+        else:
+            files = [
+                each
+                for f in result.files
+                for each in ((f.path, f.data), (f.path.with_suffix(".png"), qr_png(f.text)))
+            ]
+            written = write_all(out, files)
+            for path, changed in written:
+                print(f"{path}{'' if changed else ' (unchanged)'}")
+        if qr:
+            for rendered in result.files:
+                print(f"\n# {rendered.path} (QR code; it holds the private key)")
+                sys.stdout.write(qr_terminal(rendered.text))
+        return 0
+
+    return run_command("clients", work)
