@@ -332,6 +332,30 @@ class Lab:
             f"log {self._logs[proc.pid]}:\n{_tail(self._logs[proc.pid])}"
         )
 
+    # -- exit failures ----------------------------------------------------------------
+
+    def _cut(self, exit_name: str, action: Literal["-I", "-D"]) -> None:
+        """Drop (or stop dropping) everything in and out of an exit node's uplink."""
+        if exit_name not in EXIT_NAMES:
+            raise LabError(f"unknown exit {exit_name!r}; exits are {', '.join(EXIT_NAMES)}")
+        for tool in ("iptables", "ip6tables"):
+            for chain, way in (
+                ("INPUT", "-i"),
+                ("OUTPUT", "-o"),
+                ("FORWARD", "-i"),
+                ("FORWARD", "-o"),
+            ):
+                self.run(exit_name, [tool, "-w", action, chain, way, UPLINK, "-j", "DROP"])
+
+    def kill_exit(self, exit_name: str) -> None:
+        """The exit node dies for the rest of the lab: its uplink drops every packet (the
+        tunnel runs over it, so the tunnel dies too; no handshake, no traffic through)."""
+        self._cut(exit_name, "-I")
+
+    def revive_exit(self, exit_name: str) -> None:
+        """Undo ``kill_exit``; the tunnel comes back with WireGuard's next handshake."""
+        self._cut(exit_name, "-D")
+
     # -- probes -----------------------------------------------------------------------
 
     def socket(
