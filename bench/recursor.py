@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             recursors.append(start_recursor(lab, work / "plain", port=PLAIN_PORT, plugin=False))
             measure(lab, [plugin, plain], args.queries, args.concurrency, args.rounds)
             routed = lab.whoami("client", synthetic(f"check.{BENCH_ZONE}")[0].value)
-            not_routed = recursors[0].log.count("not routed")
+            not_routed = [line for line in recursors[0].log.splitlines() if "not routed" in line]
         finally:
             for recursor in recursors:
                 recursor.stop()
@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     if routed != "ru":
         problems.append(f"a bench.ru address left by {routed}, not ru: the plugin routed nothing")
     if not_routed:
-        problems.append(f"the plugin logged {not_routed} answers as not routed")
+        problems.append(f"the plugin logged {len(not_routed)} answers as not routed, as:")
+        problems.extend(not_routed[:3])
     for problem in problems[:20]:
         print(f"  problem: {problem}", file=sys.stderr)
     if problems:

@@ -142,7 +142,14 @@ def _parser() -> argparse.ArgumentParser:
     recursor.add_argument(
         "--fail-closed", action="store_true", help="SERVFAIL when iptserver cannot be asked"
     )
-    recursor.add_argument("--timeout", type=float, default=0.5, help="seconds (default: 0.5)")
+    recursor.add_argument(
+        "--transport",
+        choices=["udp", "http"],
+        default="udp",
+        help="udp: a datagram to the API's port, the waiting query parked, not the thread "
+        "(default); http: POST /v1/answers, blocking the recursor's thread",
+    )
+    recursor.add_argument("--timeout", type=float, default=0.5, help="http: seconds (default: 0.5)")
     recursor.add_argument("--api-token-file", metavar="FILE", type=Path)
     recursor.add_argument("--plugin", metavar="LUA", type=Path, help="the plugin's path")
     recursor.add_argument(
@@ -345,6 +352,7 @@ def _render_recursor(args: argparse.Namespace) -> int:
         fail_closed=args.fail_closed,
         timeout=args.timeout,
         token_file=args.api_token_file.resolve() if args.api_token_file else None,
+        transport=args.transport,
     )
     files = render_recursor(settings)
     if args.out_dir is None:

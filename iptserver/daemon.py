@@ -30,6 +30,7 @@ from iptserver.errors import DataplaneError, GeoIPError, IptserverError, SchemaE
 from iptserver.geoip import DEFAULT_DATABASE, GeoIPDatabase
 from iptserver.health.monitor import Change, Monitor
 from iptserver.health.webhook import Webhook
+from iptserver.plugin_udp import start_plugin_endpoint
 from iptserver.policy import Policy
 from iptserver.router import Router, State
 from iptserver.schema import load_schema
@@ -73,6 +74,7 @@ class Daemon:
         self._monitor: Monitor | None = None  # exit health; watches exits with `health`
         self._webhook = Webhook(None)
         self._reloading: set[asyncio.Future[bool]] = set()
+        self._plugin_endpoint: asyncio.DatagramTransport | None = None
 
     def _schema(self) -> Loaded:
         loaded = load_schema(self.options.config)
@@ -240,10 +242,14 @@ class Daemon:
                 token=token,
             )
         )
+        app.on_cleanup.append(self._close_plugin_endpoint)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
             await web.TCPSite(runner, str(address), port).start()
+            # The recursor plugin's datagrams: the same address and port number, over UDP.
+            bound = runner.addresses[0][1]
+            self._plugin_endpoint = await start_plugin_endpoint(self._router, address, bound, token)
         except OSError:
             await runner.cleanup()
             raise
@@ -251,6 +257,11 @@ class Daemon:
             "HTTP API on %s", f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
         )
         return runner
+
+    async def _close_plugin_endpoint(self, app: web.Application) -> None:
+        if self._plugin_endpoint is not None:
+            self._plugin_endpoint.close()
+            self._plugin_endpoint = None
 
     async def _kernel(self, call: Callable[..., T], *args: Any) -> T:
         """Run a dataplane call on the one thread that owns the netlink sockets

@@ -1,23 +1,36 @@
 -- iptserver's PowerDNS Recursor plugin (lua-dns-script, recursor 4.8, LuaJIT).
 --
 -- postresolve: a NOERROR answer holding A/AAAA records (reached from the qname through
--- its CNAME chain) is POSTed to iptserver's /v1/answers before it goes out, so the
--- route exists before the client connects; the answer's TTLs are then capped to the
--- "ttl" iptserver returns. When iptserver cannot be asked: fail-open (the answer goes
--- out as it is, counted and logged) or fail-closed (SERVFAIL).
+-- its CNAME chain) is handed to iptserver before it goes out, so the route exists
+-- before the client connects; the answer's TTLs are then capped to the TTL iptserver
+-- returns. When iptserver cannot be asked: fail-open (the answer goes out as it is,
+-- counted and logged) or fail-closed (SERVFAIL).
+--
+-- Two transports, same routing:
+--   "udp" (default): one datagram to the API's port over UDP (iptserver/plugin_udp.py
+--     has the format), sent by the recursor's own udpQueryResponse follow-up, which
+--     parks only this query while it waits (at most the recursor's network-timeout),
+--     as for an authority; the worker thread keeps serving other queries.
+--   "http": POST /v1/answers over a kept-alive LuaSocket connection, waiting at most
+--     `timeout` seconds; the call blocks the worker thread (every query it holds).
 --
 -- Settings: the global IPTSERVER table, set by the file `iptserver render recursor`
 -- writes (which then loads this one); the defaults below fill what it leaves out.
 
-local socket = require("socket") -- Debian's lua-socket (LuaSocket), plain TCP only
-
 local cfg = IPTSERVER or {}
 local HOST = cfg.host or "127.0.0.1"
 local PORT = cfg.port or 8053
-local TIMEOUT = cfg.timeout or 0.5 -- seconds for one whole request, connect included
+local TRANSPORT = cfg.transport or "udp"
+local TIMEOUT = cfg.timeout or 0.5 -- http: seconds for one whole request, connect included
 local FAIL_CLOSED = cfg.fail_closed or false
 local TOKEN = cfg.token -- bearer token for the API, or nil
 local MAX_CHAIN = 16 -- as the API accepts
+
+-- Debian's lua-socket (LuaSocket), plain TCP; only the http transport needs it.
+local socket = TRANSPORT == "http" and require("socket") or nil
+local DEST = newCA(HOST:find(":") and ("[" .. HOST .. "]:" .. PORT) or (HOST .. ":" .. PORT))
+local TOKEN_LINE = (TOKEN or "") .. "\n"
+local sent = 0 -- datagram ids, per worker thread (each has its own Lua state)
 
 local failures = getMetric("iptserver_plugin_failures")
 local conn = nil -- one kept-alive connection per worker thread (each has its own Lua state)
@@ -80,26 +93,49 @@ local function post(body)
   end
 end
 
--- The answer records for qname and its CNAME chain: chain names and A/AAAA addresses.
+local A, AAAA, CNAME = pdns.A, pdns.AAAA, pdns.CNAME
+
+-- The answer records for qname and its CNAME chain: the names (qname first), the A/AAAA
+-- addresses as text, their smallest TTL, and the largest TTL in the answer section.
+-- Each record's fields are read once (every read crosses into the recursor's C++).
 local function walk(dq, records)
-  local name, chain, addresses, ttl = dq.qname, {}, {}, nil
+  local owners, types, found, longest = {}, {}, {}, 0
+  for _, dr in ipairs(records) do
+    if dr.place == 1 then
+      local ttl, kind = dr.ttl, dr.type
+      if ttl > longest then longest = ttl end
+      if kind == A or kind == AAAA or kind == CNAME then
+        found[#found + 1], owners[#found + 1], types[#found + 1] = dr, dr.name, kind
+      end
+    end
+  end
+  local name = dq.qname
+  local names, addresses, shortest = { name:toString() }, {}, nil
   for _ = 1, MAX_CHAIN do
     local target = nil
-    for _, dr in ipairs(records) do
-      if dr.place == 1 and dr.name:equal(name:toString()) then
-        if dr.type == pdns.A or dr.type == pdns.AAAA then
-          addresses[#addresses + 1] = quote(dr:getContent())
-          ttl = math.min(ttl or dr.ttl, dr.ttl)
-        elseif dr.type == pdns.CNAME and not target then
+    for i = 1, #found do
+      if owners[i] == name then
+        local dr = found[i]
+        if types[i] ~= CNAME then
+          addresses[#addresses + 1] = dr:getContent()
+          local ttl = dr.ttl
+          if not shortest or ttl < shortest then shortest = ttl end
+        elseif not target then
           target = newDN(dr:getContent())
         end
       end
     end
     if not target then break end
     name = target
-    chain[#chain + 1] = quote(target:toString())
+    names[#names + 1] = target:toString()
   end
-  return chain, addresses, ttl
+  return names, addresses, shortest, longest
+end
+
+local function quote_all(list, first)
+  local quoted = {}
+  for i = first, #list do quoted[#quoted + 1] = quote(list[i]) end
+  return table.concat(quoted, ",")
 end
 
 local function failed(dq, why)
@@ -112,19 +148,63 @@ local function failed(dq, why)
   return true
 end
 
-function postresolve(dq)
-  if dq.rcode ~= pdns.NOERROR then return false end
-  local records = dq:getRecords()
-  local chain, addresses, ttl = walk(dq, records)
-  if #addresses == 0 then return false end
-  local body = '{"qname":' .. quote(dq.qname:toString()) .. ',"chain":[' .. table.concat(chain, ",")
-    .. '],"addresses":[' .. table.concat(addresses, ",") .. '],"ttl":' .. ttl .. '}'
-  local reply, err = post(body)
-  local cap = reply and tonumber(reply:match('"ttl"%s*:%s*(%d+)'))
-  if not cap then return failed(dq, err or ("unexpected reply " .. reply)) end
+-- Lower the answer section's TTLs to ``cap``; false (leave the answer alone) when none
+-- is above it, which spares copying the records back.
+local function cap_ttls(dq, records, cap, longest)
+  if longest <= cap then return false end
+  records = records or dq:getRecords()
   for _, dr in ipairs(records) do
     if dr.place == 1 and dr.ttl > cap then dr.ttl = cap end
   end
   dq:setRecords(records)
   return true
+end
+
+-- The udpQueryResponse callback (called by name): iptserver's reply is in dq.udpAnswer,
+-- empty when none came (refused, or nothing within network-timeout).
+--
+-- The recursor sends each datagram from a new socket, bound with SO_REUSEADDR: two
+-- queries in flight can get the same port, and then one the other's reply. The id
+-- catches that; the datagram is sent once more (from a new socket), then it fails.
+function iptserver_udp_reply(dq)
+  local state, answer = dq.data, dq.udpAnswer
+  local id, result = answer:match("^IPT1 (%S+) ([^\n]*)")
+  local mine = dq.udpQuery:match("^IPT1 (%d+)")
+  if id and id ~= mine and not state.resent then
+    state.resent = true
+    return true -- followupFunction is still udpQueryResponse: the recursor sends again
+  end
+  dq.followupFunction = "" -- done: else the recursor sends the datagram again
+  local cap = id == mine and tonumber(result:match("^%d+$"))
+  if cap then return cap_ttls(dq, nil, cap, state.longest) end
+  if answer == "" then
+    return failed(dq, "no reply from iptserver (down, or slower than network-timeout)")
+  end
+  if id and id ~= mine then
+    return failed(dq, "replies to other requests (" .. id .. ") came for request " .. mine)
+  end
+  return failed(dq, id and result or ("unexpected reply " .. answer:sub(1, 200)))
+end
+
+function postresolve(dq)
+  if dq.rcode ~= pdns.NOERROR then return false end
+  local records = dq:getRecords()
+  local names, addresses, ttl, longest = walk(dq, records)
+  if #addresses == 0 then return false end
+  if TRANSPORT == "udp" then
+    sent = sent + 1
+    dq.data = { longest = longest, resent = false } -- for the callback
+    dq.udpQueryDest = DEST
+    dq.udpQuery = "IPT1 " .. sent .. " " .. ttl .. "\n" .. TOKEN_LINE .. table.concat(names, " ")
+      .. "\n" .. table.concat(addresses, " ") .. "\n"
+    dq.udpCallback = "iptserver_udp_reply"
+    dq.followupFunction = "udpQueryResponse"
+    return true
+  end
+  local body = '{"qname":' .. quote(names[1]) .. ',"chain":[' .. quote_all(names, 2)
+    .. '],"addresses":[' .. quote_all(addresses, 1) .. '],"ttl":' .. ttl .. '}'
+  local reply, err = post(body)
+  local cap = reply and tonumber(reply:match('"ttl"%s*:%s*(%d+)'))
+  if not cap then return failed(dq, err or ("unexpected reply " .. reply)) end
+  return cap_ttls(dq, records, cap, longest)
 end

@@ -12,7 +12,7 @@ from pathlib import Path
 from iptserver.lab.entry import ENTRY_DNS, UPSTREAM
 from iptserver.lab.errors import LabError
 from iptserver.lab.topology import Lab
-from iptserver.render.recursor import RecursorSettings, render_recursor
+from iptserver.render.recursor import RecursorSettings, Transport, render_recursor
 from iptserver.schema.values import parse_endpoint
 
 API = "127.0.0.1:8053"  # iptserver's HTTP API, on the entry's loopback
@@ -62,6 +62,7 @@ def start_recursor(
     port: int = 53,
     fail_closed: bool = False,
     plugin: bool = True,
+    transport: Transport = "udp",
 ) -> Recursor:
     """Render the config into ``directory``, start the recursor; return once it answers."""
     include = directory / "recursor.d"
@@ -70,7 +71,7 @@ def start_recursor(
         old.unlink()
     if plugin:
         settings = RecursorSettings(
-            api=parse_endpoint(API), directory=include, fail_closed=fail_closed
+            api=parse_endpoint(API), directory=include, fail_closed=fail_closed, transport=transport
         )
         for name, text in render_recursor(settings).items():
             (include / name).write_text(text, encoding="utf-8")

@@ -10,6 +10,13 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+# "udp": the recursor's own non-blocking udpQueryResponse to the API's port over UDP
+# (iptserver/plugin_udp.py); "http": POST /v1/answers from LuaSocket, which blocks the
+# recursor's worker thread while it waits.
+Transport = Literal["udp", "http"]
+TRANSPORTS: tuple[Transport, ...] = ("udp", "http")
 
 CONF_FILE = "iptserver.conf"  # for the recursor's include-dir (recursor.d)
 SETTINGS_FILE = "iptserver-settings.lua"
@@ -25,8 +32,9 @@ class RecursorSettings:
     plugin: Path = DEFAULT_PLUGIN
     directory: Path = DEFAULT_DIR
     fail_closed: bool = False
-    timeout: float = 0.5  # seconds per answer; the recursor's worker waits this long at most
+    timeout: float = 0.5  # http: seconds per answer; the recursor's worker waits this long
     token_file: Path | None = None
+    transport: Transport = "udp"
 
 
 def _lua_string(text: str) -> str:
@@ -45,6 +53,7 @@ def render_settings(settings: RecursorSettings) -> str:
         "IPTSERVER = {\n"
         f"  host = {_lua_string(str(address))},\n"
         f"  port = {port},\n"
+        f"  transport = {_lua_string(settings.transport)},\n"
         f"  timeout = {settings.timeout:g},\n"
         f"  fail_closed = {'true' if settings.fail_closed else 'false'},\n"
         f"  token = {token},\n"
@@ -55,10 +64,16 @@ def render_settings(settings: RecursorSettings) -> str:
 
 def render_conf(settings: RecursorSettings) -> str:
     """The recursor.conf lines that load the plugin."""
+    where = _endpoint(settings.api)
+    if settings.transport == "udp":
+        how = f"UDP {where}; waits at most network-timeout, parking only the query"
+    else:
+        how = f"HTTP {where}; waits at most {settings.timeout:g} s, blocking the thread"
     return (
         "# Rendered by `iptserver render recursor`: every answer is routed by iptserver\n"
-        f"# at {_endpoint(settings.api)} before it goes out"
-        f" ({'SERVFAIL' if settings.fail_closed else 'answered anyway'} when it cannot be).\n"
+        f"# ({how})\n"
+        f"# before it goes out ({'SERVFAIL' if settings.fail_closed else 'answered anyway'}"
+        " when it cannot be).\n"
         f"lua-dns-script={settings.directory / SETTINGS_FILE}\n"
     )
 

@@ -16,6 +16,7 @@ from iptserver.lab import Lab
 from iptserver.lab.entry import ENTRY_DNS
 from iptserver.lab.recursor import API, Recursor, start_recursor
 from iptserver.lab.zones import DEFAULT_TTL
+from iptserver.render.recursor import Transport
 from tests.e2e.conftest import BASE_SCHEMA, Iptservers, explained_exit
 
 pytestmark = pytest.mark.skipif(
@@ -57,6 +58,10 @@ def answer(lab: Lab, name: str) -> list[tuple[str, int]]:
     return [(value, ttl) for _, kind, value, ttl in records if kind == "A"]
 
 
+TRANSPORTS = pytest.mark.parametrize("transport", ["udp", "http"])
+
+
+@TRANSPORTS
 @pytest.mark.parametrize(
     ("name", "expected", "unrouted"),
     [
@@ -73,9 +78,10 @@ def test_first_connection_leaves_by_the_schema_through_the_recursor(
     name: str,
     expected: str,
     unrouted: str,
+    transport: Transport,
 ) -> None:
     running = iptservers.start(SCHEMA, "--api", API, probe=("entry", *PROXY))
-    recursors.append(start_recursor(lab, recursor_dir))
+    recursors.append(start_recursor(lab, recursor_dir, transport=transport))
     found = answer(lab, name)
     assert found, f"no A record for {name}"
     for address, ttl in found:
@@ -85,16 +91,21 @@ def test_first_connection_leaves_by_the_schema_through_the_recursor(
     assert "not routed" not in recursors[0].log
 
 
+@TRANSPORTS
 def test_fail_open_answers_and_fail_closed_refuses_without_iptserver(
-    lab: Lab, iptservers: Iptservers, recursors: list[Recursor], recursor_dir: Path
+    lab: Lab,
+    iptservers: Iptservers,
+    recursors: list[Recursor],
+    recursor_dir: Path,
+    transport: Transport,
 ) -> None:
     running = iptservers.start(SCHEMA, "--api", API, probe=("entry", *PROXY))
     iptservers.stop(running)
-    recursors.append(start_recursor(lab, recursor_dir))
+    recursors.append(start_recursor(lab, recursor_dir, transport=transport))
     assert answer(lab, "www.example.com") == [("198.51.100.150", DEFAULT_TTL)]
     assert "www.example.com. not routed" in recursors[-1].log
     recursors[-1].stop()
-    recursors.append(start_recursor(lab, recursor_dir, fail_closed=True))
+    recursors.append(start_recursor(lab, recursor_dir, fail_closed=True, transport=transport))
     refused = lab.query("client", "www.example.com", server=ENTRY_DNS)
     assert refused.rcode == "SERVFAIL"
     assert refused.records == []

@@ -2,6 +2,7 @@
 IPTSERVER = {
   host = "127.0.0.1",
   port = 8053,
+  transport = "udp",
   timeout = 0.5,
   fail_closed = true,
   token = nil,

@@ -33,6 +33,13 @@ def test_fail_open_and_token_file() -> None:
     assert 'io.open("/etc/iptserver/token")' in lua
 
 
+def test_http_transport_says_its_bound_and_that_it_blocks() -> None:
+    settings = RecursorSettings(api=SETTINGS.api, transport="http", timeout=0.25)
+    files = render_recursor(settings)
+    assert 'transport = "http",\n  timeout = 0.25,' in files["iptserver-settings.lua"]
+    assert "HTTP 127.0.0.1:8053; waits at most 0.25 s, blocking" in files["iptserver.conf"]
+
+
 def test_cli_writes_what_the_renderer_renders(tmp_path: Path) -> None:
     argv = ["render", "recursor", "--fail-closed", "--out-dir", str(tmp_path)]
     argv += ["--plugin", "/usr/share/iptserver/iptserver.lua"]
@@ -41,4 +48,15 @@ def test_cli_writes_what_the_renderer_renders(tmp_path: Path) -> None:
         api=SETTINGS.api, plugin=SETTINGS.plugin, directory=tmp_path, fail_closed=True
     )
     for name, text in render_recursor(settings).items():
+        assert (tmp_path / name).read_text(encoding="utf-8") == text
+    assert main([*argv, "--transport", "http", "--timeout", "0.25"]) == 0
+    http = RecursorSettings(
+        api=SETTINGS.api,
+        plugin=SETTINGS.plugin,
+        directory=tmp_path,
+        fail_closed=True,
+        transport="http",
+        timeout=0.25,
+    )
+    for name, text in render_recursor(http).items():
         assert (tmp_path / name).read_text(encoding="utf-8") == text

@@ -1,0 +1,185 @@
+"""The recursor plugin's datagram endpoint: one answer per UDP datagram, one reply.
+
+Why a second way in besides ``POST /v1/answers``: a LuaSocket call blocks the
+recursor's whole worker thread (every query it holds) until iptserver replies, so over
+HTTP the recursor routes one answer per thread at a time. The recursor's own Lua
+follow-up ``udpQueryResponse`` sends a datagram and parks only the query that sent it,
+the way the recursor waits for an authority; the datagram is also cheaper to handle than
+an HTTP request. The endpoint listens on the HTTP API's address and port number, over UDP.
+The answer is routed by the same ``Router`` and checked by the same rules as the API.
+
+A request (ASCII, four lines, each ending in a newline)::
+
+    IPT1 <id> <ttl>
+    <token, or an empty line when the API has none>
+    <qname> [<name in the CNAME chain> ...]
+    <address> [<address> ...]
+
+The reply: ``IPT1 <id> <ttl>`` (the TTL clients may keep the answer), or
+``IPT1 <id> ERR <message>`` (``-`` for an id that could not be read). Names are
+presentation form (the recursor escapes odd bytes as ``\\DDD``), so spaces separate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any, cast
+
+from iptserver.errors import DataplaneError
+from iptserver.router import Router
+from iptserver.schema.values import IPAddress, normalize_name
+
+log = logging.getLogger(__name__)
+
+MAGIC = "IPT1"
+# The largest answer the limits below allow is about 25 KiB in this format.
+MAX_DATAGRAM = 32 * 1024
+MAX_TTL = 2**31 - 1  # RFC 2181
+MAX_NAME = 253
+MAX_CHAIN = 16  # names after the qname, as the API
+MAX_ADDRESSES = 512
+MAX_ID = 2**63 - 1
+MAX_IN_FLIGHT = 4096  # answers being routed at once; more are refused, not queued
+
+
+class BadDatagram(Exception):
+    """A request that breaks the format: the message goes back to the sender."""
+
+    def __init__(self, request_id: str, message: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerRequest:
+    """One answer as the plugin sent it, checked."""
+
+    request_id: str
+    names: list[str]  # the qname, then the CNAME chain
+    addresses: list[IPAddress]
+    ttl: int
+
+
+def parse_request(data: bytes, token: str | None) -> AnswerRequest:
+    """Check a datagram field by field; raises BadDatagram saying what is wrong."""
+    if len(data) > MAX_DATAGRAM:
+        raise BadDatagram("-", f"the datagram is larger than {MAX_DATAGRAM} bytes")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise BadDatagram("-", "the datagram is not ASCII text") from None
+    lines = text.split("\n")
+    if len(lines) != 5 or lines[4] != "":
+        raise BadDatagram("-", "expected 4 lines, each ending in a newline")
+    header, given_token, names_line, addresses_line = lines[:4]
+    parts = header.split(" ")
+    if len(parts) != 3 or parts[0] != MAGIC:
+        raise BadDatagram("-", f"the first line must be '{MAGIC} ID TTL'")
+    request_id = parts[1]
+    if not _is_number(request_id, MAX_ID):
+        raise BadDatagram("-", f"the id must be a number from 0 to {MAX_ID}")
+    if token is not None and not hmac.compare_digest(given_token.encode(), token.encode()):
+        raise BadDatagram(request_id, "a valid token is required on the second line")
+    if not _is_number(parts[2], MAX_TTL):
+        raise BadDatagram(request_id, f"ttl must be an integer from 0 to {MAX_TTL}")
+    raw_names = names_line.split(" ")
+    if len(raw_names) > 1 + MAX_CHAIN:
+        raise BadDatagram(request_id, f"chain has more than {MAX_CHAIN} names")
+    names = [_name(request_id, raw) for raw in raw_names]
+    raw_addresses = addresses_line.split(" ")
+    if len(raw_addresses) > MAX_ADDRESSES:
+        raise BadDatagram(request_id, f"more than {MAX_ADDRESSES} addresses")
+    addresses = [_address(request_id, raw) for raw in raw_addresses]
+    return AnswerRequest(request_id, names, addresses, int(parts[2]))
+
+
+def format_reply(request_id: str, ttl: int) -> bytes:
+    return f"{MAGIC} {request_id} {ttl}\n".encode()
+
+
+def format_error(request_id: str, message: str) -> bytes:
+    # One line, ASCII, short: the plugin logs it as it is.
+    clean = "".join(c if " " <= c <= "~" else "?" for c in message)[:400]
+    return f"{MAGIC} {request_id} ERR {clean}\n".encode()
+
+
+def _is_number(text: str, highest: int) -> bool:
+    return 0 < len(text) <= 19 and text.isdigit() and int(text) <= highest
+
+
+def _name(request_id: str, raw: str) -> str:
+    name = normalize_name(raw)
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise BadDatagram(request_id, f"not a DNS name: {raw[:80]!r}")
+    return name
+
+
+def _address(request_id: str, raw: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(raw)
+    except ValueError:
+        raise BadDatagram(request_id, f"not an IP address: {raw[:80]!r}") from None
+
+
+class PluginEndpoint(asyncio.DatagramProtocol):
+    """Routes each datagram's answer and replies to its sender; never raises."""
+
+    def __init__(self, router: Router, token: str | None) -> None:
+        self._router = router
+        self._token = token
+        self._transport: asyncio.DatagramTransport | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # the selector loop's UDP transport does not subclass DatagramTransport
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            request = parse_request(data, self._token)
+        except BadDatagram as e:
+            self._send(format_error(e.request_id, str(e)), addr)
+            return
+        if len(self._tasks) >= MAX_IN_FLIGHT:
+            self._send(format_error(request.request_id, "busy: too many answers at once"), addr)
+            return
+        task = asyncio.get_running_loop().create_task(self._route(request, addr))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _route(self, request: AnswerRequest, addr: Any) -> None:
+        try:
+            cap = await self._router.learn(request.names, request.addresses, request.ttl)
+        except DataplaneError as e:
+            log.error("answer for %s not routed: %s", request.names[0], e)
+            reply = format_error(request.request_id, f"the kernel refused the routes: {e}")
+        except Exception:
+            log.exception("routing the plugin's answer for %s failed", request.names[0])
+            reply = format_error(request.request_id, "internal error (logged)")
+        else:
+            reply = format_reply(request.request_id, cap)
+        self._send(reply, addr)
+
+    def _send(self, reply: bytes, addr: Any) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for replies to a plugin that gave up waiting: nothing to do
+        log.debug("plugin endpoint: %s", exc)
+
+
+async def start_plugin_endpoint(
+    router: Router, address: IPAddress, port: int, token: str | None
+) -> asyncio.DatagramTransport:
+    """Listen on ``address``:``port`` over UDP; raises OSError when it cannot."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: PluginEndpoint(router, token), local_addr=(str(address), port), family=family
+    )
+    return transport

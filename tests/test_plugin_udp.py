@@ -1,0 +1,238 @@
+"""The recursor plugin's datagram endpoint over real UDP on 127.0.0.1, in front of a real
+Router and Policy (the same harness as the HTTP API's tests: only the kernel is replaced).
+
+It must answer exactly as ``POST /v1/answers`` does, and treat hostile datagrams as the
+API treats hostile bodies: an error reply naming the problem, nothing routed, and the
+endpoint still serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from iptserver.plugin_udp import (
+    MAX_DATAGRAM,
+    BadDatagram,
+    format_error,
+    parse_request,
+    start_plugin_endpoint,
+)
+from tests.api.test_api import SCHEMA, TOKEN, Harness, make_harness
+
+ANSWER = (
+    b"IPT1 7 3600\ns3cret-token\nwww.example.com. cdn.example.net.\n198.51.100.10 2001:db8::1\n"
+)
+
+
+class Client:
+    """A plugin's side: one datagram out, its reply back (or None after ``timeout``)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.connect(("127.0.0.1", port))
+
+    async def ask(self, data: bytes, timeout: float = 5.0) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(self.sock, data)
+        try:
+            return await asyncio.wait_for(loop.sock_recv(self.sock, 65536), timeout)
+        except (TimeoutError, ConnectionRefusedError):
+            return None
+
+
+def serve(
+    scenario: Callable[[Client, Harness], Awaitable[None]], token: str | None = TOKEN
+) -> Harness:
+    harness = make_harness()
+
+    async def main() -> None:
+        transport = await start_plugin_endpoint(
+            harness.router, ipaddress.ip_address("127.0.0.1"), 0, token
+        )
+        client = Client(transport.get_extra_info("sockname")[1])
+        try:
+            await scenario(client, harness)
+        finally:
+            client.sock.close()
+            transport.close()
+
+    asyncio.run(main())
+    return harness
+
+
+def test_answer_is_routed_and_its_ttl_capped_as_by_the_api() -> None:
+    async def scenario(client: Client, h: Harness) -> None:
+        assert await client.ask(ANSWER) == b"IPT1 7 120\n"  # the rule's hold
+        short = b"IPT1 8 30\ns3cret-token\nwww.example.com.\n198.51.100.10\n"
+        assert await client.ask(short) == b"IPT1 8 30\n"
+        unmatched = b"IPT1 9 9000\ns3cret-token\nOther.ORG.\n192.0.2.1\n"
+        assert await client.ask(unmatched) == b"IPT1 9 300\n"  # the schema's hold
+
+    h = serve(scenario)
+    learned = {(str(e.network), e.mark, e.timeout) for e in h.kernel.applied}
+    assert learned == {("198.51.100.10/32", 256, 122), ("2001:db8::1/128", 256, 122)}
+    assert h.router.recent[-1][0] == ("other.org",)
+    assert h.router.recent[0][0] == ("www.example.com", "cdn.example.net")
+    assert h.router.answers == 3
+
+
+def test_kernel_failure_is_an_error_reply_then_it_recovers() -> None:
+    async def scenario(client: Client, h: Harness) -> None:
+        h.kernel.fail = True
+        reply = await client.ask(ANSWER)
+        assert reply is not None and reply.startswith(b"IPT1 7 ERR the kernel refused")
+        assert b"test failure" in reply
+        h.kernel.fail = False
+        assert await client.ask(ANSWER) == b"IPT1 7 120\n"
+
+    serve(scenario)
+
+
+def test_token() -> None:
+    async def scenario(client: Client, h: Harness) -> None:
+        for wrong in (b"", b"s3cret-tokem", b"s3cret-token ", b"Bearer s3cret-token"):
+            reply = await client.ask(ANSWER.replace(b"s3cret-token", wrong, 1))
+            assert reply == b"IPT1 7 ERR a valid token is required on the second line\n"
+        assert await client.ask(ANSWER) == b"IPT1 7 120\n"
+
+    h = serve(scenario)
+    assert h.router.answers == 1
+
+
+def test_no_token_configured_needs_none() -> None:
+    async def scenario(client: Client, h: Harness) -> None:
+        assert await client.ask(ANSWER.replace(b"s3cret-token", b"", 1)) == b"IPT1 7 120\n"
+        assert await client.ask(ANSWER) == b"IPT1 7 120\n"  # one given anyway: ignored
+
+    serve(scenario, token=None)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected_id", "expected"),
+    [
+        (b"", "-", "expected 4 lines"),
+        (b"IPT1 7 60\n\nexample.com\n192.0.2.1", "-", "expected 4 lines"),
+        (b"IPT1 7 60\n\nexample.com\n192.0.2.1\n\n", "-", "expected 4 lines"),
+        (b"IPT1 7 60\r\n\r\nexample.com\r\n192.0.2.1\r\n", "7", "ttl must be"),
+        (b"IPT2 7 60\n\nexample.com\n192.0.2.1\n", "-", "the first line"),
+        (b"IPT1 7\n\nexample.com\n192.0.2.1\n", "-", "the first line"),
+        (b"IPT1 7 60 1\n\nexample.com\n192.0.2.1\n", "-", "the first line"),
+        (b"IPT1 -7 60\n\nexample.com\n192.0.2.1\n", "-", "the id must be"),
+        (b"IPT1 x 60\n\nexample.com\n192.0.2.1\n", "-", "the id must be"),
+        (b"IPT1 99999999999999999999 60\n\nexample.com\n192.0.2.1\n", "-", "the id must be"),
+        (b"IPT1 \xd9\xa3 60\n\nexample.com\n192.0.2.1\n", "-", "not ASCII"),
+        (b"IPT1 7 -1\n\nexample.com\n192.0.2.1\n", "7", "ttl must be"),
+        (b"IPT1 7 2147483648\n\nexample.com\n192.0.2.1\n", "7", "ttl must be"),
+        (b"IPT1 7 1.5\n\nexample.com\n192.0.2.1\n", "7", "ttl must be"),
+        (b"IPT1 7 \n\nexample.com\n192.0.2.1\n", "7", "ttl must be"),
+        (b"IPT1 7 60\n\n\n192.0.2.1\n", "7", "not a DNS name"),
+        (b"IPT1 7 60\n\n.\n192.0.2.1\n", "7", "not a DNS name"),
+        (b"IPT1 7 60\n\nexample.com  cdn.net\n192.0.2.1\n", "7", "not a DNS name"),
+        (b"IPT1 7 60\n\na\tb.com\n192.0.2.1\n", "7", "not a DNS name"),
+        (b"IPT1 7 60\n\n" + b"a" * 300 + b"\n192.0.2.1\n", "7", "not a DNS name"),
+        (b"IPT1 7 60\n\n" + b"x.net " * 17 + b"x.net\n192.0.2.1\n", "7", "chain has more"),
+        (b"IPT1 7 60\n\nexample.com\n\n", "7", "not an IP"),
+        (b"IPT1 7 60\n\nexample.com\n300.1.1.1\n", "7", "not an IP"),
+        (b"IPT1 7 60\n\nexample.com\n192.0.2.0/24\n", "7", "not an IP"),
+        (b"IPT1 7 60\n\nexample.com\n192.0.2.1  192.0.2.2\n", "7", "not an IP"),
+        (b"IPT1 7 60\n\nexample.com\n" + b"192.0.2.1 " * 512 + b"192.0.2.1\n", "7", "more than"),
+        (b"\xff\xfe\x00garbage", "-", "not ASCII"),
+        (b"x" * (MAX_DATAGRAM + 1), "-", "larger than"),
+    ],
+    ids=lambda value: value[:24].decode("ascii", "replace") if isinstance(value, bytes) else value,
+)
+def test_bad_datagrams_get_an_error_naming_the_problem(
+    data: bytes, expected_id: str, expected: str
+) -> None:
+    with pytest.raises(BadDatagram, match=expected) as raised:
+        parse_request(data, None)
+    assert raised.value.request_id == expected_id
+
+    async def scenario(client: Client, h: Harness) -> None:
+        reply = await client.ask(data)
+        assert reply is not None
+        assert reply.startswith(f"IPT1 {expected_id} ERR ".encode()), reply
+        assert expected.encode() in reply
+        assert await client.ask(ANSWER.replace(b"s3cret-token", b"", 1)) == b"IPT1 7 120\n"
+
+    h = serve(scenario, token=None)
+    assert h.router.answers == 1  # the good one after it
+
+
+def test_error_replies_are_one_short_ascii_line() -> None:
+    reply = format_error("3", "bad \n\x00 é" + "x" * 1000)
+    assert reply.startswith(b"IPT1 3 ERR bad ?? ?") and reply.endswith(b"\n")
+    assert reply.count(b"\n") == 1 and len(reply) < 512  # the recursor reads 512 bytes
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2048) | st.text(max_size=300).map(lambda t: t.encode()))
+def test_any_datagram_is_rejected_or_parsed_never_crashes(data: bytes) -> None:
+    try:
+        request = parse_request(data, TOKEN)
+    except BadDatagram as e:
+        assert str(e)
+        assert e.request_id == "-" or e.request_id.isdigit()
+    else:
+        assert request.names and request.addresses
+
+
+def test_many_answers_at_once_all_get_their_own_reply() -> None:
+    async def scenario(client: Client, h: Harness) -> None:
+        clients = [Client(client.sock.getpeername()[1]) for _ in range(50)]
+        try:
+            replies = await asyncio.gather(
+                *(
+                    c.ask(f"IPT1 {i} 60\n{TOKEN}\nhost{i}.example.com.\n198.51.100.{i}\n".encode())
+                    for i, c in enumerate(clients)
+                )
+            )
+        finally:
+            for c in clients:
+                c.sock.close()
+        assert replies == [f"IPT1 {i} 60\n".encode() for i in range(50)]
+
+    h = serve(scenario)
+    assert len(h.kernel.applied) == 50
+
+
+def test_the_daemon_listens_on_the_api_port_over_udp(tmp_path: Path) -> None:
+    """``iptserver run --api ADDR:PORT`` serves the plugin's datagrams on UDP ADDR:PORT,
+    and stops when the API does."""
+    from iptserver.daemon import Daemon, Options
+    from iptserver.dataplane.plan import plan
+    from iptserver.policy import Policy
+    from iptserver.router import Router, State
+    from iptserver.schema import parse_schema
+    from tests.api.test_api import FakeProxy
+
+    loaded = parse_schema(SCHEMA, "api-test.yaml")
+    state = State(Policy(loaded.schema), plan(loaded.schema, {}), loaded)
+
+    async def main() -> None:
+        endpoint = (ipaddress.ip_address("127.0.0.1"), 0)
+        daemon = Daemon(Options(config=tmp_path / "s.yaml", api=endpoint))
+        daemon._router = Router(state, None)
+        proxy: Any = FakeProxy()
+        runner = await daemon._start_api(loaded.schema, proxy)
+        assert runner is not None
+        port = runner.addresses[0][1]
+        client = Client(port)
+        try:
+            assert await client.ask(ANSWER) == b"IPT1 7 120\n"
+        finally:
+            await runner.cleanup()
+        assert await client.ask(ANSWER, timeout=0.5) is None  # closed with the API
+        client.sock.close()
+
+    asyncio.run(main())
