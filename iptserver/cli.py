@@ -156,6 +156,16 @@ def _parser() -> argparse.ArgumentParser:
         "--out-dir", metavar="DIR", type=Path, help="write the files here (default: print)"
     )
     recursor.set_defaults(handler=_render_recursor)
+    frr = render_sub.add_parser("frr", help="FRR configs (OSPF over the tunnels) per node")
+    frr.add_argument("schema", metavar="SCHEMA", type=Path)
+    frr.add_argument("--node", help="only this node's files")
+    frr.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        help="write DIR/NODE/frr.conf and daemons (default: print)",
+    )
+    frr.set_defaults(handler=_render_frr)
     wireguard = render_sub.add_parser("wireguard", help="wg-quick configs for the mesh's nodes")
     wireguard.add_argument("schema", metavar="SCHEMA", type=Path)
     _mesh_render_options(wireguard)
@@ -371,6 +381,12 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(text, strict=False)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _render_frr(args: argparse.Namespace) -> int:
+    from iptserver.render.frr_command import render_frr_command
+
+    return render_frr_command(args.schema, args.node, args.out)
 
 
 def _render_compose(args: argparse.Namespace) -> int:

@@ -76,9 +76,12 @@ def _ensure_jumps(
             rule.in_interface = interface
             rule.create_target(target)
             chain.insert_rule(rule)
-    for rule in chain.rules:  # interfaces no longer in the schema
-        if rule.target.name == target and rule.in_interface not in ingress:
-            chain.delete_rule(rule)
+    # Interfaces no longer in the schema, one at a time: a deletion makes the handles of
+    # the rules read before it stale (the second of two then fails "No chain/target").
+    while stale := [
+        r for r in chain.rules if r.target.name == target and r.in_interface not in ingress
+    ]:
+        chain.delete_rule(stale[0])
 
 
 def install(plan: KernelPlan, dns_port: int | None) -> None:

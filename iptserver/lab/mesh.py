@@ -1,0 +1,398 @@
+"""The mesh lab: the lab plus an office behind its own WireGuard tunnel to the entry.
+
+```
+client ──(ingress)── entry ══wg══ uk/ru/us ──┐
+                       ║ └──(uplink)─────────┼── internet
+officehost ──(lan)── office ──(uplink)───────┘
+                       ╚══wg══ entry
+```
+
+Unlike ``Lab``, a ``MeshLab`` configures no tunnel itself: it starts wireguard-go for
+every tunnel interface and leaves them empty, so the tunnels and the routing over them
+come only from ``iptserver render`` output (``apply_wireguard`` takes a wg-quick config,
+``start_frr`` an FRR config). ``mesh_schema`` is the mesh part of a schema that fits
+this lab (its interface names carry the lab id). Each node's default route is its own
+uplink: what goes through the tunnels is what OSPF teaches.
+
+The office masquerades what leaves its uplink (seen by the far side as "office"); the
+office LAN and the client network reach each other unmasqueraded, through the entry.
+Whoami servers in ``client`` and ``officehost`` (port ``LAN_WHOAMI_PORT``) show the
+source address that arrived. Opt-in: the plain ``Lab`` builds none of this.
+"""
+
+from __future__ import annotations
+
+import configparser
+import functools
+import ipaddress
+import os
+import socket
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from iptserver.lab.addresses import EXIT_NAMES, TUNNELS, UPLINKS
+from iptserver.lab.errors import LabError
+from iptserver.lab.frr import Frr, remove_instance
+from iptserver.lab.state import wg_socket
+from iptserver.lab.topology import NODES, POLL, UPLINK, Lab, _parallel
+
+OFFICE_NODES = ("office", "officehost")
+OFFICE_UPLINK = ("198.18.9.1", "198.18.9.2")  # office side, internet side; /30
+OFFICE_LAN = ("10.88.0.1", "10.88.0.2")  # office router, officehost; /24
+OFFICE_SUBNET = ipaddress.ip_network("10.88.0.0/24")
+CLIENT_SUBNET = ipaddress.ip_network("10.77.1.0/24")
+OFFICE_TUNNEL = ipaddress.ip_network("10.9.9.0/30")  # entry gets .1, office .2
+OFFICE_PORT = 51830  # the entry listens for the office here
+EXIT_PORT = 51820  # each exit listens for the entry here
+LAN = "lan"  # the office's and officehost's veth ends
+LAN_WHOAMI_PORT = 8000
+ROUTER_IDS = {"entry": "10.255.0.1", "uk": "10.255.0.11", "ru": "10.255.0.12", "us": "10.255.0.13"}
+ROUTER_IDS["office"] = "10.255.0.20"
+
+
+class MeshLab(Lab):
+    """``with MeshLab() as lab:`` the lab's nodes plus ``office`` and ``officehost``."""
+
+    nodes = (*NODES, *OFFICE_NODES)
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._frr: dict[str, Frr] = {}
+
+    # -- names ----------------------------------------------------------------------
+
+    def office_interface(self, side: str = "entry") -> str:
+        """The office tunnel's interface on the entry (``wg<id>of``) or the office."""
+        if side not in ("entry", "office"):
+            raise LabError(f"the office tunnel has sides entry and office, not {side!r}")
+        return f"{'wg' if side == 'entry' else 'wx'}{self.id}of"
+
+    @property
+    def wg_interfaces(self) -> list[str]:
+        return [
+            *super().wg_interfaces,
+            self.office_interface("entry"),
+            self.office_interface("office"),
+        ]
+
+    def tunnel_ends(self) -> dict[str, str]:
+        """Interface -> the node it lives on, for every tunnel end of the lab."""
+        ends = {self.office_interface("entry"): "entry", self.office_interface("office"): "office"}
+        for exit_name in EXIT_NAMES:
+            ends[self.wg_interface(exit_name, "entry")] = "entry"
+            ends[self.wg_interface(exit_name, "exit")] = exit_name
+        return ends
+
+    def mesh_schema(self) -> str:
+        """The ``nodes:`` and ``tunnels:`` of a schema that fits this lab."""
+        lines = ["nodes:"]
+        lines.append(
+            f"  entry: {{entry: true, endpoint: {UPLINKS['entry'][0][0]}, "
+            f"subnets: [{CLIENT_SUBNET}], router_id: {ROUTER_IDS['entry']}}}"
+        )
+        for exit_name in EXIT_NAMES:
+            lines.append(
+                f"  {exit_name}: {{endpoint: {UPLINKS[exit_name][0][0]}, "
+                f"router_id: {ROUTER_IDS[exit_name]}}}"
+            )
+        lines.append(
+            f"  office: {{endpoint: {OFFICE_UPLINK[0]}, subnets: [{OFFICE_SUBNET}], "
+            f"router_id: {ROUTER_IDS['office']}}}"
+        )
+        lines.append("tunnels:")
+        for exit_name in EXIT_NAMES:
+            (entry4, _), _ = TUNNELS[exit_name]
+            subnet = ipaddress.ip_network(f"{entry4}/30", strict=False)
+            lines += [
+                f"  {exit_name}_link:",
+                f"    subnet: {subnet}",
+                "    hosts:",
+                f"      entry: {{interface: {self.wg_interface(exit_name, 'entry')}}}",
+                f"      {exit_name}: {{interface: {self.wg_interface(exit_name, 'exit')}, "
+                f"expose: {EXIT_PORT}}}",
+            ]
+        lines += [
+            "  office_link:",
+            f"    subnet: {OFFICE_TUNNEL}",
+            "    hosts:",
+            f"      entry: {{interface: {self.office_interface('entry')}, expose: {OFFICE_PORT}}}",
+            f"      office: {{interface: {self.office_interface('office')}}}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    # -- configuring it from rendered files ---------------------------------------------
+
+    def apply_wireguard(self, node: str, interface: str, config: str) -> None:
+        """Configure a tunnel end from a wg-quick config, as ``wg-quick up`` would with
+        ``Table = off``: ``wg setconf`` with the stripped config, its Address, link up.
+        PostUp/PostDown hooks are not run (the lab masquerades on its own)."""
+        if self.tunnel_ends().get(interface) != node:
+            raise LabError(f"{interface} is no tunnel end of {node} in lab {self.id}")
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        try:
+            parser.read_string(_first_section_only(config))
+        except configparser.Error as e:
+            raise LabError(f"{node}/{interface}.conf: not a wg-quick config: {e}") from e
+        table = parser.get("Interface", "Table", fallback="auto")
+        if table != "off":
+            raise LabError(
+                f"{node}/{interface}.conf: Table = {table}; the lab applies only Table = off "
+                "configs (routes come from OSPF)"
+            )
+        addresses = [
+            a.strip()
+            for a in parser.get("Interface", "Address", fallback="").split(",")
+            if a.strip()
+        ]
+        path = self.workdir / "wireguard" / node / f"{interface}.conf"
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(config)
+        stripped = self._run(["wg-quick", "strip", str(path)], "the root namespace").stdout
+        self.run(node, ["wg", "setconf", interface, "/dev/stdin"], input=stripped)
+        self.ip_batch(
+            node,
+            [f"addr replace {address} dev {interface}" for address in addresses]
+            + [f"link set {interface} up"],
+        )
+
+    def wait_tunnels(self, timeout: float | None = None) -> None:
+        """Until every tunnel end has completed a WireGuard handshake."""
+        deadline = time.monotonic() + (self.ready_timeout if timeout is None else timeout)
+        while True:
+            missing = [
+                iface
+                for iface, node in self.tunnel_ends().items()
+                if not self._handshake(node, iface)
+            ]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"no WireGuard handshake on {', '.join(missing)} in lab {self.id}")
+            time.sleep(POLL * 5)
+
+    def _handshake(self, node: str, interface: str) -> bool:
+        out = self.run(node, ["wg", "show", interface, "latest-handshakes"]).stdout
+        return any(int(line.split()[1]) for line in out.splitlines() if line.strip())
+
+    def start_frr(self, node: str, config: str) -> Frr:
+        """FRR (zebra + ospfd) on a node from an frr.conf text; stopped at teardown."""
+        if node in self._frr:
+            raise LabError(f"FRR already runs on {node}; stop_frr first")
+        frr = Frr(self, node, config)
+        frr.start()
+        self._frr[node] = frr
+        return frr
+
+    def stop_frr(self, node: str) -> None:
+        frr = self._frr.pop(node, None)
+        if frr is not None:
+            frr.stop()
+
+    def frr(self, node: str) -> Frr:
+        try:
+            return self._frr[node]
+        except KeyError:
+            raise LabError(f"FRR does not run on {node}") from None
+
+    # -- probes ---------------------------------------------------------------------
+
+    def whoami(self, node: str, address: str, port: int = 80, *, timeout: float = 3.0) -> str:
+        """As ``Lab.whoami``, and "office" for what left by the office's own uplink."""
+        body = self.seen(node, address, port, timeout=timeout)
+        if body["seen"] == OFFICE_UPLINK[0]:
+            return "office"
+        return super().whoami(node, address, port, timeout=timeout)
+
+    # -- building -------------------------------------------------------------------
+
+    def _build(self) -> None:
+        _parallel(functools.partial(self._make_namespace, n) for n in self.nodes)
+        servers = self._start_servers()
+        for node in ("client", "officehost"):
+            ready = self.workdir / f"whoami-{node}.ready"
+            argv = [
+                self.python,
+                "-m",
+                "iptserver.lab.whoami",
+                "--port",
+                str(LAN_WHOAMI_PORT),
+                "--ready-file",
+                str(ready),
+            ]
+            servers[ready] = self.spawn(node, argv, name="whoami", env=self._env())
+        env = {**os.environ, "LOG_LEVEL": "verbose"}
+        wireguard = {
+            iface: self.spawn(node, ["wireguard-go", "-f", iface], name=iface, env=env)
+            for iface, node in self.tunnel_ends().items()
+        }
+        self._wire()
+        self._wire_office()
+        _parallel(functools.partial(self._configure, n) for n in self.nodes)
+        for iface, proc in wireguard.items():
+            sock = wg_socket(iface)
+            self._wait_for(f"{sock} (wireguard-go)", sock.exists, [proc])
+        self._wait_servers(servers)
+
+    def _sysctls(self, node: str) -> dict[str, int]:
+        values = super()._sysctls(node)
+        if node == "office":
+            values |= {
+                "net/ipv4/ip_forward": 1,
+                "net/ipv6/conf/all/forwarding": 1,
+                "net/ipv6/conf/default/forwarding": 1,
+            }
+        return values
+
+    def _wire_office(self) -> None:
+        self.ip_batch(
+            "internet",
+            [f"link add up-office type veth peer name {UPLINK} netns {self.ns('office')}"],
+        )
+        self.ip_batch(
+            "office", [f"link add {LAN} type veth peer name {LAN} netns {self.ns('officehost')}"]
+        )
+
+    def _configure(self, node: str) -> None:
+        if node not in OFFICE_NODES:
+            super()._configure(node)
+        if node == "internet":
+            self.ip_batch(
+                "internet",
+                ["link set up-office up", f"addr add {OFFICE_UPLINK[1]}/30 dev up-office"],
+            )
+        elif node == "office":
+            self.ip_batch(
+                "office",
+                [
+                    "link set lo up",
+                    f"link set {UPLINK} up",
+                    f"addr add {OFFICE_UPLINK[0]}/30 dev {UPLINK}",
+                    f"route add default via {OFFICE_UPLINK[1]}",
+                    f"link set {LAN} up",
+                    f"addr add {OFFICE_LAN[0]}/{OFFICE_SUBNET.prefixlen} dev {LAN}",
+                ],
+            )
+            rule = ["-w", "-t", "nat", "-A", "POSTROUTING", "-o", UPLINK, "-j", "MASQUERADE"]
+            self.run("office", ["iptables", *rule])
+        elif node == "officehost":
+            self.ip_batch(
+                "officehost",
+                [
+                    "link set lo up",
+                    f"link set {LAN} up",
+                    f"addr add {OFFICE_LAN[1]}/{OFFICE_SUBNET.prefixlen} dev {LAN}",
+                    f"route add default via {OFFICE_LAN[0]}",
+                ],
+            )
+
+    # -- teardown -------------------------------------------------------------------
+
+    def close(self) -> list[str]:
+        problems = []
+        for node in list(self._frr):
+            try:
+                self.stop_frr(node)
+            except (LabError, OSError, subprocess.SubprocessError) as e:
+                problems.append(f"FRR on {node}: {e}")
+        if self._id is not None:
+            for node in self.nodes:  # also instances whose start failed half-way
+                remove_instance(self.ns(node))
+        return problems + super().close()
+
+
+def _first_section_only(config: str) -> str:
+    """The [Interface] section of a wg-quick config (configparser rejects repeated
+    [Peer] sections, and only the interface's settings are read here)."""
+    lines = []
+    for line in config.splitlines():
+        if line.strip().startswith("[") and line.strip() != "[Interface]":
+            break
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def read_rendered(directory: Path) -> dict[tuple[str, str], str]:
+    """Files an ``iptserver render ... --out DIR`` wrote: (node, file name) -> text."""
+    found = {}
+    for path in sorted(directory.glob("*/*")):
+        if path.is_file():
+            found[(path.parent.name, path.name)] = path.read_text(encoding="utf-8")
+    return found
+
+
+RTMGRP_IPV4_ROUTE = 0x40
+RTM_NEWROUTE = 24
+RTA_DST = 1
+NLMSG_HEADER = struct.Struct("=IHHII")
+RTMSG = struct.Struct("=BBBBBBBBI")
+RTATTR = struct.Struct("=HH")
+
+
+class RouteWatch:
+    """When a host route appears in a node's kernel, timed as the event arrives.
+
+    A netlink socket inside the node's namespace, subscribed to IPv4 route events before
+    the action under test, read by a thread that notes the moment the route for
+    ``address`` is added (polling ``ip route`` would measure the polling instead).
+    """
+
+    def __init__(self, lab: Lab, node: str, address: str) -> None:
+        self.address = ipaddress.IPv4Address(address)
+        self.seen_at: float | None = None
+        self._found = threading.Event()
+        self._sock = lab.socket(node, socket.AF_NETLINK, socket.SOCK_RAW)
+        self._sock.bind((0, RTMGRP_IPV4_ROUTE))
+        self._sock.settimeout(0.2)
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, name=f"routewatch-{node}", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop and not self._found.is_set():
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            if self._adds_route(data):
+                self.seen_at = now
+                self._found.set()
+
+    def _adds_route(self, data: bytes) -> bool:
+        offset = 0
+        while offset + NLMSG_HEADER.size <= len(data):
+            length, kind, _, _, _ = NLMSG_HEADER.unpack_from(data, offset)
+            if length < NLMSG_HEADER.size:
+                return False
+            body = offset + NLMSG_HEADER.size
+            if kind == RTM_NEWROUTE and RTMSG.unpack_from(data, body)[1] == 32:
+                attr = body + RTMSG.size
+                while attr + RTATTR.size <= offset + length:
+                    size, attr_type = RTATTR.unpack_from(data, attr)
+                    if size < RTATTR.size:
+                        break
+                    value = data[attr + RTATTR.size : attr + size]
+                    if attr_type == RTA_DST and value == self.address.packed:
+                        return True
+                    attr += (size + 3) & ~3
+            offset += (length + 3) & ~3
+        return False
+
+    def wait(self, timeout: float) -> float | None:
+        """The monotonic time the route appeared, or None if it did not in ``timeout``."""
+        self._found.wait(timeout)
+        return self.seen_at
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join()
+        self._sock.close()

@@ -1,0 +1,216 @@
+"""The mesh: the office behind its own tunnel, OSPF over every tunnel, DNS-learned routes.
+
+The mesh lab's tunnels and routing come only from ``iptserver render wireguard`` and
+``iptserver render frr`` output (real wireguard-go, real FRR zebra + ospfd per node).
+Tests prove reachability by what the far side saw.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from iptserver.cli import main
+from iptserver.lab.entry import ENTRY_DNS, start_iptserver, stop_iptserver
+from iptserver.lab.mesh import (
+    LAN_WHOAMI_PORT,
+    OFFICE_LAN,
+    OFFICE_TUNNEL,
+    MeshLab,
+    RouteWatch,
+    read_rendered,
+)
+from iptserver.lab.zones import synthetic
+from tests.conftest import REPO
+
+EXPORT_TABLE = 200
+ROUTED_NAME = "news.gov.uk"  # 203.0.113.60: a domain rule sends it to uk
+ROUTED_IP = "203.0.113.60"
+BESIDE_IP = "203.0.113.61"  # no rule, never resolved: the office goes direct
+CLIENT_IP = "10.77.1.2"
+OFFICEHOST_IP = OFFICE_LAN[1]
+CONVERGENCE_RUNS = 5
+ARTIFACT = REPO / "artifacts" / "convergence.txt"
+# A REDIRECT sends a query to the address of the interface it arrived on: the proxy
+# listens on the entry's end of the office tunnel too.
+OFFICE_TUNNEL_ENTRY = next(OFFICE_TUNNEL.hosts())
+
+
+def schema_text(lab: MeshLab) -> str:
+    return f"""\
+exits:
+  uk: {{interface: {lab.wg_interface("uk")}}}
+  ru: {{interface: {lab.wg_interface("ru")}}}
+  us: {{interface: {lab.wg_interface("us")}}}
+  direct: {{interface: _DEFAULT}}
+ingress: [{lab.ingress}, {lab.office_interface("entry")}]
+dns:
+  listen: ["{ENTRY_DNS}:53", "{OFFICE_TUNNEL_ENTRY}:53"]
+  upstream: ["203.0.113.53:53"]
+kernel: {{export_table: {EXPORT_TABLE}}}
+rules:
+  - {{exit: uk, domains: [gov.uk]}}
+  - {{exit: ru, domains: [bench.ru]}}
+""" + lab.mesh_schema()
+
+
+@dataclass
+class Mesh:
+    lab: MeshLab
+    schema: Path
+    rendered: Path
+
+
+def render(schema: Path, what: str, out: Path, *extra: str) -> dict[tuple[str, str], str]:
+    assert main(["render", what, str(schema), "--out", str(out), *extra]) == 0
+    return read_rendered(out)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """The mesh lab, its tunnels and FRR configured from rendered files only."""
+    work = tmp_path_factory.mktemp("mesh")
+    with MeshLab() as lab:
+        schema = work / "mesh.yaml"
+        schema.write_text(schema_text(lab), encoding="utf-8")
+        state = ["--state-dir", str(work / "state")]
+        for (node, name), text in render(schema, "wireguard", work / "wireguard", *state).items():
+            lab.apply_wireguard(node, name.removesuffix(".conf"), text)
+        lab.wait_tunnels()
+        for (node, name), text in render(schema, "frr", work / "frr").items():
+            if name == "frr.conf":
+                lab.start_frr(node, text)
+        yield Mesh(lab, schema, work)
+
+
+def test_ospf_adjacencies_reach_full_on_every_tunnel(mesh: Mesh) -> None:
+    lab = mesh.lab
+    entry = lab.frr("entry").wait_full(4)
+    assert {(n.interface, n.router_id) for n in entry} == {
+        (lab.wg_interface("uk"), "10.255.0.11"),
+        (lab.wg_interface("ru"), "10.255.0.12"),
+        (lab.wg_interface("us"), "10.255.0.13"),
+        (lab.office_interface("entry"), "10.255.0.20"),
+    }
+    for node, iface in [
+        *((e, lab.wg_interface(e, "exit")) for e in ("uk", "ru", "us")),
+        ("office", lab.office_interface("office")),
+    ]:
+        (neighbor,) = lab.frr(node).wait_full(1)
+        assert (neighbor.interface, neighbor.router_id) == (iface, "10.255.0.1")
+
+
+def test_the_office_and_the_exits_learn_the_mesh_subnets_over_ospf(mesh: Mesh) -> None:
+    lab = mesh.lab
+    lab.frr("office").wait_full(1)
+    office = lab.frr("office").routes("ospf")
+    assert office[ipaddress.IPv4Network("10.77.1.0/24")] == [lab.office_interface("office")]
+    for exit_name in ("uk", "ru", "us"):
+        lab.frr(exit_name).wait_full(1)
+        learned = lab.frr(exit_name).routes("ospf")
+        assert learned[ipaddress.IPv4Network("10.88.0.0/24")] == [
+            lab.wg_interface(exit_name, "exit")
+        ]
+
+
+def test_office_lan_and_client_network_reach_each_other_without_nat(mesh: Mesh) -> None:
+    lab = mesh.lab
+    lab.frr("office").wait_full(1)
+    assert lab.seen("client", OFFICEHOST_IP, LAN_WHOAMI_PORT)["seen"] == CLIENT_IP
+    assert lab.seen("officehost", CLIENT_IP, LAN_WHOAMI_PORT)["seen"] == OFFICEHOST_IP
+
+
+def test_rendered_files_pass_vtysh_dryrun(mesh: Mesh) -> None:
+    from iptserver.lab.frr import dry_run
+
+    for path in sorted((mesh.rendered / "frr").glob("*/frr.conf")):
+        valid, said = dry_run(path)
+        assert valid, f"{path}: {said}"
+
+
+def test_a_route_learned_from_dns_reaches_the_office_and_its_first_connection_takes_the_exit(
+    mesh: Mesh, lab_mmdb: Path
+) -> None:
+    lab = mesh.lab
+    lab.frr("office").wait_full(1)
+    # Before any answer the office goes out of its own uplink.
+    assert lab.whoami("officehost", BESIDE_IP) == "office"
+    assert not lab.run("office", ["ip", "route", "show", ROUTED_IP]).stdout.strip()
+    running = start_iptserver(lab, mesh.schema, lab_mmdb)
+    try:
+        watch = RouteWatch(lab, "office", ROUTED_IP)
+        try:
+            answer = lab.resolve("officehost", ROUTED_NAME, server=ENTRY_DNS)
+            assert [value for _, kind, value, _ in answer if kind == "A"] == [ROUTED_IP]
+            assert watch.wait(10) is not None, "the learned route never reached the office"
+        finally:
+            watch.close()
+        route = lab.run("office", ["ip", "route", "show", ROUTED_IP]).stdout
+        assert f"dev {lab.office_interface('office')} proto ospf" in route, route
+        # The exit the route points at does not take it back.
+        assert not lab.run("uk", ["ip", "route", "show", ROUTED_IP]).stdout.strip()
+        assert lab.whoami("officehost", ROUTED_IP) == "uk"
+        assert lab.whoami("officehost", BESIDE_IP) == "office"
+    finally:
+        code = stop_iptserver(running)
+    assert code == 0, running.log
+    # A stopped iptserver takes its exported routes with it, and OSPF withdraws them.
+    deadline = time.monotonic() + 10
+    while lab.run("office", ["ip", "route", "show", ROUTED_IP]).stdout.strip():
+        assert time.monotonic() < deadline, "the office kept the route after iptserver stopped"
+        time.sleep(0.05)
+
+
+def _bench_names(count: int) -> list[tuple[str, str]]:
+    """Names of the synthetic zone with distinct addresses: (name, address)."""
+    found: dict[str, str] = {}
+    n = 0
+    while len(found) < count:
+        name = f"conv{n}.bench.ru"
+        (record,) = synthetic(name)
+        found.setdefault(record.value, name)
+        n += 1
+    return [(name, address) for address, name in found.items()]
+
+
+def test_convergence_from_dns_answer_to_route_at_the_office(mesh: Mesh, lab_mmdb: Path) -> None:
+    """Measured, not asserted against a threshold: written to artifacts/convergence.txt."""
+    lab = mesh.lab
+    lab.frr("office").wait_full(1)
+    running = start_iptserver(lab, mesh.schema, lab_mmdb)
+    rows = []
+    try:
+        for name, address in _bench_names(CONVERGENCE_RUNS):
+            watch = RouteWatch(lab, "office", address)
+            try:
+                sent = time.monotonic()
+                answer = lab.resolve("officehost", name, server=ENTRY_DNS)
+                answered = time.monotonic()
+                assert [v for _, kind, v, _ in answer if kind == "A"] == [address]
+                seen = watch.wait(10)
+            finally:
+                watch.close()
+            assert seen is not None, f"{address} ({name}) never reached the office"
+            rows.append((name, address, answered - sent, seen - answered, seen - sent))
+            assert lab.whoami("officehost", address) == "ru"
+    finally:
+        code = stop_iptserver(running)
+    assert code == 0, running.log
+    lines = [
+        "# DNS answer -> learned route at the office (OSPF from the entry), mesh lab",
+        "# name address query_ms answer_to_route_ms query_to_route_ms",
+        *(
+            f"{name} {address} {q * 1000:.1f} {a * 1000:.1f} {t * 1000:.1f}"
+            for name, address, q, a, t in rows
+        ),
+    ]
+    worst = max(row[3] for row in rows)
+    lines.append(f"# worst answer_to_route_ms {worst * 1000:.1f} over {len(rows)} runs")
+    ARTIFACT.parent.mkdir(exist_ok=True)
+    ARTIFACT.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
