@@ -179,6 +179,11 @@ def _parser() -> argparse.ArgumentParser:
         "--qr", action="store_true", help="show each config as a QR code (it holds the key)"
     )
     clients.set_defaults(handler=_render_clients)
+    routeros = render_sub.add_parser("routeros", help="RouterOS v7 scripts for a MikroTik node")
+    routeros.add_argument("schema", metavar="SCHEMA", type=Path)
+    _mesh_render_options(routeros)
+    routeros.add_argument("--node", required=True, help="the node (mikrotik: true)")
+    routeros.set_defaults(handler=_render_routeros)
     compose = render_sub.add_parser(
         "compose", help="docker compose override: iptserver as sidecars of a service"
     )
@@ -390,12 +395,15 @@ def _render_frr(args: argparse.Namespace) -> int:
 
 
 def _render_compose(args: argparse.Namespace) -> int:
+    from iptserver.mesh.topology import mesh_of
     from iptserver.render.compose import (
         ComposeError,
         ComposeSettings,
+        exposed_ports,
         read_compose,
         render_override,
     )
+    from iptserver.schema import load_schema
 
     settings = ComposeSettings(
         service=args.service,
@@ -411,7 +419,9 @@ def _render_compose(args: argparse.Namespace) -> int:
     try:
         if args.output is not None and args.output.resolve() == args.compose_file.resolve():
             raise ComposeError(f"{args.output}: the override must not replace the compose file")
-        text = render_override(read_compose(args.compose_file), settings, str(args.compose_file))
+        user = read_compose(args.compose_file)
+        ports = exposed_ports(mesh_of(load_schema(args.config).schema), args.service)
+        text = render_override(user, settings, str(args.compose_file), ports)
     except ComposeError as e:
         print(f"iptserver render compose: {e}", file=sys.stderr)
         return 1
@@ -450,6 +460,12 @@ def _render_clients(args: argparse.Namespace) -> int:
     return render_clients_command(
         args.schema, args.state_dir, args.client, args.out, args.qr, args.show_keys
     )
+
+
+def _render_routeros(args: argparse.Namespace) -> int:
+    from iptserver.render.mesh_command import render_routeros_command
+
+    return render_routeros_command(args.schema, args.state_dir, args.node, args.out, args.show_keys)
 
 
 def _geoip_update(args: argparse.Namespace) -> int:

@@ -11,6 +11,9 @@ interfaces, its routes and its clients:
   clients on port 53 (the daemon installs no redirect when its proxy is on loopback);
 * ``iptserver-frr``: zebra and ospfd with the FRR configuration mounted from the host.
 
+As in MRVPN2, the tunnel ends the schema places in the service (``compose_service``) listen
+on the service's address, so the override also publishes their UDP ports on that service.
+
 ``render_override`` is pure (a parsed compose file and settings in, YAML text out; same
 input, same bytes). ``read_compose`` is the one place that reads the user's file; it is
 never written.
@@ -27,6 +30,7 @@ from typing import Any
 import yaml
 
 from iptserver.errors import IptserverError
+from iptserver.mesh.topology import Mesh
 from iptserver.schema.values import Endpoint, format_endpoint
 
 DEFAULT_IMAGE = "iptserver:latest"
@@ -81,8 +85,25 @@ def read_compose(path: Path) -> dict[str, Any]:
     return data
 
 
-def render_override(user: Mapping[str, Any], settings: ComposeSettings, source: str) -> str:
-    """The override file's text, for the user's parsed compose file (named ``source``)."""
+def exposed_ports(mesh: Mesh, service: str) -> tuple[int, ...]:
+    """The UDP ports of the tunnel ends that run in ``service``, sorted."""
+    return tuple(
+        sorted(
+            {
+                link.listen_port
+                for node in mesh.nodes.values()
+                for link in node.links
+                if link.compose_service == service and link.listen_port is not None
+            }
+        )
+    )
+
+
+def render_override(
+    user: Mapping[str, Any], settings: ComposeSettings, source: str, ports: tuple[int, ...] = ()
+) -> str:
+    """The override file's text, for the user's parsed compose file (named ``source``);
+    ``ports`` are the UDP ports to publish on the service (``exposed_ports``)."""
     services = user.get("services")
     if not isinstance(services, dict) or not services:
         raise ComposeError(f"{source}: services: no services in the compose file")
@@ -97,6 +118,8 @@ def render_override(user: Mapping[str, Any], settings: ComposeSettings, source: 
             f"{source}: services: {', '.join(taken)} already defined; the sidecars use these names"
         )
     override: dict[str, Any] = {"services": _sidecars(settings)}
+    if ports:  # merged into the user's service by compose (its own ports are kept)
+        override["services"][settings.service] = {"ports": [f"{p}:{p}/udp" for p in ports]}
     if "version" in user:  # compose v1 refuses files of different versions
         override["version"] = str(user["version"])
     header = (
@@ -125,7 +148,7 @@ def _sidecars(settings: ComposeSettings) -> dict[str, Any]:
         "--listen",
         PROXY,
         "--upstream",
-        f"127.0.0.1:{settings.dns_listen[1]}",
+        format_endpoint(_reachable(settings.dns_listen)),
     ]
     volumes = [schema_mount, state_mount]
     if settings.geoip is not None:
@@ -170,3 +193,12 @@ def _sidecars(settings: ComposeSettings) -> dict[str, Any]:
             "healthcheck": {"test": ["CMD", "iptserver-sidecar", "health", "frr"], **HEALTH},
         },
     }
+
+
+def _reachable(listen: Endpoint) -> Endpoint:
+    """Where a process in the namespace reaches a server listening on ``listen``."""
+    address, port = listen
+    if address.is_unspecified:
+        loopback = "127.0.0.1" if address.version == 4 else "::1"
+        return (ipaddress.ip_address(loopback), port)
+    return listen

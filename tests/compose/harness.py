@@ -86,7 +86,7 @@ class Dockerd:
 
 def start_dockerd(workdir: Path) -> Dockerd:
     """dockerd in a new network namespace; return once it answers."""
-    netns = f"iptsd-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}"
+    netns = f"iptdock-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
     argv = [
@@ -161,7 +161,7 @@ def rootfs_packages() -> list[str]:
     """The Dockerfile's PACKAGES, and Python: the base the Dockerfile expects."""
     match = re.search(r'^ARG PACKAGES="([^"]+)"', DOCKERFILE.read_text(), re.MULTILINE)
     if match is None:
-        raise HarnessError(f"{DOCKERFILE}: no ARG PACKAGES=\"...\" line")
+        raise HarnessError(f'{DOCKERFILE}: no ARG PACKAGES="..." line')
     return sorted({*match.group(1).split(), *ROOTFS_EXTRA})
 
 

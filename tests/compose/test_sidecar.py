@@ -1,0 +1,224 @@
+"""The compose sidecar for real: a private dockerd, the image built offline, a stand-in
+for the host service, and the override of ``iptserver render compose`` merged into it.
+
+The user's compose file has three services on a documentation-range network: ``firezone``
+(the stand-in host service, doing nothing), ``authority`` (the lab's DNS server, the
+recursor's forwarder) and ``client``. The override puts iptserver, the recursor and FRR
+in firezone's network namespace. The client asks firezone's address for names; we check
+what it got, and what the kernel of that namespace holds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from iptserver.cli import main
+from tests.compose.harness import (
+    COMPOSE,
+    Dockerd,
+    HarnessError,
+    build_context,
+    build_image,
+    rootfs_tarball,
+    run,
+    start_dockerd,
+    stop_dockerd,
+)
+
+IMAGE = "iptserver-sidecar:test"
+SERVICE = "firezone"
+HOST_ADDRESS = "192.0.2.10"  # firezone: the address the clients ask
+AUTHORITY = "192.0.2.53"
+CLIENT = "192.0.2.20"
+MARK = 0x4242
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+HEALTHY_TIMEOUT = 120.0  # health checks run every 10 s; give the three a few rounds
+
+IDLE = (
+    '["python3", "-c", "import signal, sys; '
+    'signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); signal.pause()"]'
+)
+USER_COMPOSE = f"""\
+# The user's stack: a stand-in for the host service, a DNS authority, a client.
+version: "2.4"
+networks:
+  lan:
+    ipam:
+      config:
+        - subnet: 192.0.2.0/24
+          gateway: 192.0.2.1
+services:
+  {SERVICE}:
+    image: {IMAGE}
+    command: {IDLE}
+    networks:
+      lan: {{ipv4_address: {HOST_ADDRESS}}}
+  authority:
+    image: {IMAGE}
+    command: ["python3", "-m", "iptserver.lab.authority", "--listen", "{AUTHORITY}"]
+    networks:
+      lan: {{ipv4_address: {AUTHORITY}}}
+  client:
+    image: {IMAGE}
+    command: {IDLE}
+    networks:
+      lan: {{ipv4_address: {CLIENT}}}
+"""
+SCHEMA = f"""\
+ingress: [eth0]
+mesh: [192.0.2.0/24]
+exits:
+  uk: {{interface: _DEFAULT, mark: {MARK:#x}}}
+rules:
+  - exit: uk
+    domains: [co.uk]
+"""
+FRR_CONF = f"""\
+frr defaults traditional
+hostname sidecar
+router ospf
+ ospf router-id {HOST_ADDRESS}
+ network 192.0.2.0/24 area 0
+"""
+QUERY = """\
+import sys
+from dnslib import DNSRecord
+reply = DNSRecord.parse(DNSRecord.question(sys.argv[1]).send(sys.argv[2], 53, timeout=5))
+print(" ".join(str(rr.rdata) for rr in reply.rr if rr.rtype == 1))
+"""
+
+
+@dataclass
+class Stack:
+    dockerd: Dockerd
+    files: list[Path]
+    project: str
+
+    def compose(self, *args: str, timeout: float = 300) -> str:
+        argv = [COMPOSE, "-p", self.project]
+        for path in self.files:
+            argv += ["-f", str(path)]
+        return run([*argv, *args], env=self.dockerd.env, timeout=timeout)
+
+    def exec(self, service: str, *argv: str) -> str:
+        return self.compose("exec", "-T", service, *argv, timeout=60)
+
+    def health(self, service: str) -> str:
+        container = f"{self.project}_{service}_1"
+        found: str = json.loads(
+            self.dockerd.docker("inspect", "--format", "{{json .State.Health}}", container)
+        )["Status"]
+        return found
+
+    def resolve(self, name: str) -> set[str]:
+        """The A records the client gets for ``name`` from the host service's address."""
+        return set(self.exec("client", "python3", "-c", QUERY, name, HOST_ADDRESS).split())
+
+
+@pytest.fixture(scope="module")
+def dockerd() -> Iterator[Dockerd]:
+    workdir = Path(tempfile.mkdtemp(prefix="iptserver-dockerd-", dir="/var/tmp"))
+    started = time.monotonic()
+    daemon = start_dockerd(workdir)
+    try:
+        tarball, rootfs_took = rootfs_tarball()
+        context = workdir / "context"
+        context.mkdir()
+        build_context(context)
+        build_started = time.monotonic()
+        build_image(daemon, tarball, context, IMAGE)
+        figures = (
+            f"rootfs (debootstrap): {'cached' if rootfs_took is None else f'{rootfs_took:.0f} s'}\n"
+            f"image (import + docker build): {time.monotonic() - build_started:.0f} s\n"
+            f"dockerd up to image ready: {time.monotonic() - started:.0f} s\n"
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "compose-build.txt").write_text(figures)
+        print(figures)
+        yield daemon
+    finally:
+        forced = stop_dockerd(daemon)
+        shutil.rmtree(workdir, ignore_errors=True)
+        assert not forced, f"dockerd did not stop cleanly: {forced}"
+
+
+@pytest.fixture
+def stack(dockerd: Dockerd, tmp_path: Path) -> Iterator[Stack]:
+    (tmp_path / "frr").mkdir()
+    (tmp_path / "frr" / "frr.conf").write_text(FRR_CONF)
+    (tmp_path / "state").mkdir()
+    user = tmp_path / "docker-compose.yml"
+    user.write_text(USER_COMPOSE)
+    schema = tmp_path / "schema.yaml"
+    schema.write_text(SCHEMA)
+    override = tmp_path / "iptserver.override.yml"
+    argv = ["render", "compose", "--compose-file", str(user), "--service", SERVICE]
+    argv += ["--config", str(schema), "--state-dir", str(tmp_path / "state")]
+    argv += ["--frr-dir", str(tmp_path / "frr"), "--image", IMAGE]
+    argv += ["--forward", f"{AUTHORITY}:53", "--allow-from", "192.0.2.0/24"]
+    argv += ["-o", str(override)]
+    assert main(argv) == 0
+    stack = Stack(dockerd, [user, override], "sidecar")
+    try:
+        stack.compose("up", "-d")
+        yield stack
+    finally:
+        try:
+            print(stack.compose("logs", "--no-color", "--tail=60"))
+        finally:
+            stack.compose("down", "-v", "-t", "5")
+
+
+def wait_healthy(stack: Stack, services: tuple[str, ...]) -> None:
+    deadline = time.monotonic() + HEALTHY_TIMEOUT
+    while True:
+        states = {service: stack.health(service) for service in services}
+        if all(state == "healthy" for state in states.values()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not healthy after {HEALTHY_TIMEOUT} s: {states}")
+        time.sleep(1)
+
+
+def members(stack: Stack) -> list[str]:
+    """Every member line of every ipset in the host service's namespace."""
+    listing = stack.exec("iptserver", "ipset", "list")
+    return [line.strip() for line in listing.splitlines() if line[:1].isdigit()]
+
+
+def test_sidecars_route_the_clients_answers_in_the_service_namespace(stack: Stack) -> None:
+    wait_healthy(stack, ("iptserver", "iptserver-recursor", "iptserver-frr"))
+
+    # The sidecars live in firezone's namespace: its address is theirs.
+    assert f"inet {HOST_ADDRESS}/24" in stack.exec("iptserver", "ip", "-4", "addr", "show")
+
+    # A .co.uk name: the client gets the authority's answer through firezone's address,
+    # and the namespace's sets hold the address with the uk exit's mark.
+    assert stack.resolve("www.bbc.co.uk") == {"198.51.100.10"}
+    routed = [line for line in members(stack) if line.startswith("198.51.100.10 ")]
+    assert routed, f"198.51.100.10 is in no set: {members(stack)}"
+    assert all(f"skbmark {MARK:#x}" in line and "timeout" in line for line in routed), routed
+
+    # A name no rule claims is answered too, and left out of the sets.
+    assert stack.resolve("www.example.com") == {"198.51.100.150"}
+    assert not [line for line in members(stack) if line.startswith("198.51.100.150")]
+
+    # FRR runs on the mounted configuration, in the same namespace.
+    ospf = stack.exec("iptserver-frr", "vtysh", "-c", "show ip ospf")
+    assert f"Router ID: {HOST_ADDRESS}" in ospf
+
+
+def test_a_failed_service_is_reported_unhealthy(stack: Stack) -> None:
+    """The health checks observe the daemons: stop iptserver's process, the check fails."""
+    wait_healthy(stack, ("iptserver",))
+    stack.compose("stop", "-t", "5", "iptserver")
+    with pytest.raises(HarnessError):
+        stack.exec("iptserver-recursor", "iptserver-sidecar", "health", "iptserver")
