@@ -41,16 +41,24 @@ class Rendered:
 
 
 def hide_secrets(rendered: Rendered) -> str:
-    """The text with each known secret's line turned into a comment saying where it is."""
+    """The text with its secrets replaced by where they are: a wg-quick key line becomes
+    a comment; a secret elsewhere in a line (a RouterOS argument) is replaced in place."""
     where = {secret.value: secret.where for secret in rendered.secrets}
     lines = []
     for line in rendered.text.splitlines(keepends=True):
         found = _SECRET_LINE.match(line.rstrip("\n"))
         if found and found.group(2) in where:
             key, value = found.groups()
-            line = f"# {key} = (hidden: --show-keys prints it, or see {where[value]})\n"
+            line = f"# {key} = {_hint(where[value])}\n"
+        else:
+            for value, place in where.items():
+                line = line.replace(value, _hint(place))
         lines.append(line)
     return "".join(lines)
+
+
+def _hint(where: str) -> str:
+    return f"(hidden: --show-keys prints it, or see {where})"
 
 
 def printable(files: Iterable[Rendered], *, show_keys: bool) -> str:

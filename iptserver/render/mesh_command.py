@@ -92,3 +92,16 @@ def render_clients_command(
         return 0
 
     return run_command("clients", work)
+
+
+def render_routeros_command(
+    schema: Path, state_dir: Path, node: str, out: Path | None, show_keys: bool
+) -> int:
+    def work() -> int:
+        from iptserver.render.routeros import render_routeros
+
+        result = render_routeros(_mesh(schema), KeyStore(state_dir), node)
+        emit(result.files, out, show_keys=show_keys)
+        return 0
+
+    return run_command("routeros", work)
