@@ -28,6 +28,7 @@ from iptserver.schema.values import IPNetwork
 
 MAIN_TABLE = 254
 KILL_SWITCH_METRIC = 4_000_000_000  # after any default route a table is given
+RTN_UNICAST = 1
 # The `proto` of the host routes iptserver exports (kernel.export_table): what is ours.
 EXPORT_PROTO = 157
 FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
@@ -101,7 +102,8 @@ class Routing:
     def _drop_defaults(self, table: int, family: int) -> None:
         """Delete the table's default routes that lead somewhere (not the kill-switch)."""
         for message in self._ip.get_routes(family=family, table=table):
-            if message["dst_len"] != 0 or message.get_attr("RTA_OIF") is None:
+            # IPv6 hangs the kill-switch route on lo: it is told apart by its type.
+            if message["dst_len"] != 0 or message["type"] != RTN_UNICAST:
                 continue
             spec: dict[str, object] = {
                 "table": table,
