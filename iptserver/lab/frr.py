@@ -186,6 +186,11 @@ class Frr:
         remove_instance(self.instance)
 
     @property
+    def pids(self) -> list[int]:
+        """The daemons' process ids, in start order."""
+        return [proc.pid for proc in self._procs]
+
+    @property
     def alive(self) -> bool:
         return bool(self._procs) and all(p.poll() is None for p in self._procs)
 

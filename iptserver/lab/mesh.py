@@ -36,7 +36,7 @@ from typing import Any
 
 from iptserver.lab.addresses import EXIT_NAMES, TUNNELS, UPLINKS
 from iptserver.lab.errors import LabError
-from iptserver.lab.frr import Frr, remove_instance
+from iptserver.lab.frr import Frr
 from iptserver.lab.state import wg_socket
 from iptserver.lab.topology import NODES, POLL, UPLINK, Lab, _parallel
 
@@ -301,10 +301,7 @@ class MeshLab(Lab):
                 self.stop_frr(node)
             except (LabError, OSError, subprocess.SubprocessError) as e:
                 problems.append(f"FRR on {node}: {e}")
-        if self._id is not None:
-            for node in self.nodes:  # also instances whose start failed half-way
-                remove_instance(self.ns(node))
-        return problems + super().close()
+        return problems + super().close()  # also removes FRR instance directories
 
 
 def _first_section_only(config: str) -> str:

@@ -3,7 +3,8 @@
 A lab writes ``/run/iptserver-lab/<id>.json`` before it creates anything and updates it
 as it starts processes. A lab whose owner process is gone (SIGKILL, a crashed CI job) is
 reaped by the next lab that starts (``reap_stale_labs``): its processes are killed by
-PID, its namespaces deleted, its WireGuard sockets and work directory removed.
+PID, its namespaces deleted, its WireGuard sockets, FRR instance directories and work
+directory removed.
 
 Processes are identified by PID *and* start time (``/proc/PID/stat`` field 22), so a
 PID the kernel reused for an unrelated process is never killed.
@@ -22,6 +23,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from iptserver.lab.frr import remove_instance
 
 log = logging.getLogger("iptserver.lab")
 
@@ -118,6 +121,9 @@ def remove_files(state: LabState) -> None:
     for interface in state.wg_interfaces:  # left behind when wireguard-go is SIGKILLed
         with contextlib.suppress(FileNotFoundError):
             wg_socket(interface).unlink()
+    for namespace in state.namespaces:  # FRR instances are named after their namespace
+        if namespace.startswith(f"{NS_PREFIX}{state.id}-"):
+            remove_instance(namespace)
     workdir = Path(state.workdir)
     if workdir.name.startswith(WORKDIR_PREFIX):
         shutil.rmtree(workdir, ignore_errors=True)

@@ -5,7 +5,8 @@ What each node gets:
   (hello 1 s, dead 4 s; SPF and LSA throttling at their minimum), so a lost tunnel or
   a new route is known within a second or so; the tunnels' ``ospf_cost`` if given.
 - Its own subnets (and, on the clients' node, the clients' subnet) as passive area-0
-  networks: announced, but no hellos go out on LANs.
+  networks: announced, but no hellos go out on LANs (nor into a tunnel whose far end
+  runs no OSPF). IPv4 only: OSPFv2 carries no IPv6 prefixes (no ospf6d here).
 - On the entry, with ``kernel.export_table`` set: zebra imports that table (the host
   routes iptserver learned from DNS answers, each out of its exit's tunnel) and OSPF
   announces them, tagged with the table number. The nodes at the far end of an exit's
@@ -108,7 +109,12 @@ def frr_conf(mesh: Mesh, node: Node, *, export_table: int | None, refuse_tag: in
         ]
         if link.ospf_cost is not None:
             lines.append(f" ip ospf cost {link.ospf_cost}")
-        lines += [" no ip ospf passive", "exit", "!"]
+        peer = mesh.nodes.get(link.peer_node)
+        if peer is None or peer.ospf:
+            lines.append(" no ip ospf passive")
+        else:  # announced, but no hellos to a peer that runs no OSPF
+            lines.append(f" ! passive: {link.peer_node} runs no OSPF")
+        lines += ["exit", "!"]
     lines.append("router ospf")
     if node.router_id is not None:
         lines.append(f" ospf router-id {node.router_id}")
