@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import errno
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from iptserver.lab import Lab, LabError
 from tests.e2e.conftest import LAB_SETTINGS, Iptservers
 
 UK_DEST = "198.51.100.10"  # in GB (the lab GeoIP database): routed via uk
+UK_DEST6 = "2001:db8:44::10"
 PROBE = "198.51.100.50:80"  # a GB server: reachable through uk's tunnel only
 API_PORT = 18089
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -108,7 +110,8 @@ def until_seen(lab: Lab, address: str, exit_name: str, since: float, timeout: fl
 
 def connect_error(lab: Lab, address: str, timeout: float = 0.3) -> int | None:
     """errno of a TCP connect from the client to ``address``:80 (None: it connected)."""
-    with lab.socket("client") as sock:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with lab.socket("client", family) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect((address, 80))
@@ -123,18 +126,19 @@ def connect_error(lab: Lab, address: str, timeout: float = 0.3) -> int | None:
 def counted_at_far_side(lab: Lab, network: str) -> Iterator[Callable[[], int]]:
     """Count the packets to ``network`` that reach internet from the entry's direct
     uplink (internet's interface up-entry); yields a function reading the count."""
+    tool = "ip6tables" if ":" in network else "iptables"
     rule = ["INPUT", "-i", "up-entry", "-d", network, "-m", "comment", "--comment", COUNT_COMMENT]
-    lab.run("internet", ["iptables", "-w", "-I", *rule])
+    lab.run("internet", [tool, "-w", "-I", *rule])
 
     def count() -> int:
-        listed = lab.run("internet", ["iptables", "-w", "-nvxL", "INPUT"]).stdout
+        listed = lab.run("internet", [tool, "-w", "-nvxL", "INPUT"]).stdout
         line = next(line for line in listed.splitlines() if COUNT_COMMENT in line)
         return int(line.split()[0])
 
     try:
         yield count
     finally:
-        lab.run("internet", ["iptables", "-w", "-D", *rule])
+        lab.run("internet", [tool, "-w", "-D", *rule])
 
 
 class WebhookReceiver:
@@ -206,6 +210,7 @@ def test_a_dead_exit_fails_over_and_comes_back(
             metrics = api(lab, "/metrics")
             assert 'iptserver_exit_up{exit="uk"} 0.0' in metrics
             assert 'iptserver_exit_state_changes_total{exit="uk",state="down"} 1.0' in metrics
+            assert lab.whoami("client", UK_DEST6) == "us"  # IPv6 too
             assert lab.whoami("client", "198.51.100.140") == "us"  # US traffic unaffected
             # A reload keeps the state of the exits it keeps: still down, still via us.
             assert running.reload()
@@ -241,7 +246,10 @@ def test_a_blocked_exit_leaks_nothing_out_of_the_direct_uplink(
     iptservers.start(schema("block"), "--api", f"127.0.0.1:{API_PORT}")
     wait_for("uk up", lambda: exit_view(lab, "uk")["state"] == "up")
     assert lab.whoami("client", UK_DEST) == "uk"
-    with counted_at_far_side(lab, "198.51.100.0/26") as leaked:
+    with (
+        counted_at_far_side(lab, "198.51.100.0/26") as leaked,
+        counted_at_far_side(lab, "2001:db8:44::/48") as leaked6,
+    ):
         killed = time.monotonic()
         lab.kill_exit("uk")
         try:
@@ -254,19 +262,20 @@ def test_a_blocked_exit_leaks_nothing_out_of_the_direct_uplink(
             # Blocked it stays: every try fails, none leaves by the direct uplink.
             for _ in range(10):
                 assert connect_error(lab, UK_DEST) is not None
+                assert connect_error(lab, UK_DEST6) is not None
                 assert way_out(lab, "198.51.100.11") is None
-            assert leaked() == 0
+            assert leaked() == 0 and leaked6() == 0
         finally:
             lab.revive_exit("uk")
         revived = time.monotonic()
         recovery = until_seen(lab, UK_DEST, "uk", revived, timeout=60)
-        assert leaked() == 0
-        # The counter does see what leaves by the direct uplink: the entry's own traffic
-        # (no mark, the main table) to the same network.
-        with lab.socket("entry") as sock:
-            sock.settimeout(3)
-            sock.connect(("198.51.100.20", 80))
-        assert leaked() > 0
+        assert lab.whoami("client", UK_DEST6) == "uk"
+        assert leaked() == 0 and leaked6() == 0
+        # The counters do see what leaves by the direct uplink: the entry's own traffic
+        # (no mark, the main table) to the same networks.
+        assert lab.whoami("entry", "198.51.100.20") == "direct"
+        assert lab.whoami("entry", "2001:db8:44::20") == "direct"
+        assert leaked() > 0 and leaked6() > 0
     record(
         f"block uk: {blocked:.2f} s from the kill to the first connection refused by the "
         f"kill-switch (0 packets out of the direct uplink); back via uk {recovery:.2f} s after "
