@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 
 from iptserver.mesh.topology import Link, Mesh, Node
 from iptserver.render.files import Rendered, Secret
+from iptserver.render.frr import DEAD, HELLO
 from iptserver.render.wireguard import (
     KeySource,
     RenderError,
@@ -25,8 +26,6 @@ from iptserver.render.wireguard import (
     private_key_location,
 )
 
-HELLO = 1  # seconds: the fast timers `iptserver render frr` gives the Linux nodes
-DEAD = 4  # seconds: four hellos missed
 TAG = "iptserver"
 INSTANCE = "iptserver"
 AREA = "iptserver-backbone"

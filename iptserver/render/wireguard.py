@@ -14,13 +14,14 @@ from iptserver.mesh.keys import public_of
 from iptserver.mesh.topology import ClientPeer, Clients, Link, Mesh, Node
 from iptserver.render.files import Rendered, Secret
 
-MASQUERADE_CTMARK = 0x20000000
-"""Connection mark bit that tags connections which came in over a masquerading tunnel.
+MASQUERADE_LABEL = 29
+"""Conntrack label that tags connections which came in over a masquerading tunnel.
 
-POSTROUTING cannot match the input interface, so the tunnel's first packet of a
-connection tags its conntrack entry (nat PREROUTING sees only first packets) and the NAT
-rule masquerades tagged connections leaving by any other interface: no need to know the
-uplink's name, and the packet mark that policy routing reads is left alone."""
+POSTROUTING cannot match the input interface, so the first packet of a connection from
+the tunnel labels its conntrack entry (nat PREROUTING sees only first packets) and the
+NAT rule masquerades labelled connections leaving by any other interface: no need to know
+the uplink's name. A label, not a mark: the packet and connection marks that policy
+routing (and iptserver's CONNMARK save/restore) read stay untouched."""
 
 
 class KeySource(Protocol):
@@ -65,10 +66,10 @@ def peer_public_key(link: Link, keys: KeySource) -> str:
 def masquerade_hooks() -> list[str]:
     """PostUp/PostDown lines that NAT what arrives from the tunnel (%i) and leaves by
     another interface, for IPv4 and IPv6."""
-    mark = f"0x{MASQUERADE_CTMARK:x}"
+    label = f"-m connlabel --label {MASQUERADE_LABEL}"
     rules = [
-        f"-t nat {{op}} PREROUTING -i %i -j CONNMARK --or-mark {mark}",
-        f"-t nat {{op}} POSTROUTING ! -o %i -m connmark --mark {mark}/{mark} -j MASQUERADE",
+        f"-t nat {{op}} PREROUTING -i %i {label} --set",
+        f"-t nat {{op}} POSTROUTING ! -o %i {label} -j MASQUERADE",
     ]
     tools = ("iptables", "ip6tables")
     up = [f"PostUp = {tool} -w {rule.format(op='-A')}" for tool in tools for rule in rules]
@@ -148,6 +149,22 @@ def clients_config(node: Node, clients: Clients, keys: KeySource) -> Rendered:
     return Rendered(path, "\n".join(lines) + "\n", (Secret(private, where),))
 
 
+def _port_clashes(mesh: Mesh, node: Node) -> list[str]:
+    """Interfaces of one node listening on the same UDP port: only one of them can start
+    (the schema check does not catch this yet)."""
+    ports: dict[int, list[str]] = {}
+    for link in node.links:
+        if link.listen_port is not None:
+            ports.setdefault(link.listen_port, []).append(link.interface)
+    if mesh.clients is not None and mesh.clients.node == node.name:
+        ports.setdefault(mesh.clients.port, []).append(mesh.clients.interface)
+    return [
+        f"{node.name}: {', '.join(names)} all listen on UDP port {port}: only one can start"
+        for port, names in ports.items()
+        if len(names) > 1
+    ]
+
+
 def render_wireguard(mesh: Mesh, keys: KeySource, node: str | None = None) -> WireguardRender:
     """Every wg-quick config of the mesh (or of one node), in schema order."""
     if node is not None:
@@ -182,6 +199,7 @@ def render_wireguard(mesh: Mesh, keys: KeySource, node: str | None = None) -> Wi
             files.append(tunnel_config(link, keys))
         if mesh.clients is not None and mesh.clients.node == each.name:
             files.append(clients_config(each, mesh.clients, keys))
+        notes += _port_clashes(mesh, each)
     if not files and not notes:
         where = f"node {node!r}" if node is not None else "the schema"
         raise RenderError(f"{where} has no WireGuard tunnels or clients to render")

@@ -446,4 +446,16 @@ tunnels:
         net.wg_quick("b", "down", out / "b" / f"{if_b}.conf")
         for tool in ("iptables", "ip6tables"):
             rules = net.run("b", [tool, "-t", "nat", "-S"]).stdout
-            assert "MASQUERADE" not in rules and "CONNMARK" not in rules, rules
+            assert "MASQUERADE" not in rules and "connlabel" not in rules, rules
+
+
+def test_interfaces_of_one_node_on_the_same_port_are_noted(
+    write_schema: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_schema(MESH.replace("entry: {expose: 51821}", "entry: {expose: 51820}"))
+    assert render(str(path), "--state-dir", str(tmp_path / "state"), "--node", "entry") == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "iptserver render wireguard: entry: wg_uk, wg-clients all listen on UDP port 51820: "
+        "only one can start\n"
+    )
