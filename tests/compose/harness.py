@@ -33,6 +33,8 @@ CACHE = Path("/var/cache/iptserver/compose")
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 ROOTFS_EXTRA = ("python3", "python3-venv")  # what python:3.11-slim-bookworm brings
+NETNS_PREFIX = "iptdock-"  # + the pid of the test process that made it
+WORKDIR_PREFIX = "iptserver-dockerd-"  # under /var/tmp, + the pid too
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
@@ -86,7 +88,7 @@ class Dockerd:
 
 def start_dockerd(workdir: Path) -> Dockerd:
     """dockerd in a new network namespace; return once it answers."""
-    netns = f"iptdock-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}"
+    netns = f"{NETNS_PREFIX}{os.getpid()}-{int(time.monotonic() * 1000) % 100000}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
     argv = [
@@ -155,6 +157,40 @@ def stop_dockerd(dockerd: Dockerd) -> list[str]:
             os.kill(int(pid), signal.SIGKILL)
     subprocess.run(["ip", "netns", "del", dockerd.netns], check=False)
     return forced
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale_dockerds() -> list[str]:
+    """Remove what a killed test run left: its namespaces (and every process in them) and
+    its work directories, found by the pid in their names. Returns what was removed."""
+    reaped = []
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    for line in listed.stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        owner = name.removeprefix(NETNS_PREFIX).split("-")[0]
+        if not name.startswith(NETNS_PREFIX) or not owner.isdigit() or _alive(int(owner)):
+            continue
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+        for pid in pids.stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", name], check=False)
+        reaped.append(name)
+    for workdir in Path("/var/tmp").glob(f"{WORKDIR_PREFIX}*"):
+        owner = workdir.name.removeprefix(WORKDIR_PREFIX).split("-")[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(workdir, ignore_errors=True)
+            reaped.append(str(workdir))
+    return reaped
 
 
 def rootfs_packages() -> list[str]:
