@@ -34,6 +34,8 @@ ROUTED_IP = "203.0.113.60"
 BESIDE_IP = "203.0.113.61"  # no rule, never resolved: the office goes direct
 CLIENT_IP = "10.77.1.2"
 OFFICEHOST_IP = OFFICE_LAN[1]
+SHORT_HOLD = 2  # seconds: www.example.com's rule
+SHORT_NAME, SHORT_IP = "www.example.com", "198.51.100.150"
 CONVERGENCE_RUNS = 5
 ARTIFACT = REPO / "artifacts" / "convergence.txt"
 # A REDIRECT sends a query to the address of the interface it arrived on: the proxy
@@ -56,6 +58,7 @@ kernel: {{export_table: {EXPORT_TABLE}}}
 rules:
   - {{exit: uk, domains: [gov.uk]}}
   - {{exit: ru, domains: [bench.ru]}}
+  - {{exit: us, domains: [www.example.com], hold: {SHORT_HOLD}}}
 """ + lab.mesh_schema()
 
 
@@ -164,6 +167,36 @@ def test_a_route_learned_from_dns_reaches_the_office_and_its_first_connection_ta
     while lab.run("office", ["ip", "route", "show", ROUTED_IP]).stdout.strip():
         assert time.monotonic() < deadline, "the office kept the route after iptserver stopped"
         time.sleep(0.05)
+
+
+def test_a_learned_route_leaves_the_office_when_its_hold_is_over(
+    mesh: Mesh, lab_mmdb: Path
+) -> None:
+    lab = mesh.lab
+    lab.frr("office").wait_full(1)
+    running = start_iptserver(lab, mesh.schema, lab_mmdb)
+    try:
+        watch = RouteWatch(lab, "office", SHORT_IP)
+        try:
+            answer = lab.resolve("officehost", SHORT_NAME, server=ENTRY_DNS)
+            assert [(v, ttl) for _, kind, v, ttl in answer if kind == "A"] == [
+                (SHORT_IP, SHORT_HOLD)
+            ]
+            assert watch.wait(10) is not None
+        finally:
+            watch.close()
+        assert lab.whoami("officehost", SHORT_IP) == "us"
+        # No repeat answer: the entry deletes its route when the hold is over, and OSPF
+        # withdraws it from the office while iptserver keeps running.
+        deadline = time.monotonic() + 30
+        while lab.run("office", ["ip", "route", "show", SHORT_IP]).stdout.strip():
+            assert time.monotonic() < deadline, "the office kept a route whose hold was over"
+            time.sleep(0.1)
+        assert running.alive
+        assert lab.whoami("officehost", SHORT_IP) == "office"
+    finally:
+        code = stop_iptserver(running)
+    assert code == 0, running.log
 
 
 def _bench_names(count: int) -> list[tuple[str, str]]:
