@@ -4,7 +4,9 @@
 then the chain, then each exit's rule and routes, then it removes what an earlier plan
 made and this one does not need. It is idempotent, so a restart adopts what it finds
 (learned entries survive a restart with ``keep_state``). An exit whose interface is
-missing is reported and skipped; every other exit keeps working.
+missing is reported and its traffic dropped (its table's kill-switch route, see
+``routing``); every other exit keeps working. ``set_routes`` is how exit health fails an
+exit's table over to another exit's route, or blocks it.
 """
 
 from __future__ import annotations
