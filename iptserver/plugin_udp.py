@@ -45,6 +45,13 @@ MAX_CHAIN = 16  # names after the qname, as the API
 MAX_ADDRESSES = 512
 MAX_ID = 2**63 - 1
 MAX_IN_FLIGHT = 4096  # answers being routed at once; more are refused, not queued
+# Seconds between two replies to one source address and port. The recursor sends each
+# datagram from a new socket bound with SO_REUSEADDR, so two of its queries in flight
+# may share a port, and the one socket that gets the first reply stops reading: a
+# second reply sent at once would be lost with it and its query would wait the whole
+# network-timeout. Sent this much later, the second reaches the socket still open.
+# (A reply that reaches the other query is caught by its id, and the plugin asks again.)
+REPLY_GAP = 0.02
 
 
 class BadDatagram(Exception):
@@ -134,6 +141,8 @@ class PluginEndpoint(asyncio.DatagramProtocol):
         self._token = token
         self._transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_reply: dict[Any, float] = {}  # source -> when it was last replied to
+        self.spaced = 0  # replies held back by REPLY_GAP: ports the recursor reused at once
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # the selector loop's UDP transport does not subclass DatagramTransport
@@ -166,6 +175,20 @@ class PluginEndpoint(asyncio.DatagramProtocol):
         self._send(reply, addr)
 
     def _send(self, reply: bytes, addr: Any) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        last = self._last_reply.get(addr)
+        if last is not None and now - last < REPLY_GAP:
+            self.spaced += 1
+            self._last_reply[addr] = last + REPLY_GAP
+            loop.call_at(last + REPLY_GAP, self._sendto, reply, addr)
+            return
+        if len(self._last_reply) >= 1024:  # only the last REPLY_GAP matters
+            self._last_reply = {a: t for a, t in self._last_reply.items() if now - t < REPLY_GAP}
+        self._last_reply[addr] = now
+        self._sendto(reply, addr)
+
+    def _sendto(self, reply: bytes, addr: Any) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(reply, addr)
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from iptserver.plugin_udp import (
     MAX_DATAGRAM,
+    REPLY_GAP,
     BadDatagram,
     format_error,
     parse_request,
@@ -204,6 +205,25 @@ def test_many_answers_at_once_all_get_their_own_reply() -> None:
 
     h = serve(scenario)
     assert len(h.kernel.applied) == 50
+
+
+def test_replies_to_one_source_port_are_spaced() -> None:
+    """Two requests in flight from one port (the recursor's sockets can share one): the
+    second reply goes REPLY_GAP after the first, so a socket that stopped reading after
+    the first has gone by then, and the other gets its reply."""
+
+    async def scenario(client: Client, h: Harness) -> None:
+        loop = asyncio.get_running_loop()
+        second = ANSWER.replace(b"IPT1 7 ", b"IPT1 8 ")
+        await loop.sock_sendall(client.sock, ANSWER)
+        await loop.sock_sendall(client.sock, second)
+        first_reply = await asyncio.wait_for(loop.sock_recv(client.sock, 512), 5)
+        first_at = loop.time()
+        second_reply = await asyncio.wait_for(loop.sock_recv(client.sock, 512), 5)
+        assert loop.time() - first_at >= REPLY_GAP * 0.9  # the loop's timer resolution
+        assert {first_reply, second_reply} == {b"IPT1 7 120\n", b"IPT1 8 120\n"}
+
+    serve(scenario)
 
 
 def test_the_daemon_listens_on_the_api_port_over_udp(tmp_path: Path) -> None:
