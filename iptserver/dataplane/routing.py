@@ -101,7 +101,11 @@ class Routing:
 
     def _drop_defaults(self, table: int, family: int) -> None:
         """Delete the table's default routes that lead somewhere (not the kill-switch)."""
-        for message in self._ip.get_routes(family=family, table=table):
+        try:
+            found = self._ip.get_routes(family=family, table=table)
+        except NetlinkError as e:
+            raise DataplaneError(f"cannot list routing table {table}: {e}") from e
+        for message in found:
             # IPv6 hangs the kill-switch route on lo: it is told apart by its type.
             if message["dst_len"] != 0 or message["type"] != RTN_UNICAST:
                 continue
