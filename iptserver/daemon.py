@@ -13,7 +13,8 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from iptserver.api import ApiConfig, make_app
-from iptserver.dataplane.kernel import Dataplane, saved_exits
+from iptserver.dataplane.kernel import Dataplane, Learned, saved_exits
 from iptserver.dataplane.plan import plan as kernel_plan
 from iptserver.dns.proxy import DnsProxy, ProxyConfig
 from iptserver.errors import DataplaneError, GeoIPError, IptserverError, SchemaError
@@ -70,6 +71,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        self._kernel_lock = threading.Lock()  # one dataplane call at a time, any thread
         self.reloads = {"ok": 0, "rejected": 0}
         self._monitor: Monitor | None = None  # exit health; watches exits with `health`
         self._webhook = Webhook(None)
@@ -160,7 +162,7 @@ class Daemon:
             log.error("%s", problem)
         self._router = Router(
             state,
-            partial(self._kernel, self._dataplane.learn),
+            self._learn,
             partial(self._kernel, self._dataplane.expire_exports),
         )
         self._router.exports_changed()
@@ -266,7 +268,27 @@ class Daemon:
     async def _kernel(self, call: Callable[..., T], *args: Any) -> T:
         """Run a dataplane call on the one thread that owns the netlink sockets
         (pyroute2's blocking API cannot run inside the event loop's thread)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._locked, partial(call, *args)
+        )
+
+    def _locked(self, call: Callable[[], T]) -> T:
+        with self._kernel_lock:
+            return call()
+
+    async def _learn(self, entries: Sequence[Learned]) -> None:
+        """Learned entries, written right here when the dataplane is idle and the write
+        is one raw ipset message (no export table, no pyroute2): the hop to the kernel
+        thread and back costs the answer more than the write. Else on the kernel thread."""
+        assert self._dataplane is not None
+        if self._kernel_lock.acquire(blocking=False):
+            try:
+                if self._dataplane.learns_ipsets_only:
+                    self._dataplane.learn(entries)
+                    return
+            finally:
+                self._kernel_lock.release()
+        await self._kernel(self._dataplane.learn, entries)
 
     async def _set_routes(
         self, routed_by: dict[str, str | None], force: frozenset[str]

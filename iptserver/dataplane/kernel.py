@@ -201,6 +201,12 @@ class Dataplane:
                 problems.append(str(e))
         return problems
 
+    @property
+    def learns_ipsets_only(self) -> bool:
+        """Whether ``learn`` writes nothing but ipsets, through a raw netlink socket (no
+        export table, so no pyroute2): then it may run on any thread, one call at a time."""
+        return self._plan is not None and self._plan.export_table is None
+
     def learn(self, entries: Sequence[Learned]) -> None:
         """Add or refresh DNS-learned entries, one netlink message per set and batch."""
         by_set: dict[str, list[Entry]] = defaultdict(list)
