@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -82,7 +83,7 @@ exits:
   uk: {{interface: _DEFAULT, mark: {MARK:#x}}}
 rules:
   - exit: uk
-    domains: [co.uk]
+    domains: [co.uk, gov.uk]
 """
 FRR_CONF = f"""\
 frr defaults traditional
@@ -233,6 +234,26 @@ def test_sidecars_route_the_clients_answers_in_the_service_namespace(stack: Stac
     # FRR runs on the mounted configuration, in the same namespace.
     ospf = stack.exec("iptserver-frr", "vtysh", "-c", "show ip ospf")
     assert f"Router ID: {HOST_ADDRESS}" in ospf
+
+
+def test_a_killed_daemon_is_restarted_and_routes_again(stack: Stack) -> None:
+    """SIGKILL leaves its kernel state behind; the restart policy brings the daemon back,
+    it takes over that state (the state directory is mounted) and learns again."""
+    wait_healthy(stack, ("iptserver", "iptserver-recursor"))
+    container = f"{stack.project}_iptserver_1"
+    pid = int(stack.dockerd.docker("inspect", "--format", "{{.State.Pid}}", container))
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + HEALTHY_TIMEOUT
+    while (
+        stack.dockerd.docker("inspect", "--format", "{{.RestartCount}}", container).strip() == "0"
+    ):
+        assert time.monotonic() < deadline, "iptserver was not restarted"
+        time.sleep(0.5)
+    wait_healthy(stack, ("iptserver",))
+    assert stack.resolve("news.gov.uk") == {"203.0.113.60"}
+    routed = [line for line in members(stack) if line.startswith("203.0.113.60 ")]
+    assert routed, f"203.0.113.60 is in no set: {members(stack)}"
+    assert all(f"skbmark {MARK:#x}" in line for line in routed), routed
 
 
 def test_the_health_check_fails_when_iptserver_is_gone(stack: Stack) -> None:
