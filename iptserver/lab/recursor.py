@@ -63,6 +63,7 @@ def start_recursor(
     fail_closed: bool = False,
     plugin: bool = True,
     transport: Transport = "udp",
+    token_file: Path | None = None,
 ) -> Recursor:
     """Render the config into ``directory``, start the recursor; return once it answers."""
     include = directory / "recursor.d"
@@ -71,7 +72,11 @@ def start_recursor(
         old.unlink()
     if plugin:
         settings = RecursorSettings(
-            api=parse_endpoint(API), directory=include, fail_closed=fail_closed, transport=transport
+            api=parse_endpoint(API),
+            directory=include,
+            fail_closed=fail_closed,
+            transport=transport,
+            token_file=token_file,
         )
         for name, text in render_recursor(settings).items():
             (include / name).write_text(text, encoding="utf-8")

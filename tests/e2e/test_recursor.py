@@ -109,3 +109,30 @@ def test_fail_open_answers_and_fail_closed_refuses_without_iptserver(
     refused = lab.query("client", "www.example.com", server=ENTRY_DNS)
     assert refused.rcode == "SERVFAIL"
     assert refused.records == []
+
+
+@TRANSPORTS
+def test_the_api_token_is_sent_and_a_wrong_one_routes_nothing(
+    lab: Lab,
+    iptservers: Iptservers,
+    recursors: list[Recursor],
+    recursor_dir: Path,
+    tmp_path: Path,
+    transport: Transport,
+) -> None:
+    token, wrong = tmp_path / "token", tmp_path / "wrong"
+    token.write_text("lab-token-1\n", encoding="utf-8")
+    wrong.write_text("lab-token-2\n", encoding="utf-8")
+    running = iptservers.start(
+        SCHEMA, "--api", API, "--api-token-file", str(token), probe=("entry", *PROXY)
+    )
+    recursors.append(start_recursor(lab, recursor_dir, transport=transport, token_file=wrong))
+    (address, _), *_ = answer(lab, "mail.ru")  # fail-open: answered, not routed
+    assert "mail.ru. not routed" in recursors[-1].log
+    assert lab.whoami("client", address) == "us"
+    recursors[-1].stop()
+    recursors.append(start_recursor(lab, recursor_dir, transport=transport, token_file=token))
+    assert answer(lab, "mail.ru")
+    assert lab.whoami("client", address) == "ru"
+    assert "not routed" not in recursors[-1].log
+    assert explained_exit(running, address) == "us"
