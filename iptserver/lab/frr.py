@@ -269,6 +269,22 @@ class Frr:
                     found[ipaddress.IPv4Network(prefix)] = hops
         return found
 
+    def wait_route(self, prefix: str, protocol: str = "ospf", timeout: float = 20.0) -> list[str]:
+        """Until zebra has selected a ``protocol`` route to ``prefix``; its interfaces."""
+        wanted = ipaddress.IPv4Network(prefix)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.routes(protocol).get(wanted)
+            if found is not None:
+                return found
+            if not self.alive:
+                raise LabError(f"FRR {self.instance} died:\n{self.logs()}")
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"FRR {self.instance}: no {protocol} route to {prefix} in {timeout} s"
+                )
+            time.sleep(0.1)
+
 
 def _without_noise(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if "vtysh.conf" not in line).strip()

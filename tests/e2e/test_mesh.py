@@ -88,6 +88,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         for (node, name), text in render(schema, "frr", work / "frr").items():
             if name == "frr.conf":
                 lab.start_frr(node, text)
+        # Ready when OSPF has taught each side the way to the other's LAN.
+        lab.frr("office").wait_route("10.77.1.0/24")
+        for exit_name in ("uk", "ru", "us"):
+            lab.frr(exit_name).wait_route("10.88.0.0/24")
         yield Mesh(lab, schema, work)
 
 
