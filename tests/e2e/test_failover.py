@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import datetime
 import errno
+import ipaddress
 import json
+import random
 import socket
 import threading
 import time
@@ -27,7 +29,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from iptserver.lab import Lab, LabError
+from iptserver.lab import Lab, ProbeError, probes
+from iptserver.lab.addresses import SEEN_AS
 from tests.e2e.conftest import LAB_SETTINGS, Iptservers
 
 UK_DEST = "198.51.100.10"  # in GB (the lab GeoIP database): routed via uk
@@ -41,6 +44,15 @@ COUNT_COMMENT = "ipts-failover-test"
 # How the UK exit is watched: the schema's defaults (interval 1 s, timeout 1 s, fall 2,
 # rise 3), and faster rounds.
 HEALTH = {"defaults": "", "fast": ", interval: 0.5, timeout: 0.5"}
+INTERVAL = {"": 1.0, ", interval: 0.5, timeout: 0.5": 0.5}
+
+
+def at_a_random_moment(interval: float) -> float:
+    """Wait a random part of the probe interval: a real exit does not die just after a
+    round (as it would here, right after the test saw it go up). Returns the wait."""
+    wait = random.uniform(0, interval)
+    time.sleep(wait)
+    return wait
 
 
 def schema(on_down: str, webhook: str | None = None, health: str = "") -> str:
@@ -89,13 +101,18 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> Non
         time.sleep(0.05)
 
 
-def way_out(lab: Lab, address: str) -> str | None:
+def way_out(lab: Lab, address: str, timeout: float = 0.15) -> str | None:
     """Which way a new connection from the client to ``address`` leaves (None: it
-    could not connect within 0.3 s)."""
+    could not connect within ``timeout``)."""
+
+    def make(family: int, kind: int) -> socket.socket:
+        return lab.socket("client", family, kind)
+
     try:
-        return lab.whoami("client", address, timeout=0.3)
-    except LabError:
+        seen = probes.whoami(make, address, 80, timeout)["seen"]
+    except ProbeError:
         return None
+    return SEEN_AS.get(ipaddress.ip_address(seen))
 
 
 def until_seen(lab: Lab, address: str, exit_name: str, since: float, timeout: float) -> float:
@@ -104,7 +121,7 @@ def until_seen(lab: Lab, address: str, exit_name: str, since: float, timeout: fl
     while way_out(lab, address) != exit_name:
         if time.monotonic() > deadline:
             raise AssertionError(f"no connection to {address} via {exit_name} after {timeout} s")
-        time.sleep(0.02)
+        time.sleep(0.01)  # a blocked connect fails at once: no busy loop
     return time.monotonic() - since
 
 
@@ -202,6 +219,7 @@ def test_a_dead_exit_fails_over_and_comes_back(
         wait_for("uk up", lambda: exit_view(lab, "uk")["state"] == "up")
         assert lab.whoami("client", UK_DEST) == "uk"
 
+        phase = at_a_random_moment(INTERVAL[health])
         killed = time.monotonic()
         lab.kill_exit("uk")
         try:
@@ -236,7 +254,8 @@ def test_a_dead_exit_fails_over_and_comes_back(
     settings = health.strip(", ") or "schema defaults (interval 1 s, timeout 1 s)"
     record(
         f"failover uk->us: {failover:.2f} s from the kill to the first connection via us; "
-        f"back via uk {recovery:.2f} s after the exit returned; health {settings}, fall 2, rise 3"
+        f"back via uk {recovery:.2f} s after the exit returned; health {settings}, fall 2, "
+        f"rise 3; killed after a random {phase:.2f} s wait"
     )
 
 
@@ -250,6 +269,7 @@ def test_a_blocked_exit_leaks_nothing_out_of_the_direct_uplink(
         counted_at_far_side(lab, "198.51.100.0/26") as leaked,
         counted_at_far_side(lab, "2001:db8:44::/48") as leaked6,
     ):
+        phase = at_a_random_moment(1.0)
         killed = time.monotonic()
         lab.kill_exit("uk")
         try:
@@ -279,5 +299,5 @@ def test_a_blocked_exit_leaks_nothing_out_of_the_direct_uplink(
     record(
         f"block uk: {blocked:.2f} s from the kill to the first connection refused by the "
         f"kill-switch (0 packets out of the direct uplink); back via uk {recovery:.2f} s after "
-        "the exit returned"
+        f"the exit returned; killed after a random {phase:.2f} s wait"
     )
