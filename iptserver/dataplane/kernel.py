@@ -199,7 +199,19 @@ class Dataplane:
             except DataplaneError as e:
                 log.error("%s", e)
                 problems.append(str(e))
+        if force:
+            problems += self._restore_exports(force)
         return problems
+
+    def _restore_exports(self, exits: frozenset[str]) -> list[str]:
+        """Put back the exported host routes out of interfaces made anew: the kernel
+        dropped them with the old interface, and no repeat answer may come before
+        their hold is over."""
+        if self._plan is None or self._plan.export_table is None:
+            return []
+        interfaces = {e.interface for e in self._plan.exits if e.name in exits}
+        lost = [route for route in self._exports.routes() if route.interface in interfaces]
+        return self._routing.replace_host_routes(self._plan.export_table, lost)
 
     @property
     def learns_ipsets_only(self) -> bool:

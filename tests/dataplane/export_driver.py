@@ -6,6 +6,8 @@ the kernel between steps:
   {"learn": [[IP, EXIT, SECONDS], ...]}      learn entries (weight 0 rules)
   {"expire": SECONDS}                        expire_exports as if SECONDS had passed;
                                              answers the next deadline, relative to now
+  {"recreated": [EXIT, ...]}                 set_routes after these exits' interfaces
+                                             were made anew (as exit health does)
   {"stop": KEEP}                             stop (keep_state=KEEP) and quit
 """
 
@@ -47,6 +49,8 @@ def main() -> None:
             now = time.monotonic()
             upcoming = dataplane.expire_exports(now + command["expire"])
             result = None if upcoming is None else upcoming - now
+        elif "recreated" in command:
+            result = dataplane.set_routes({}, frozenset(command["recreated"]))
         elif "stop" in command:
             dataplane.stop(keep_state=command["stop"])
             print(json.dumps({"ok": True}), flush=True)

@@ -192,3 +192,19 @@ def test_reloads_follow_the_schema(
     assert routes(netns, 4343) == {}
     dataplane(learn=[["203.0.113.9", "uk", 30]])
     assert routes(netns, 4343) == {} and routes(netns) == {}
+
+
+def test_routes_come_back_when_their_interface_is_made_anew(
+    netns: str, driver: Callable[[], Driver], write_schema: Callable[[str], Path]
+) -> None:
+    dataplane = driver()
+    dataplane(apply=str(write_schema(SCHEMA)))
+    dataplane(learn=[["203.0.113.7", "uk", 30], ["203.0.113.8", "ru", 30]])
+    # A restarted tunnel: the kernel drops every route out of the old interface.
+    sh("ip", "-n", netns, "link", "del", "xuk")
+    assert routes(netns) == {"203.0.113.8": "xru"}
+    sh("ip", "-n", netns, "link", "add", "xuk", "type", "veth", "peer", "name", "xukp")
+    sh("ip", "-n", netns, "link", "set", "xuk", "up")
+    sh("ip", "-n", netns, "link", "set", "xukp", "up")
+    assert dataplane(recreated=["uk"]) == []
+    assert routes(netns) == {"203.0.113.7": "xuk", "203.0.113.8": "xru"}
