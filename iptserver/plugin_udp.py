@@ -16,7 +16,8 @@ A request (ASCII, four lines, each ending in a newline)::
     <address> [<address> ...]
 
 The reply: ``IPT1 <id> <ttl>`` (the TTL clients may keep the answer), or
-``IPT1 <id> ERR <message>`` (``-`` for an id that could not be read). Names are
+``IPT1 <id> ERR <message>`` (``-`` for an id that could not be read; not sent when it
+would be longer than the datagram it answers). Names are
 presentation form (the recursor escapes odd bytes as ``\\DDD``), so spaces separate.
 """
 
@@ -143,6 +144,7 @@ class PluginEndpoint(asyncio.DatagramProtocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_reply: dict[Any, float] = {}  # source -> when it was last replied to
         self.spaced = 0  # replies held back by REPLY_GAP: ports the recursor reused at once
+        self.rejected = 0  # datagrams that broke the format
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # the selector loop's UDP transport does not subclass DatagramTransport
@@ -152,7 +154,16 @@ class PluginEndpoint(asyncio.DatagramProtocol):
         try:
             request = parse_request(data, self._token)
         except BadDatagram as e:
-            self._send(format_error(e.request_id, str(e)), addr)
+            self.rejected += 1
+            reply = format_error(e.request_id, str(e))
+            # Never more bytes out than in: a spoofed source gains nothing by reflection
+            # (the plugin's own requests are always longer than any reply).
+            if len(reply) <= len(data):
+                self._send(reply, addr)
+            else:
+                log.debug(
+                    "plugin endpoint: %s from %s (not answered: shorter than the reply)", e, addr
+                )
             return
         if len(self._tasks) >= MAX_IN_FLIGHT:
             self._send(format_error(request.request_id, "busy: too many answers at once"), addr)
