@@ -112,6 +112,7 @@ def start_dockerd(workdir: Path) -> Dockerd:
         "--ip-masq=false",
         "--bridge=none",
         "--userland-proxy=false",
+        f"--cgroup-parent=/{netns}",  # so what outlives dockerd can be found and killed
     ]
     with (workdir / "dockerd.log").open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -148,15 +149,43 @@ def stop_dockerd(dockerd: Dockerd) -> list[str]:
             forced.append(f"dockerd {dockerd.proc.pid} ignored SIGTERM")
             dockerd.proc.kill()
             dockerd.proc.wait()
-    listed = subprocess.run(
-        ["ip", "netns", "pids", dockerd.netns], capture_output=True, text=True, check=False
-    )
-    for pid in listed.stdout.split():  # containerd shims or containers that outlived it
-        forced.append(f"process {pid} left in {dockerd.netns}")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
-    subprocess.run(["ip", "netns", "del", dockerd.netns], check=False)
+    forced += [f"process {pid} left behind" for pid in _kill_namespace(dockerd.netns)]
     return forced
+
+
+def _cgroups(parent: str) -> list[Path]:
+    """The container cgroups under ``parent`` (dockerd's --cgroup-parent), in every
+    hierarchy (cgroup v1: one per controller; v2: one), deepest first."""
+    root = Path("/sys/fs/cgroup")
+    tops = [root / parent, *(hierarchy / parent for hierarchy in root.iterdir())]
+    found = [d for top in tops if top.is_dir() for d in (top, *top.rglob("*")) if d.is_dir()]
+    return sorted(set(found), key=lambda d: len(d.parts), reverse=True)
+
+
+def _kill_namespace(netns: str) -> list[int]:
+    """SIGKILL every process left in the namespace (containerd shims) or in the containers'
+    cgroups (container processes live in namespaces of their own), then remove the
+    cgroups and the namespace. Returns the PIDs killed."""
+    listed = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+    pids = {int(pid) for pid in listed.stdout.split()}
+    groups = _cgroups(netns)
+    for group in groups:
+        with contextlib.suppress(OSError):
+            pids |= {int(pid) for pid in (group / "cgroup.procs").read_text().split()}
+    for pid in sorted(pids):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for group in groups:  # a cgroup can be removed once its processes are gone
+        while group.exists():
+            try:
+                group.rmdir()
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+    subprocess.run(["ip", "netns", "del", netns], check=False)
+    return sorted(pids)
 
 
 def _alive(pid: int) -> bool:
@@ -179,11 +208,7 @@ def reap_stale_dockerds() -> list[str]:
         owner = name.removeprefix(NETNS_PREFIX).split("-")[0]
         if not name.startswith(NETNS_PREFIX) or not owner.isdigit() or _alive(int(owner)):
             continue
-        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
-        for pid in pids.stdout.split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-        subprocess.run(["ip", "netns", "del", name], check=False)
+        _kill_namespace(name)
         reaped.append(name)
     for workdir in Path("/var/tmp").glob(f"{WORKDIR_PREFIX}*"):
         owner = workdir.name.removeprefix(WORKDIR_PREFIX).split("-")[0]
