@@ -149,22 +149,6 @@ def clients_config(node: Node, clients: Clients, keys: KeySource) -> Rendered:
     return Rendered(path, "\n".join(lines) + "\n", (Secret(private, where),))
 
 
-def _port_clashes(mesh: Mesh, node: Node) -> list[str]:
-    """Interfaces of one node listening on the same UDP port: only one of them can start
-    (the schema check does not catch this yet)."""
-    ports: dict[int, list[str]] = {}
-    for link in node.links:
-        if link.listen_port is not None:
-            ports.setdefault(link.listen_port, []).append(link.interface)
-    if mesh.clients is not None and mesh.clients.node == node.name:
-        ports.setdefault(mesh.clients.port, []).append(mesh.clients.interface)
-    return [
-        f"{node.name}: {', '.join(names)} all listen on UDP port {port}: only one can start"
-        for port, names in ports.items()
-        if len(names) > 1
-    ]
-
-
 def render_wireguard(mesh: Mesh, keys: KeySource, node: str | None = None) -> WireguardRender:
     """Every wg-quick config of the mesh (or of one node), in schema order."""
     if node is not None:
@@ -199,7 +183,6 @@ def render_wireguard(mesh: Mesh, keys: KeySource, node: str | None = None) -> Wi
             files.append(tunnel_config(link, keys))
         if mesh.clients is not None and mesh.clients.node == each.name:
             files.append(clients_config(each, mesh.clients, keys))
-        notes += _port_clashes(mesh, each)
     if not files and not notes:
         where = f"node {node!r}" if node is not None else "the schema"
         raise RenderError(f"{where} has no WireGuard tunnels or clients to render")

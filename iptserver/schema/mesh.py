@@ -216,7 +216,17 @@ def mesh_problems(
             )
         interfaces.setdefault((node, interface), path)
 
-    for name, tunnel in tunnels.items():
+    ports: dict[tuple[str, int], Path] = {}
+
+    def listen(node: str, port: int, path: Path) -> None:
+        if (node, port) in ports:
+            first = ".".join(str(p) for p in ports[node, port])
+            problems.append(
+                (path, f"UDP port {port} is already listened on by node {node!r} ({first})")
+            )
+        ports.setdefault((node, port), path)
+
+    for position, (name, tunnel) in enumerate(tunnels.items(), start=1):
         base: Path = ("tunnels", name)
         if len(tunnel.hosts) != 2:
             problems.append(
@@ -243,8 +253,12 @@ def mesh_problems(
                         "give private_key_file or public_key, not both",
                     )
                 )
+            port = TUNNEL_PORT_BASE + position if side.expose is True else side.expose
+            if port:
+                listen(host, int(port), (*base, "hosts", host, "expose"))
     if clients is not None:
         base = ("clients",)
+        listen(clients.node, clients.port, (*base, "port"))
         unknown((*base, "node"), clients.node)
         claim(clients.node, clients.interface, (*base, "interface"))
         problems += _client_addresses(clients)

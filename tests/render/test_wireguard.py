@@ -449,13 +449,12 @@ tunnels:
             assert "MASQUERADE" not in rules and "connlabel" not in rules, rules
 
 
-def test_interfaces_of_one_node_on_the_same_port_are_noted(
+def test_interfaces_of_one_node_on_the_same_port_are_refused(
     write_schema: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Only one of them could start: the schema check says so before anything is written."""
     path = write_schema(MESH.replace("entry: {expose: 51821}", "entry: {expose: 51820}"))
-    assert render(str(path), "--state-dir", str(tmp_path / "state"), "--node", "entry") == 0
+    assert render(str(path), "--state-dir", str(tmp_path / "state"), "--node", "entry") != 0
     err = capsys.readouterr().err
-    assert err == (
-        "iptserver render wireguard: entry: wg_uk, wg-clients all listen on UDP port 51820: "
-        "only one can start\n"
-    )
+    assert "clients.port: UDP port 51820 is already listened on by node 'entry' " in err
+    assert not (tmp_path / "state").exists()

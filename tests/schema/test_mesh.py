@@ -26,10 +26,20 @@ MISTAKES = [
     (
         "host-not-a-node",
         NODES + "tunnels:\n  t1:\n    subnet: 10.99.0.0/30\n"
-        "    hosts:\n      entry: {}\n      ukk: {}\n",
+        "    hosts:\n      entry: {expose: true}\n      ukk: {}\n",
         [
             "s.yaml:13:12: tunnels.t1.hosts.ukk: node 'ukk' is not defined under nodes; "
             "did you mean 'uk'?"
+        ],
+    ),
+    (
+        "port-twice",
+        NODES
+        + "tunnels:\n  t1:\n    subnet: 10.99.0.0/31\n    hosts: {entry: {expose: 51820}, uk: {}}\n"
+        "clients:\n  node: entry\n  subnet: 10.77.2.0/24\n",
+        [
+            "s.yaml:13:3: clients.port: UDP port 51820 is already listened on by node 'entry' "
+            "(tunnels.t1.hosts.entry.expose)"
         ],
     ),
     (
