@@ -252,12 +252,14 @@ def main(argv: list[str] | None = None) -> int:
             recursors.append(start_recursor(lab, work / "udp", port=PLUGIN_PORT))
             recursors.append(start_recursor(lab, work / "http", port=HTTP_PORT, transport="http"))
             recursors.append(start_recursor(lab, work / "plain", port=PLAIN_PORT, plugin=False))
+            load_before = os.getloadavg()[0]
             for level in levels:
                 plain = Config(f"recursor alone (port {PLAIN_PORT})", PLAIN_PORT)
                 udp = Config(f"+ plugin, udp (port {PLUGIN_PORT})", PLUGIN_PORT, "udp")
                 http = Config(f"+ plugin, http (port {HTTP_PORT})", HTTP_PORT, "http")
                 measure(lab, [udp, http, plain], args.queries, level, args.rounds)
                 results.append((level, plain, [udp, http]))
+            load_after = os.getloadavg()[0]
             routed = lab.whoami("client", synthetic(f"check.{BENCH_ZONE}")[0].value)
             logs = recursors[0].log + recursors[1].log
             not_routed = [line for line in logs.splitlines() if "not routed" in line]
@@ -265,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
             for recursor in recursors:
                 recursor.stop()
             stop_iptserver(running)
+    print(
+        f"\nthe machine's load average (1 min) was {load_before:.1f} before, {load_after:.1f}"
+        f" after, on {os.cpu_count()} CPUs (the bench included; other work skews the figures)"
+    )
     problems = []
     for level, plain, plugins in results:
         report(plain, plugins, level)
