@@ -37,7 +37,7 @@ from iptserver.router import Router, State
 from iptserver.schema import load_schema
 from iptserver.schema.load import Loaded
 from iptserver.schema.model import Schema
-from iptserver.schema.values import IPAddress
+from iptserver.schema.values import IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ class Daemon:
         with self._kernel_lock:
             return call()
 
-    async def _learn(self, entries: Sequence[Learned]) -> None:
+    async def _learn(self, entries: Sequence[Learned]) -> frozenset[IPNetwork]:
         """Learned entries, written right here when the dataplane is idle and the write
         is one raw ipset message (no export table, no pyroute2): the hop to the kernel
         thread and back costs the answer more than the write. Else on the kernel thread."""
@@ -284,11 +284,10 @@ class Daemon:
         if self._kernel_lock.acquire(blocking=False):
             try:
                 if self._dataplane.learns_ipsets_only:
-                    self._dataplane.learn(entries)
-                    return
+                    return self._dataplane.learn(entries)
             finally:
                 self._kernel_lock.release()
-        await self._kernel(self._dataplane.learn, entries)
+        return await self._kernel(self._dataplane.learn, entries)
 
     async def _set_routes(
         self, routed_by: dict[str, str | None], force: frozenset[str]

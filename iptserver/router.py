@@ -18,13 +18,15 @@ from iptserver.dataplane.plan import KernelPlan
 from iptserver.errors import DataplaneError
 from iptserver.policy import Decision, MatchKind, Policy
 from iptserver.schema.load import Loaded
-from iptserver.schema.values import IPAddress
+from iptserver.schema.values import IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
 
 # Seconds an entry outlives the TTL handed out: its timeout starts before the client
 # receives the answer, and a client may round its cache time up.
 HOLD_MARGIN = 2
+# What a learn call newly put in the export table (None: an apply that does not say).
+Exported = frozenset[IPNetwork] | None
 RECENT = 100
 
 
@@ -41,27 +43,29 @@ class Batcher:
     """Runs ``apply`` on everything submitted while the previous run was busy, in one go.
 
     Answers that arrive together share one kernel round trip per set; a lone answer waits
-    for nothing but its own.
+    for nothing but its own. ``apply`` may return the networks it newly exported (see
+    ``Dataplane.learn``); each waiter gets those of its own entries.
     """
 
-    def __init__(self, apply: Callable[[list[Learned]], Awaitable[None]]) -> None:
+    def __init__(self, apply: Callable[[list[Learned]], Awaitable[Exported]]) -> None:
         self._apply = apply
-        self._pending: list[tuple[list[Learned], asyncio.Future[None]]] = []
+        self._pending: list[tuple[list[Learned], asyncio.Future[Exported]]] = []
         self._running: asyncio.Task[None] | None = None
 
-    async def submit(self, entries: list[Learned]) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def submit(self, entries: list[Learned]) -> frozenset[IPNetwork]:
+        future: asyncio.Future[Exported] = asyncio.get_running_loop().create_future()
         self._pending.append((entries, future))
         if self._running is None or self._running.done():
             self._running = asyncio.create_task(self._drain())
-        await future
+        fresh = await future
+        return frozenset(e.network for e in entries if e.network in fresh) if fresh else frozenset()
 
     async def _drain(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             entries = [entry for part, _ in batch for entry in part]
             try:
-                await self._apply(entries)
+                fresh = await self._apply(entries)
             except Exception as e:  # handed to every waiter, which reports it
                 for _, future in batch:
                     if not future.done():
@@ -69,7 +73,7 @@ class Batcher:
             else:
                 for _, future in batch:
                     if not future.done():
-                        future.set_result(None)
+                        future.set_result(fresh)
 
 
 class ExpiryTimer:
@@ -126,7 +130,7 @@ class Router:
     def __init__(
         self,
         state: State,
-        apply: Callable[[list[Learned]], Awaitable[None]] | None,
+        apply: Callable[[list[Learned]], Awaitable[Exported]] | None,
         expire: Callable[[], Awaitable[float | None]] | None = None,
     ) -> None:
         """``expire``: removes exported host routes whose hold is over (kernel.export_table)
@@ -175,10 +179,15 @@ class Router:
         entries, shortest = self.learned_entries(decisions)
         self.recent.extend((tuple(names), d) for d in decisions)
         if entries and self._batcher is not None:
-            await self._batcher.submit(entries)
+            fresh = await self._batcher.submit(entries)
             if self._expiry is not None and self.state.plan.export_table is not None:
                 assert shortest is not None
                 self._expiry.wake_by(time.monotonic() + shortest + HOLD_MARGIN)
+            delay = self.state.policy.schema.kernel.export_delay_ms
+            if fresh and delay:
+                # OSPF is carrying the new routes to the mesh: a client behind another
+                # node (an office) must not connect before its router knows the way.
+                await asyncio.sleep(delay / 1000)
         self.learned.update(
             d.exit for d in decisions if d.kind is MatchKind.DOMAIN and d.exit is not None
         )

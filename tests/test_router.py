@@ -83,3 +83,32 @@ def test_a_sweep_the_kernel_refuses_is_retried() -> None:
         return calls
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_each_answer_learns_which_of_its_own_routes_were_newly_exported() -> None:
+    import ipaddress
+
+    from iptserver.dataplane.kernel import Learned
+    from iptserver.router import Batcher
+
+    def learned(ip: str) -> Learned:
+        return Learned("ipts-d0-4", ipaddress.ip_network(ip), 0x100, 60)
+
+    async def apply(entries: list[Learned]) -> frozenset[ipaddress.IPv4Network]:
+        await asyncio.sleep(0.01)  # answers pile up meanwhile and share the next call
+        return frozenset(ipaddress.IPv4Network(n) for n in ("203.0.113.1/32", "203.0.113.3/32"))
+
+    async def scenario() -> list[frozenset[object]]:
+        batcher = Batcher(apply)
+        return list(
+            await asyncio.gather(
+                batcher.submit([learned("203.0.113.1")]),
+                batcher.submit([learned("203.0.113.2")]),
+                batcher.submit([learned("203.0.113.3"), learned("203.0.113.4")]),
+            )
+        )
+
+    first, second, third = asyncio.run(scenario())
+    assert first == {ipaddress.ip_network("203.0.113.1/32")}
+    assert second == frozenset()
+    assert third == {ipaddress.ip_network("203.0.113.3/32")}

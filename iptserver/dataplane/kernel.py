@@ -219,8 +219,11 @@ class Dataplane:
         export table, so no pyroute2): then it may run on any thread, one call at a time."""
         return self._plan is not None and self._plan.export_table is None
 
-    def learn(self, entries: Sequence[Learned]) -> None:
-        """Add or refresh DNS-learned entries, one netlink message per set and batch."""
+    def learn(self, entries: Sequence[Learned]) -> frozenset[IPNetwork]:
+        """Add or refresh DNS-learned entries, one netlink message per set and batch.
+
+        Returns the networks whose host route this call put in the export table (none
+        when the table is off or every route was there already)."""
         by_set: dict[str, list[Entry]] = defaultdict(list)
         for learned in entries:
             by_set[learned.set_name].append(Entry(learned.network, learned.mark, learned.timeout))
@@ -234,6 +237,8 @@ class Dataplane:
             missing = self._exports.refresh(wanted)
             for problem in self._routing.replace_host_routes(self._plan.export_table, missing):
                 log.warning("%s", problem)
+            return frozenset(route.network for route in missing)
+        return frozenset()
 
     def expire_exports(self, now: float | None = None) -> float | None:
         """Delete the exported host routes whose hold is over; return the next deadline

@@ -137,6 +137,12 @@ class Kernel(_Model):
         "table as a host route out of the exit's interface, for as long as it is held, so "
         "FRR can announce it (zebra `ip import-table`); nothing forwards by it (default: off)",
     )
+    export_delay_ms: Annotated[StrictInt, Field(ge=0, le=5000)] = Field(
+        100,
+        description="With export_table: an answer that adds a host route to the table is "
+        "held back this long, so OSPF has taken the route to the mesh (an office) before "
+        "the client can connect; answers whose routes are already there are not",
+    )
 
 
 class Schema(_Model):
