@@ -43,6 +43,7 @@ HOST_ADDRESS = "192.0.2.10"  # firezone: the address the clients ask
 AUTHORITY = "192.0.2.53"
 CLIENT = "192.0.2.20"
 MARK = 0x4242
+TUNNEL_PORT = 51821
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 HEALTHY_TIMEOUT = 120.0  # health checks run every 10 s; give the three a few rounds
 
@@ -84,14 +85,17 @@ exits:
 rules:
   - exit: uk
     domains: [co.uk, gov.uk]
+nodes:
+  entry: {{entry: true, endpoint: {HOST_ADDRESS}}}
+  uk: {{endpoint: 198.18.1.1}}
+tunnels:
+  wg_uk:
+    subnet: 10.99.0.0/30
+    hosts:
+      entry: {{expose: {TUNNEL_PORT}, compose_service: {SERVICE}}}
+      uk: {{expose: {TUNNEL_PORT}}}
 """
-FRR_CONF = f"""\
-frr defaults traditional
-hostname sidecar
-router ospf
- ospf router-id {HOST_ADDRESS}
- network 192.0.2.0/24 area 0
-"""
+ROUTER_ID = "10.99.0.1"  # the entry's end of wg_uk: what `iptserver render frr` picks
 QUERY = """\
 import sys
 from dnslib import DNSRecord
@@ -172,17 +176,17 @@ def dockerd() -> Iterator[Dockerd]:
 
 @pytest.fixture
 def stack(dockerd: Dockerd, tmp_path: Path) -> Iterator[Stack]:
-    (tmp_path / "frr").mkdir()
-    (tmp_path / "frr" / "frr.conf").write_text(FRR_CONF)
     (tmp_path / "state").mkdir()
     user = tmp_path / "docker-compose.yml"
     user.write_text(USER_COMPOSE)
     schema = tmp_path / "schema.yaml"
     schema.write_text(SCHEMA)
+    frr = tmp_path / "frr"
+    assert main(["render", "frr", str(schema), "--node", "entry", "--out", str(frr)]) == 0
     override = tmp_path / "iptserver.override.yml"
     argv = ["render", "compose", "--compose-file", str(user), "--service", SERVICE]
     argv += ["--config", str(schema), "--state-dir", str(tmp_path / "state")]
-    argv += ["--frr-dir", str(tmp_path / "frr"), "--image", IMAGE]
+    argv += ["--frr-dir", str(frr / "entry"), "--image", IMAGE]
     argv += ["--forward", f"{AUTHORITY}:53", "--allow-from", "192.0.2.0/24"]
     argv += ["-o", str(override)]
     assert main(argv) == 0
@@ -209,8 +213,11 @@ def wait_healthy(stack: Stack, services: tuple[str, ...]) -> None:
 
 
 def members(stack: Stack) -> list[str]:
-    """Every member line of every ipset in the host service's namespace."""
-    listing = stack.exec("iptserver", "ipset", "list")
+    """Every member line of every ipset in the host service's network namespace, read
+    from outside (the host's ipset, entering the namespace of firezone's process)."""
+    container = f"{stack.project}_{SERVICE}_1"
+    pid = stack.dockerd.docker("inspect", "--format", "{{.State.Pid}}", container).strip()
+    listing = run(["nsenter", f"--target={pid}", "--net", "ipset", "list"])
     return [line.strip() for line in listing.splitlines() if line[:1].isdigit()]
 
 
@@ -218,7 +225,8 @@ def test_sidecars_route_the_clients_answers_in_the_service_namespace(stack: Stac
     wait_healthy(stack, ("iptserver", "iptserver-recursor", "iptserver-frr"))
 
     # The sidecars live in firezone's namespace: its address is theirs.
-    assert f"inet {HOST_ADDRESS}/24" in stack.exec("iptserver", "ip", "-4", "addr", "show")
+    for sidecar in ("iptserver", "iptserver-recursor", "iptserver-frr"):
+        assert f"inet {HOST_ADDRESS}/24" in stack.exec(sidecar, "ip", "-4", "addr", "show")
 
     # A .co.uk name: the client gets the authority's answer through firezone's address,
     # and the namespace's sets hold the address with the uk exit's mark.
@@ -231,9 +239,13 @@ def test_sidecars_route_the_clients_answers_in_the_service_namespace(stack: Stac
     assert stack.resolve("www.example.com") == {"198.51.100.150"}
     assert not [line for line in members(stack) if line.startswith("198.51.100.150")]
 
-    # FRR runs on the mounted configuration, in the same namespace.
+    # FRR runs on the configuration `iptserver render frr` wrote, in the same namespace.
     ospf = stack.exec("iptserver-frr", "vtysh", "-c", "show ip ospf")
-    assert f"Router ID: {HOST_ADDRESS}" in ospf
+    assert f"Router ID: {ROUTER_ID}" in ospf
+
+    # The tunnel end the schema puts in firezone has its UDP port published there.
+    ports = stack.dockerd.docker("port", f"{stack.project}_{SERVICE}_1")
+    assert f"{TUNNEL_PORT}/udp -> 0.0.0.0:{TUNNEL_PORT}" in ports
 
 
 def test_restart_policy_and_health_check(stack: Stack) -> None:
