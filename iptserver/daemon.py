@@ -31,7 +31,7 @@ from iptserver.errors import DataplaneError, GeoIPError, IptserverError, SchemaE
 from iptserver.geoip import DEFAULT_DATABASE, GeoIPDatabase
 from iptserver.health.monitor import Change, Monitor
 from iptserver.health.webhook import Webhook
-from iptserver.plugin_udp import start_plugin_endpoint
+from iptserver.plugin_udp import PluginEndpoint, start_plugin_endpoint
 from iptserver.policy import Policy
 from iptserver.router import Router, State
 from iptserver.schema import load_schema
@@ -76,7 +76,7 @@ class Daemon:
         self._monitor: Monitor | None = None  # exit health; watches exits with `health`
         self._webhook = Webhook(None)
         self._reloading: set[asyncio.Future[bool]] = set()
-        self._plugin_endpoint: asyncio.DatagramTransport | None = None
+        self._plugin_endpoint: PluginEndpoint | None = None
 
     def _schema(self) -> Loaded:
         loaded = load_schema(self.options.config)

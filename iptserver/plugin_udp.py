@@ -29,7 +29,7 @@ import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from iptserver.errors import DataplaneError
 from iptserver.router import Router
@@ -134,21 +134,47 @@ def _address(request_id: str, raw: str) -> IPAddress:
         raise BadDatagram(request_id, f"not an IP address: {raw[:80]!r}") from None
 
 
-class PluginEndpoint(asyncio.DatagramProtocol):
-    """Routes each datagram's answer and replies to its sender; never raises."""
+class PluginEndpoint:
+    """Routes each datagram's answer and replies to its sender; never raises.
 
-    def __init__(self, router: Router, token: str | None) -> None:
+    A plain non-blocking socket the loop watches, read until empty at each wake-up:
+    asyncio's datagram transport reads one datagram per wake-up into a fresh 256 KiB
+    buffer, which cost more than routing the answer (bench/recursor.py).
+    """
+
+    READS_PER_WAKEUP = 64  # then the rest of the loop gets its turn
+
+    def __init__(self, router: Router, token: str | None, sock: socket.socket) -> None:
         self._router = router
         self._token = token
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_reply: dict[Any, float] = {}  # source -> when it was last replied to
         self.spaced = 0  # replies held back by REPLY_GAP: ports the recursor reused at once
         self.rejected = 0  # datagrams that broke the format
+        self._loop.add_reader(sock, self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # the selector loop's UDP transport does not subclass DatagramTransport
-        self._transport = cast(asyncio.DatagramTransport, transport)
+    @property
+    def port(self) -> int:
+        port: int = self._sock.getsockname()[1]
+        return port
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock)
+            self._sock.close()
+
+    def _readable(self) -> None:
+        for _ in range(self.READS_PER_WAKEUP):
+            try:
+                data, addr = self._sock.recvfrom(MAX_DATAGRAM + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # an ICMP error queued on the socket: nothing to do
+                log.debug("plugin endpoint: %s", e)
+                continue
+            self.datagram_received(data, addr)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
@@ -168,7 +194,7 @@ class PluginEndpoint(asyncio.DatagramProtocol):
         if len(self._tasks) >= MAX_IN_FLIGHT:
             self._send(format_error(request.request_id, "busy: too many answers at once"), addr)
             return
-        task = asyncio.get_running_loop().create_task(self._route(request, addr))
+        task = self._loop.create_task(self._route(request, addr))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -186,13 +212,12 @@ class PluginEndpoint(asyncio.DatagramProtocol):
         self._send(reply, addr)
 
     def _send(self, reply: bytes, addr: Any) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._loop.time()
         last = self._last_reply.get(addr)
         if last is not None and now - last < REPLY_GAP:
             self.spaced += 1
             self._last_reply[addr] = last + REPLY_GAP
-            loop.call_at(last + REPLY_GAP, self._sendto, reply, addr)
+            self._loop.call_at(last + REPLY_GAP, self._sendto, reply, addr)
             return
         if len(self._last_reply) >= 1024:  # only the last REPLY_GAP matters
             self._last_reply = {a: t for a, t in self._last_reply.items() if now - t < REPLY_GAP}
@@ -200,20 +225,25 @@ class PluginEndpoint(asyncio.DatagramProtocol):
         self._sendto(reply, addr)
 
     def _sendto(self, reply: bytes, addr: Any) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.sendto(reply, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for replies to a plugin that gave up waiting: nothing to do
-        log.debug("plugin endpoint: %s", exc)
+        if self._sock.fileno() < 0:
+            return
+        try:
+            self._sock.sendto(reply, addr)
+        except OSError as e:  # a full buffer (the plugin then waits its bound) or a gone peer
+            log.debug("plugin endpoint: no reply to %s: %s", addr, e)
 
 
 async def start_plugin_endpoint(
     router: Router, address: IPAddress, port: int, token: str | None
-) -> asyncio.DatagramTransport:
+) -> PluginEndpoint:
     """Listen on ``address``:``port`` over UDP; raises OSError when it cannot."""
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-        lambda: PluginEndpoint(router, token), local_addr=(str(address), port), family=family
+    sock = socket.socket(
+        socket.AF_INET6 if address.version == 6 else socket.AF_INET, socket.SOCK_DGRAM
     )
-    return transport
+    try:
+        sock.setblocking(False)
+        sock.bind((str(address), port))
+        return PluginEndpoint(router, token, sock)
+    except BaseException:
+        sock.close()
+        raise

@@ -57,15 +57,15 @@ def serve(
     harness = make_harness()
 
     async def main() -> None:
-        transport = await start_plugin_endpoint(
+        endpoint = await start_plugin_endpoint(
             harness.router, ipaddress.ip_address("127.0.0.1"), 0, token
         )
-        client = Client(transport.get_extra_info("sockname")[1])
+        client = Client(endpoint.port)
         try:
             await scenario(client, harness)
         finally:
             client.sock.close()
-            transport.close()
+            endpoint.close()
 
     asyncio.run(main())
     return harness
