@@ -46,12 +46,14 @@ MAX_CHAIN = 16  # names after the qname, as the API
 MAX_ADDRESSES = 512
 MAX_ID = 2**63 - 1
 MAX_IN_FLIGHT = 4096  # answers being routed at once; more are refused, not queued
-# Seconds between two replies to one source address and port. The recursor sends each
-# datagram from a new socket bound with SO_REUSEADDR, so two of its queries in flight
-# may share a port, and the one socket that gets the first reply stops reading: a
-# second reply sent at once would be lost with it and its query would wait the whole
-# network-timeout. Sent this much later, the second reaches the socket still open.
-# (A reply that reaches the other query is caught by its id, and the plugin asks again.)
+# Seconds between two replies to one source address and port when the second request
+# came before the first reply left. The recursor sends each datagram from a new socket
+# bound with SO_REUSEADDR, so two of its queries in flight may share a port, and the one
+# socket that gets the first reply stops reading: a second reply sent at once would be
+# lost with it and its query would wait the whole network-timeout. Sent this much
+# later, the second reaches the socket still open. (A reply that reaches the other
+# query is caught by its id, and the plugin asks again.) A request that came after the
+# last reply left is from a new socket that merely got the port again: no wait.
 REPLY_GAP = 0.02
 
 
@@ -185,20 +187,21 @@ class PluginEndpoint:
             # Never more bytes out than in: a spoofed source gains nothing by reflection
             # (the plugin's own requests are always longer than any reply).
             if len(reply) <= len(data):
-                self._send(reply, addr)
+                self._send(reply, addr, self._loop.time())
             else:
                 log.debug(
                     "plugin endpoint: %s from %s (not answered: shorter than the reply)", e, addr
                 )
             return
         if len(self._tasks) >= MAX_IN_FLIGHT:
-            self._send(format_error(request.request_id, "busy: too many answers at once"), addr)
+            busy = format_error(request.request_id, "busy: too many answers at once")
+            self._send(busy, addr, self._loop.time())
             return
-        task = self._loop.create_task(self._route(request, addr))
+        task = self._loop.create_task(self._route(request, addr, self._loop.time()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _route(self, request: AnswerRequest, addr: Any) -> None:
+    async def _route(self, request: AnswerRequest, addr: Any, arrived: float) -> None:
         try:
             cap = await self._router.learn(request.names, request.addresses, request.ttl)
         except DataplaneError as e:
@@ -209,12 +212,13 @@ class PluginEndpoint:
             reply = format_error(request.request_id, "internal error (logged)")
         else:
             reply = format_reply(request.request_id, cap)
-        self._send(reply, addr)
+        self._send(reply, addr, arrived)
 
-    def _send(self, reply: bytes, addr: Any) -> None:
+    def _send(self, reply: bytes, addr: Any, arrived: float) -> None:
+        """``arrived``: when the request came (loop time)."""
         now = self._loop.time()
         last = self._last_reply.get(addr)
-        if last is not None and now - last < REPLY_GAP:
+        if last is not None and last >= arrived and now - last < REPLY_GAP:
             self.spaced += 1
             self._last_reply[addr] = last + REPLY_GAP
             self._loop.call_at(last + REPLY_GAP, self._sendto, reply, addr)
