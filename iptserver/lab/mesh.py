@@ -50,8 +50,13 @@ OFFICE_PORT = 51830  # the entry listens for the office here
 EXIT_PORT = 51820  # each exit listens for the entry here
 LAN = "lan"  # the office's and officehost's veth ends
 LAN_WHOAMI_PORT = 8000
-ROUTER_IDS = {"entry": "10.255.0.1", "uk": "10.255.0.11", "ru": "10.255.0.12", "us": "10.255.0.13"}
-ROUTER_IDS["office"] = "10.255.0.20"
+ROUTER_IDS = {
+    "entry": "10.255.0.1",
+    "uk": "10.255.0.11",
+    "ru": "10.255.0.12",
+    "us": "10.255.0.13",
+    "office": "10.255.0.20",
+}
 
 
 class MeshLab(Lab):
