@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iptserver.lab.errors import LabError
+from iptserver.lab.processes import stop_children
 
 if TYPE_CHECKING:
     from iptserver.lab.topology import Lab
@@ -171,17 +172,7 @@ class Frr:
 
     def stop(self) -> None:
         """SIGTERM the daemons (ospfd before zebra), wait, remove the instance's files."""
-        for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + STOP_GRACE
-        for proc in reversed(self._procs):
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("FRR %s: pid %d ignored SIGTERM: SIGKILL", self.instance, proc.pid)
-                proc.kill()
-                proc.wait()
+        stop_children(self._procs, STOP_GRACE, lambda pid: f"FRR {self.instance}")
         self._procs = []
         remove_instance(self.instance)
 

@@ -60,6 +60,7 @@ from iptserver.lab.addresses import (
 )
 from iptserver.lab.errors import CommandError, LabError, ProbeError
 from iptserver.lab.netns import NETNS_DIR, socket_in
+from iptserver.lab.processes import stop_children
 from iptserver.lab.state import (
     NS_PREFIX,
     STATE_DIR,
@@ -754,19 +755,7 @@ class Lab:
         return problems
 
     def _stop_processes(self) -> None:
-        for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + STOP_GRACE
-        for proc in reversed(self._procs):
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning(
-                    "pid %d (%s) ignored SIGTERM: SIGKILL", proc.pid, self._labels[proc.pid]
-                )
-                proc.kill()
-                proc.wait()
+        stop_children(self._procs, STOP_GRACE, self._labels.__getitem__)
 
     def describe(self) -> str:
         """Namespaces, interfaces and addresses, for people."""

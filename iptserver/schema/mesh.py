@@ -206,25 +206,17 @@ def mesh_problems(
             hint = _did_you_mean(name, defined)
             problems.append((path, f"node {name!r} is not defined under nodes{hint}"))
 
-    interfaces: dict[tuple[str, str], Path] = {}
+    used: dict[tuple[str, str | int], Path] = {}  # (node, interface or UDP port) -> first user
 
-    def claim(node: str, interface: str, path: Path) -> None:
-        if (node, interface) in interfaces:
-            first = ".".join(str(p) for p in interfaces[node, interface])
+    def once(node: str, thing: str | int, path: Path) -> None:
+        if (node, thing) in used:
+            first = ".".join(str(p) for p in used[node, thing])
             problems.append(
-                (path, f"interface {interface!r} is already used on node {node!r} by {first}")
+                (path, f"interface {thing!r} is already used on node {node!r} by {first}")
+                if isinstance(thing, str)
+                else (path, f"UDP port {thing} is already listened on by node {node!r} ({first})")
             )
-        interfaces.setdefault((node, interface), path)
-
-    ports: dict[tuple[str, int], Path] = {}
-
-    def listen(node: str, port: int, path: Path) -> None:
-        if (node, port) in ports:
-            first = ".".join(str(p) for p in ports[node, port])
-            problems.append(
-                (path, f"UDP port {port} is already listened on by node {node!r} ({first})")
-            )
-        ports.setdefault((node, port), path)
+        used.setdefault((node, thing), path)
 
     for position, (name, tunnel) in enumerate(tunnels.items(), start=1):
         base: Path = ("tunnels", name)
@@ -245,7 +237,7 @@ def mesh_problems(
             )
         for host, side in tunnel.hosts.items():
             unknown((*base, "hosts", host), host)
-            claim(host, side.interface or name, (*base, "hosts", host))
+            once(host, side.interface or name, (*base, "hosts", host))
             if side.private_key_file and side.public_key:
                 problems.append(
                     (
@@ -255,12 +247,12 @@ def mesh_problems(
                 )
             port = TUNNEL_PORT_BASE + position if side.expose is True else side.expose
             if port:
-                listen(host, int(port), (*base, "hosts", host, "expose"))
+                once(host, int(port), (*base, "hosts", host, "expose"))
     if clients is not None:
         base = ("clients",)
-        listen(clients.node, clients.port, (*base, "port"))
+        once(clients.node, clients.port, (*base, "port"))
         unknown((*base, "node"), clients.node)
-        claim(clients.node, clients.interface, (*base, "interface"))
+        once(clients.node, clients.interface, (*base, "interface"))
         problems += _client_addresses(clients)
     return problems
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -30,20 +29,6 @@ rules:
   - {{exit: direct, domains: [example]}}
   - {{exit: gone, domains: [gone.test]}}
 """
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"iptsex{secrets.token_hex(3)}"
-    sh("ip", "netns", "add", name)
-    try:
-        for pair in (("ing0", "ing0p"), ("xuk", "xukp"), ("xru", "xrup")):
-            sh("ip", "-n", name, "link", "add", pair[0], "type", "veth", "peer", "name", pair[1])
-            for end in pair:
-                sh("ip", "-n", name, "link", "set", end, "up")
-        yield name
-    finally:
-        sh("ip", "netns", "del", name)
 
 
 class Driver:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from tests.dataplane.test_kernel import apply, sh
 
@@ -17,20 +14,6 @@ ingress: [INGRESS]
 rules:
   - {exit: uk, domains: [co.uk]}
 """
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"iptsin{secrets.token_hex(3)}"
-    sh("ip", "netns", "add", name)
-    try:
-        for pair in (("ing0", "ing0p"), ("xuk", "xukp"), ("xru", "xrup")):
-            sh("ip", "-n", name, "link", "add", pair[0], "type", "veth", "peer", "name", pair[1])
-            for end in pair:
-                sh("ip", "-n", name, "link", "set", end, "up")
-        yield name
-    finally:
-        sh("ip", "netns", "del", name)
 
 
 def jumps(netns: str) -> list[str]:

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import REPO
 
@@ -33,20 +29,6 @@ rules:
 
 def sh(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"iptsdp{secrets.token_hex(3)}"
-    sh("ip", "netns", "add", name)
-    try:
-        for pair in (("ing0", "ing0p"), ("xuk", "xukp"), ("xru", "xrup")):
-            sh("ip", "-n", name, "link", "add", pair[0], "type", "veth", "peer", "name", pair[1])
-            for end in pair:
-                sh("ip", "-n", name, "link", "set", end, "up")
-        yield name
-    finally:
-        sh("ip", "netns", "del", name)
 
 
 def apply(netns: str, schema: Path, mmdb: Path, times: int, end: str) -> list[str]:

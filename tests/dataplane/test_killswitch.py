@@ -9,7 +9,6 @@ while failed over.
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.dataplane.conftest import veth_namespace
 
 SCHEMA = """
 exits:
@@ -37,13 +37,7 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def netns() -> Iterator[str]:
     """xuk and xus (tunnels), up0 the host's uplink with the main table's default routes."""
-    name = f"iptsks{secrets.token_hex(3)}"
-    sh("ip", "netns", "add", name)
-    try:
-        for pair in (("xuk", "xukp"), ("xus", "xusp"), ("up0", "up0p")):
-            sh("ip", "-n", name, "link", "add", pair[0], "type", "veth", "peer", "name", pair[1])
-            for end in pair:
-                sh("ip", "-n", name, "link", "set", end, "up")
+    with veth_namespace("iptsks", ("xuk", "xus", "up0")) as name:
         batch = [
             "addr add 192.0.2.2/24 dev up0",
             "addr add 2001:db8:9::2/64 dev up0 nodad",
@@ -54,8 +48,6 @@ def netns() -> Iterator[str]:
             ["ip", "-n", name, "-batch", "-"], input="\n".join(batch), text=True, check=True
         )
         yield name
-    finally:
-        sh("ip", "netns", "del", name)
 
 
 def drive(netns: str, schema: Path, *args: str) -> list[str]:
