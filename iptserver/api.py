@@ -23,8 +23,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from iptserver.dataplane.ipset import Entry
 from iptserver.dns.counters import DnsCounters
-from iptserver.errors import DataplaneError
+from iptserver.errors import DataplaneError, GeoIPError
 from iptserver.explain import explain, parse_query
 from iptserver.geoip import GeoIPDatabase
 from iptserver.health.monitor import Monitor
@@ -65,6 +66,8 @@ class ApiConfig:
     geo: GeoIPDatabase | None = None
     token: str | None = None  # POST endpoints need "Authorization: Bearer TOKEN" if set
     monitor: Monitor | None = None  # exit health (None: every exit is up)
+    # The DNS-learned entries the kernel holds now, with their weight (None: no kernel).
+    installed: Callable[[], Awaitable[list[tuple[int, Entry]]]] | None = None
 
     def exit_state(self, name: str) -> ExitState:
         return self.monitor.state(name) if self.monitor is not None else ExitState.UP
@@ -104,6 +107,7 @@ def make_app(config: ApiConfig) -> web.Application:
             web.get("/metrics", metrics),
             web.get("/v1/exits", exits),
             web.get("/v1/routes", routes),
+            web.get("/v1/decisions", decisions),
             web.get("/v1/status", status),
             web.get("/v1/explain", explain_view),
             web.post("/v1/answers", answers),
@@ -207,7 +211,70 @@ async def exits(request: web.Request) -> web.Response:
     )
 
 
+ROUTE_KINDS = ("learned", "net", "country")
+
+
 async def routes(request: web.Request) -> web.Response:
+    """What is routed now: the DNS-learned entries the kernel holds (with the seconds
+    left), then each rule's nets and countries. ``?exit=NAME`` (repeatable), ``?kind=``
+    learned|net|country and ``?ip=ADDR`` (the routes that cover it) narrow the list."""
+    config = request.app[CONFIG]
+    wanted = set(request.query.getall("exit", []))
+    kinds = set(request.query.getall("kind", [])) or set(ROUTE_KINDS)
+    if unknown := kinds - set(ROUTE_KINDS):
+        raise BadRequest(f"kind must be one of {', '.join(ROUTE_KINDS)}, not {sorted(unknown)}")
+    ip = _address(request.query["ip"], "ip") if "ip" in request.query else None
+    state = config.router.state
+    rules = state.policy.schema.rules
+    result: list[dict[str, Any]] = []
+    if "learned" in kinds and config.installed is not None:
+        try:
+            installed = await config.installed()
+        except DataplaneError as e:
+            return _error(503, f"cannot read the kernel's sets: {e}")
+        exit_of = {e.mark: e.name for e in state.plan.exits}
+        known = config.router.learned_by()
+        installed.sort(key=lambda item: (-item[0], item[1].network.version, item[1].network))
+        for weight, entry in installed:
+            if ip is not None and ip not in entry.network:
+                continue
+            names, learned_by = known.get(entry.network, ((), None))
+            result.append(
+                {
+                    "kind": "learned",
+                    "net": str(entry.network),
+                    "exit": exit_of.get(entry.mark) if entry.mark is not None else None,
+                    "weight": weight,
+                    "expires_in": entry.timeout,
+                    "rule": learned_by,
+                    "names": list(names),
+                }
+            )
+    country = _country(config, ip) if ip is not None else None
+    for index, rule in enumerate(rules):
+        base = {"exit": rule.exit, "weight": rule.weight, "rule": index}
+        if "net" in kinds:
+            for net in rule.nets:
+                if ip is None or (ip.version == net.version and ip in net):
+                    result.append({"kind": "net", "net": str(net), **base})
+        if "country" in kinds:
+            for code in rule.countries:
+                if ip is None or code == country:
+                    result.append({"kind": "country", "country": code, **base})
+    return web.json_response([r for r in result if not wanted or r["exit"] in wanted])
+
+
+def _country(config: ApiConfig, ip: IPAddress) -> str | None:
+    if config.geo is None:
+        return None
+    try:
+        found = config.geo.lookup(ip)
+    except GeoIPError:
+        return None
+    return found[0] if found is not None else None
+
+
+async def decisions(request: web.Request) -> web.Response:
     """The router's recent decisions, oldest first; ``?exit=NAME`` keeps one exit's."""
     wanted = request.query.getall("exit", [])
     result = []

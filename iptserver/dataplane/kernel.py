@@ -78,6 +78,18 @@ class Dataplane:
         """The exits whose marks, rules and tables the kernel holds now."""
         return self._plan.exits if self._plan is not None else self._previous_exits
 
+    def learned_now(self) -> list[tuple[int, Entry]]:
+        """The DNS-learned entries the kernel holds, with their weight class: what is
+        routed now and for how long (``Entry.timeout``: seconds left)."""
+        if self._plan is None:
+            return []
+        return [
+            (weight_class.weight, entry)
+            for weight_class in self._plan.classes
+            for set_plan in weight_class.learned
+            for entry in self._sets.entries(set_plan.name)
+        ]
+
     def apply(self, plan: KernelPlan) -> list[str]:
         """Program ``plan``; return the problems of exits that could not be set up.
 

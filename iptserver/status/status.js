@@ -94,7 +94,7 @@ async function refresh() {
     const [exits, status, decisions] = await Promise.all([
       getJSON("/v1/exits"),
       getJSON("/v1/status"),
-      getJSON("/v1/routes"),
+      getJSON("/v1/decisions"),
     ]);
     renderExits(exits, status);
     renderDecisions(decisions);

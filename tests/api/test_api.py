@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from iptserver.api import MAX_BODY, ApiConfig, make_app
 from iptserver.cli import _parser, main
+from iptserver.dataplane.ipset import Entry
 from iptserver.dataplane.kernel import Learned
 from iptserver.dataplane.plan import plan
 from iptserver.dns.counters import DnsCounters
@@ -66,6 +67,12 @@ class Kernel:
             raise DataplaneError("ipset add learned-4 198.51.100.10: test failure")
         self.applied.extend(entries)
 
+    async def installed(self) -> list[tuple[int, Entry]]:
+        """What the kernel would hold (every rule here has weight 0)."""
+        if self.fail:
+            raise DataplaneError("cannot list ipset learned-4: test failure")
+        return [(0, Entry(e.network, e.mark, e.timeout)) for e in self.applied]
+
 
 @dataclass
 class Harness:
@@ -108,6 +115,7 @@ def serve(
             reloads=harness.reloads,
             geo=geo,
             token=token,
+            installed=harness.kernel.installed,
         )
         server = TestServer(make_app(config), host="127.0.0.1", port=0)
         async with TestClient(server) as client:
@@ -176,12 +184,67 @@ def test_exits() -> None:
     serve(scenario)
 
 
-def test_routes_lists_recent_decisions_and_filters_by_exit() -> None:
+def test_routes_lists_learned_entries_then_the_rules_nets() -> None:
     async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
-        assert await (await client.get("/v1/routes")).json() == []
+        ru_net = {"kind": "net", "net": "203.0.113.0/24", "exit": "ru", "weight": 0, "rule": 1}
+        assert await (await client.get("/v1/routes")).json() == [ru_net]
+        await h.router.learn(["www.example.com"], [ipaddress.ip_address("198.51.100.10")], 60)
+        learned = {
+            "kind": "learned",
+            "net": "198.51.100.10/32",
+            "exit": "uk",
+            "weight": 0,
+            "expires_in": 122,
+            "rule": 0,
+            "names": ["www.example.com"],
+        }
+        assert await (await client.get("/v1/routes")).json() == [learned, ru_net]
+        for query, expected in [
+            ({"exit": "uk"}, [learned]),
+            ({"kind": "net"}, [ru_net]),
+            ({"kind": ["net", "learned"]}, [learned, ru_net]),
+            ({"ip": "203.0.113.9"}, [ru_net]),
+            ({"ip": "198.51.100.10"}, [learned]),
+            ({"ip": "2001:db8::1"}, []),
+            ({"exit": "nowhere"}, []),
+        ]:
+            params = [
+                (k, v) for k, vs in query.items() for v in ([vs] if isinstance(vs, str) else vs)
+            ]
+            assert await (await client.get("/v1/routes", params=params)).json() == expected, query
+
+    serve(scenario)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"kind": "static"}, "kind must be one of learned, net, country"),
+        ({"ip": "198.51.100.300"}, "ip is not an IP address"),
+    ],
+)
+def test_routes_rejects_bad_filters(params: dict[str, str], message: str) -> None:
+    async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
+        assert message in await error_of(await client.get("/v1/routes", params=params), 400)
+
+    serve(scenario)
+
+
+def test_routes_says_when_the_kernel_cannot_be_read() -> None:
+    async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
+        h.kernel.fail = True
+        message = await error_of(await client.get("/v1/routes"), 503)
+        assert "cannot read the kernel's sets" in message
+
+    serve(scenario)
+
+
+def test_decisions_lists_recent_decisions_and_filters_by_exit() -> None:
+    async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
+        assert await (await client.get("/v1/decisions")).json() == []
         await h.router.learn(["www.example.com"], [ipaddress.ip_address("198.51.100.10")], 60)
         await h.router.learn(["other.org"], [ipaddress.ip_address("203.0.113.5")], 60)
-        everything = await (await client.get("/v1/routes")).json()
+        everything = await (await client.get("/v1/decisions")).json()
         assert everything == [
             {
                 "names": ["www.example.com"],
@@ -200,18 +263,18 @@ def test_routes_lists_recent_decisions_and_filters_by_exit() -> None:
                 "reason": "rule",
             },
         ]
-        uk = await (await client.get("/v1/routes", params={"exit": "uk"})).json()
+        uk = await (await client.get("/v1/decisions", params={"exit": "uk"})).json()
         assert [r["ip"] for r in uk] == ["198.51.100.10"]
-        assert await (await client.get("/v1/routes", params={"exit": "nowhere"})).json() == []
+        assert await (await client.get("/v1/decisions", params={"exit": "nowhere"})).json() == []
 
     serve(scenario)
 
 
-def test_routes_keeps_the_last_hundred() -> None:
+def test_decisions_keeps_the_last_hundred() -> None:
     async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
         for i in range(150):
             await h.router.learn(["a.example.com"], [ipaddress.ip_address(f"198.51.100.{i}")], 60)
-        routes = await (await client.get("/v1/routes")).json()
+        routes = await (await client.get("/v1/decisions")).json()
         assert len(routes) == 100
         assert routes[-1]["ip"] == "198.51.100.149"
 
