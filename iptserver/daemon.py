@@ -164,6 +164,7 @@ class Daemon:
             state,
             self._learn,
             partial(self._kernel, self._dataplane.expire_exports),
+            self._learn_now,
         )
         self._router.exports_changed()
         self._webhook.url = schema.health.webhook
@@ -242,6 +243,7 @@ class Daemon:
                 monitor=self._monitor,
                 geo=self._geo,
                 token=token,
+                set_sizes=self._set_sizes,
             )
         )
         app.on_cleanup.append(self._close_plugin_endpoint)
@@ -276,18 +278,31 @@ class Daemon:
         with self._kernel_lock:
             return call()
 
-    async def _learn(self, entries: Sequence[Learned]) -> frozenset[IPNetwork]:
-        """Learned entries, written right here when the dataplane is idle and the write
-        is one raw ipset message (no export table, no pyroute2): the hop to the kernel
-        thread and back costs the answer more than the write. Else on the kernel thread."""
+    def _learn_now(self, entries: Sequence[Learned]) -> bool:
+        """Learned entries written right here, if the dataplane is idle and the write is
+        one raw ipset message (no export table, no pyroute2): the hop to the kernel
+        thread and back costs an answer more than the write. False when it is not so."""
         assert self._dataplane is not None
-        if self._kernel_lock.acquire(blocking=False):
-            try:
-                if self._dataplane.learns_ipsets_only:
-                    return self._dataplane.learn(entries)
-            finally:
-                self._kernel_lock.release()
+        if not self._kernel_lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._dataplane.learns_ipsets_only:
+                return False
+            self._dataplane.learn(entries)
+            return True
+        finally:
+            self._kernel_lock.release()
+
+    async def _learn(self, entries: Sequence[Learned]) -> frozenset[IPNetwork]:
+        """Learned entries, on this thread if ``_learn_now`` can, else on the kernel's."""
+        assert self._dataplane is not None
+        if self._learn_now(entries):
+            return frozenset()
         return await self._kernel(self._dataplane.learn, entries)
+
+    async def _set_sizes(self) -> dict[str, int]:
+        assert self._dataplane is not None
+        return await self._kernel(self._dataplane.set_sizes)
 
     async def _set_routes(
         self, routed_by: dict[str, str | None], force: frozenset[str]

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iptserver.errors import DataplaneError
-from iptserver.router import Router
+from iptserver.router import Routed, Router
 from iptserver.schema.values import IPAddress, normalize_name
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,15 @@ def _address(request_id: str, raw: str) -> IPAddress:
         raise BadDatagram(request_id, f"not an IP address: {raw[:80]!r}") from None
 
 
+def _failure(request: AnswerRequest, error: Exception) -> bytes:
+    """The error reply for an answer the router could not route (logged here)."""
+    if isinstance(error, DataplaneError):
+        log.error("answer for %s not routed: %s", request.names[0], error)
+        return format_error(request.request_id, f"the kernel refused the routes: {error}")
+    log.error("routing the plugin's answer for %s failed", request.names[0], exc_info=error)
+    return format_error(request.request_id, "internal error (logged)")
+
+
 class PluginEndpoint:
     """Routes each datagram's answer and replies to its sender; never raises.
 
@@ -168,17 +177,54 @@ class PluginEndpoint:
             self._sock.close()
 
     def _readable(self) -> None:
+        # All that is waiting is read before any of it is answered: each request then
+        # counts as come before every reply this wake-up sends (REPLY_GAP), and their
+        # entries go to the kernel in one write.
+        arrived = self._loop.time()
+        received = []
         for _ in range(self.READS_PER_WAKEUP):
             try:
-                data, addr = self._sock.recvfrom(MAX_DATAGRAM + 1)
+                received.append(self._sock.recvfrom(MAX_DATAGRAM + 1))
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as e:  # an ICMP error queued on the socket: nothing to do
                 log.debug("plugin endpoint: %s", e)
-                continue
-            self.datagram_received(data, addr)
+        self.datagrams_received(received, arrived)
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    def datagrams_received(self, received: list[tuple[bytes, Any]], arrived: float) -> None:
+        """Answer each (datagram, sender) at once when the router can route them all
+        without waiting (nothing to write, or the kernel idle), else each from a task
+        once the kernel has its entries. ``arrived``: when they came (loop time)."""
+        answers = []
+        for data, addr in received:
+            request = self._request(data, addr, arrived)
+            if request is None:
+                continue
+            try:
+                routed = self._router.route(request.names, request.addresses, request.ttl)
+            except Exception as e:
+                self._send(_failure(request, e), addr, arrived)
+                continue
+            answers.append((request, routed, addr))
+        if not answers:
+            return
+        try:
+            written = self._router.write_now([routed for _, routed, _ in answers])
+        except Exception as e:
+            for request, routed, addr in answers:
+                reply = _failure(request, e) if routed.pending else None
+                self._send(reply or format_reply(request.request_id, routed.ttl), addr, arrived)
+            return
+        for request, routed, addr in answers:
+            if written or not routed.pending:
+                self._send(format_reply(request.request_id, routed.ttl), addr, arrived)
+            else:
+                task = self._loop.create_task(self._write(request, routed, addr, arrived))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _request(self, data: bytes, addr: Any, arrived: float) -> AnswerRequest | None:
+        """The datagram's request, or None when it was refused (with an error reply)."""
         try:
             request = parse_request(data, self._token)
         except BadDatagram as e:
@@ -187,31 +233,27 @@ class PluginEndpoint:
             # Never more bytes out than in: a spoofed source gains nothing by reflection
             # (the plugin's own requests are always longer than any reply).
             if len(reply) <= len(data):
-                self._send(reply, addr, self._loop.time())
+                self._send(reply, addr, arrived)
             else:
                 log.debug(
                     "plugin endpoint: %s from %s (not answered: shorter than the reply)", e, addr
                 )
-            return
+            return None
         if len(self._tasks) >= MAX_IN_FLIGHT:
             busy = format_error(request.request_id, "busy: too many answers at once")
-            self._send(busy, addr, self._loop.time())
-            return
-        task = self._loop.create_task(self._route(request, addr, self._loop.time()))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._send(busy, addr, arrived)
+            return None
+        return request
 
-    async def _route(self, request: AnswerRequest, addr: Any, arrived: float) -> None:
+    async def _write(
+        self, request: AnswerRequest, routed: Routed, addr: Any, arrived: float
+    ) -> None:
         try:
-            cap = await self._router.learn(request.names, request.addresses, request.ttl)
-        except DataplaneError as e:
-            log.error("answer for %s not routed: %s", request.names[0], e)
-            reply = format_error(request.request_id, f"the kernel refused the routes: {e}")
-        except Exception:
-            log.exception("routing the plugin's answer for %s failed", request.names[0])
-            reply = format_error(request.request_id, "internal error (logged)")
+            await self._router.write(routed)
+        except Exception as e:
+            reply = _failure(request, e)
         else:
-            reply = format_reply(request.request_id, cap)
+            reply = format_reply(request.request_id, routed.ttl)
         self._send(reply, addr, arrived)
 
     def _send(self, reply: bytes, addr: Any, arrived: float) -> None:

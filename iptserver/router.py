@@ -6,12 +6,12 @@ an address longer than its route lives. Shared by the DNS proxy and the HTTP API
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
 
 from iptserver.dataplane.kernel import Learned
 from iptserver.dataplane.plan import KernelPlan
@@ -28,6 +28,10 @@ HOLD_MARGIN = 2
 # What a learn call newly put in the export table (None: an apply that does not say).
 Exported = frozenset[IPNetwork] | None
 RECENT = 100
+# A repeat answer is not written again while the entry it would write has at least this
+# share of its hold left (and the same mark): its TTL is capped to what is left instead.
+REWRITE_AT = 0.5
+PRUNE_AT = 4096  # remembered entries before the expired ones are swept out
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,26 @@ class State:
     policy: Policy
     plan: KernelPlan
     loaded: Loaded | None = None  # the file it came from: explain cites rules by line
+
+
+@dataclass(slots=True)
+class Routed:
+    """One answer as ``Router.route`` decided it."""
+
+    ttl: int  # how long clients may keep the answer
+    entries: list[Learned]  # the kernel entries it writes (repeats left out)
+    exits: list[str]  # the exit of each domain decision: counted once written
+    shortest: int | None  # the shortest hold among ``entries``
+    generation: int  # the router's, when decided
+    now: float  # when decided (time.monotonic())
+    pending: bool = True  # entries still to write: ``Router.write`` finishes it
+
+
+@dataclass(frozen=True, slots=True)
+class _RuleTarget:
+    hold: int  # seconds
+    mark: int
+    sets: tuple[str, str]  # the learned sets of its weight: IPv4, IPv6
 
 
 class Batcher:
@@ -51,6 +75,11 @@ class Batcher:
         self._apply = apply
         self._pending: list[tuple[list[Learned], asyncio.Future[Exported]]] = []
         self._running: asyncio.Task[None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether entries submitted earlier are still on their way to the kernel."""
+        return self._running is not None and not self._running.done()
 
     async def submit(self, entries: list[Learned]) -> frozenset[IPNetwork]:
         future: asyncio.Future[Exported] = asyncio.get_running_loop().create_future()
@@ -125,19 +154,36 @@ class ExpiryTimer:
 
 
 class Router:
-    """Implements the DNS proxy's ``AnswerSink``."""
+    """Implements the DNS proxy's ``AnswerSink``.
+
+    Remembers, per learned set and address, the mark it last wrote and when that entry's
+    timeout ends: a repeat answer (CDN addresses come back all the time) that finds the
+    entry holding the same mark with at least ``REWRITE_AT`` of its hold left is not
+    written again; its TTL is capped to what is left instead, so no client keeps the
+    address longer than the entry lives. A new ``state`` (reload) forgets it all.
+    """
 
     def __init__(
         self,
         state: State,
         apply: Callable[[list[Learned]], Awaitable[Exported]] | None,
         expire: Callable[[], Awaitable[float | None]] | None = None,
+        apply_now: Callable[[list[Learned]], bool] | None = None,
     ) -> None:
         """``expire``: removes exported host routes whose hold is over (kernel.export_table)
-        and returns the next deadline."""
-        self.state = state
+        and returns the next deadline. ``apply_now``: writes entries at once on the
+        caller's thread when it can do so without waiting and without exporting routes
+        (False when it cannot: ``apply`` then writes them)."""
+        assert apply_now is None or apply is not None
+        self._state = state
         self._batcher = Batcher(apply) if apply is not None else None
+        self._apply_now = apply_now
         self._expiry = ExpiryTimer(expire) if expire is not None else None
+        # (set, address) -> (mark, when its timeout ends: time.monotonic()), as written.
+        self._written: dict[tuple[str, IPAddress], tuple[int, float]] = {}
+        self._prune_at = PRUNE_AT
+        self._generation = 0  # bumped when the kernel's sets may no longer be as written
+        self._rules: dict[int, _RuleTarget] = {}  # per rule of this state, computed once
         # The last decisions, for the status page and /v1/routes.
         self.recent: deque[tuple[tuple[str, ...], Decision]] = deque(maxlen=RECENT)
         # For metrics, read at scrape time: answers seen, IPs learned per exit, and a
@@ -146,56 +192,131 @@ class Router:
         self.learned: Counter[str] = Counter()
         self.observe_decision: Callable[[float], None] | None = None
 
-    def learned_entries(self, decisions: Sequence[Decision]) -> tuple[list[Learned], int | None]:
-        """The entries a batch of decisions needs, and the shortest hold among them."""
-        policy, plan = self.state.policy, self.state.plan
-        schema = policy.schema
-        entries = []
-        shortest: int | None = None
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, state: State) -> None:
+        """A reload: its sets may be new ones (another weight) or rebuilt."""
+        self._state = state
+        self._rules = {}
+        self.forget()
+
+    def forget(self) -> None:
+        """Forget which entries were written: the kernel's learned sets were swapped,
+        flushed or removed, so every answer writes its entries again."""
+        self._written.clear()
+        self._prune_at = PRUNE_AT
+        self._generation += 1
+
+    def route(self, names: Sequence[str], addresses: Sequence[IPAddress], ttl: int) -> Routed:
+        """Decide an answer: its TTL, and the entries the kernel does not hold yet, for
+        ``write_now`` or ``write``."""
+        self.answers += 1
+        state = self._state
+        started = time.perf_counter()
+        decisions = state.policy.decide(names, addresses)
+        if self.observe_decision is not None:
+            self.observe_decision(time.perf_counter() - started)
+        key = tuple(names)
+        self.recent.extend((key, d) for d in decisions)
+        ttl_cfg = state.policy.schema.ttl
+        cap = min(ttl, ttl_cfg.client_max or ttl_cfg.hold)
+        now = time.monotonic()
+        routed = Routed(cap, [], [], None, self._generation, now)
         for decision in decisions:
             if decision.kind is not MatchKind.DOMAIN or decision.rule is None:
                 continue
             ip = decision.ip
-            assert ip is not None
-            rule = schema.rules[decision.rule]
-            hold = rule.hold or schema.ttl.hold
-            entries.append(
-                Learned(
-                    plan.learned_set(rule.weight, ip.version),
-                    ipaddress.ip_network(ip),
-                    plan.exit(rule.exit).mark,
-                    hold + HOLD_MARGIN,
-                )
+            assert ip is not None and decision.exit is not None
+            target = self._rules.get(decision.rule) or self._target(decision.rule)
+            hold = target.hold
+            set_name = target.sets[ip.version == 6]
+            routed.exits.append(decision.exit)
+            written = self._written.get((set_name, ip))
+            if written is not None and written[0] == target.mark:
+                left = int(written[1] - now) - HOLD_MARGIN
+                if left >= hold * REWRITE_AT:
+                    routed.ttl = min(routed.ttl, hold, left)
+                    continue
+            network = (IPv4Network if ip.version == 4 else IPv6Network)((int(ip), ip.max_prefixlen))
+            routed.entries.append(Learned(set_name, network, target.mark, hold + HOLD_MARGIN))
+            routed.ttl = min(routed.ttl, hold)
+            routed.shortest = hold if routed.shortest is None else min(routed.shortest, hold)
+        if not routed.entries or self._batcher is None:  # nothing to write, or no kernel
+            routed.pending = False
+            self.learned.update(routed.exits)
+        return routed
+
+    def write_now(self, answers: Sequence[Routed]) -> bool:
+        """Write the entries ``answers`` still need at once, in one go, when that needs
+        no wait (see ``apply_now``); False when it does: ``write`` each then. Raises
+        DataplaneError when the kernel refused them."""
+        pending = [routed for routed in answers if routed.pending]
+        if not pending:
+            return True
+        write = self._apply_now
+        # Never past answers still on their way to the kernel: entries go in order.
+        if write is None or (self._batcher is not None and self._batcher.busy):
+            return False
+        entries = [entry for routed in pending for entry in routed.entries]
+        if not write(entries):
+            return False
+        for routed in pending:
+            self._written_by(routed)
+        return True
+
+    def _target(self, rule: int) -> _RuleTarget:
+        """Where a domain rule's learned entries go, with what mark and hold."""
+        policy, plan = self._state.policy, self._state.plan
+        found = policy.schema.rules[rule]
+        target = _RuleTarget(
+            found.hold or policy.schema.ttl.hold,
+            plan.exit(found.exit).mark,
+            (plan.learned_set(found.weight, 4), plan.learned_set(found.weight, 6)),
+        )
+        self._rules[rule] = target
+        return target
+
+    async def write(self, routed: Routed) -> None:
+        """Write what ``route`` could not write at once; raises DataplaneError."""
+        assert self._batcher is not None and routed.pending
+        fresh = await self._batcher.submit(routed.entries)
+        if self._expiry is not None and self._state.plan.export_table is not None:
+            assert routed.shortest is not None
+            self._expiry.wake_by(time.monotonic() + routed.shortest + HOLD_MARGIN)
+        delay = self._state.policy.schema.kernel.export_delay_ms
+        if fresh and delay:
+            # OSPF is carrying the new routes to the mesh: a client behind another
+            # node (an office) must not connect before its router knows the way.
+            await asyncio.sleep(delay / 1000)
+        self._written_by(routed)
+
+    def _written_by(self, routed: Routed) -> None:
+        """``routed``'s entries are in the kernel: remember them, count them."""
+        routed.pending = False
+        self.learned.update(routed.exits)
+        if routed.generation != self._generation:
+            return  # decided before a reload: the sets it wrote may be gone
+        written = self._written
+        for entry in routed.entries:
+            written[(entry.set_name, entry.network.network_address)] = (
+                entry.mark,
+                routed.now + entry.timeout,
             )
-            shortest = hold if shortest is None else min(shortest, hold)
-        return entries, shortest
+        if len(written) >= self._prune_at:
+            now = time.monotonic()
+            for key in [k for k, (_, ends) in written.items() if ends <= now]:
+                del written[key]
+            self._prune_at = max(PRUNE_AT, 2 * len(written))
 
     async def learn(self, names: Sequence[str], addresses: Sequence[IPAddress], ttl: int) -> int:
-        self.answers += 1
-        started = time.perf_counter()
-        decisions = self.state.policy.decide(names, addresses)
-        if self.observe_decision is not None:
-            self.observe_decision(time.perf_counter() - started)
-        entries, shortest = self.learned_entries(decisions)
-        self.recent.extend((tuple(names), d) for d in decisions)
-        if entries and self._batcher is not None:
-            fresh = await self._batcher.submit(entries)
-            if self._expiry is not None and self.state.plan.export_table is not None:
-                assert shortest is not None
-                self._expiry.wake_by(time.monotonic() + shortest + HOLD_MARGIN)
-            delay = self.state.policy.schema.kernel.export_delay_ms
-            if fresh and delay:
-                # OSPF is carrying the new routes to the mesh: a client behind another
-                # node (an office) must not connect before its router knows the way.
-                await asyncio.sleep(delay / 1000)
-        self.learned.update(
-            d.exit for d in decisions if d.kind is MatchKind.DOMAIN and d.exit is not None
-        )
-        ttl_cfg = self.state.policy.schema.ttl
-        cap = ttl_cfg.client_max or ttl_cfg.hold
-        if shortest is not None:
-            cap = min(cap, shortest)
-        return min(ttl, cap)
+        """Route an answer; the TTL clients may keep it. Raises DataplaneError."""
+        routed = self.route(names, addresses, ttl)
+        if not self.write_now((routed,)):
+            await self.write(routed)
+        return routed.ttl
 
     def exports_changed(self) -> None:
         """The dataplane (re)built its export table: look for expired routes now, and
@@ -204,5 +325,6 @@ class Router:
             self._expiry.wake_by(asyncio.get_running_loop().time())
 
     def close(self) -> None:
+        self.forget()
         if self._expiry is not None:
             self._expiry.close()
