@@ -68,6 +68,8 @@ class ApiConfig:
     monitor: Monitor | None = None  # exit health (None: every exit is up)
     # The DNS-learned entries the kernel holds now, with their weight (None: no kernel).
     installed: Callable[[], Awaitable[list[tuple[int, Entry]]]] | None = None
+    # Each kernel set's entry count, read at scrape time (None: no kernel).
+    set_sizes: Callable[[], Awaitable[dict[str, int]]] | None = None
 
     def exit_state(self, name: str) -> ExitState:
         return self.monitor.state(name) if self.monitor is not None else ExitState.UP
@@ -90,7 +92,9 @@ def make_app(config: ApiConfig) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
     app[CONFIG] = config
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(_StateCollector(config))
+    collector = _StateCollector(config)
+    registry.register(collector)
+    app[COLLECTOR] = collector
     decision = Histogram(
         "iptserver_decision_seconds",
         "Time the policy core took to decide one answer's exits",
@@ -186,6 +190,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    sizes: dict[str, int] | None = None
+    if config.set_sizes is not None:
+        try:
+            sizes = await config.set_sizes()
+        except DataplaneError as e:  # the rest of the metrics still says something
+            log.warning("metrics: set sizes left out: %s", e)
+    request.app[COLLECTOR].sizes = sizes
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -414,6 +426,7 @@ class _StateCollector(Collector):
 
     def __init__(self, config: ApiConfig) -> None:
         self._config = config
+        self.sizes: dict[str, int] | None = None  # set by the handler before each scrape
 
     def collect(self) -> Iterator[Metric]:
         config = self._config
@@ -446,7 +459,26 @@ class _StateCollector(Collector):
         for e in router.state.plan.exits:
             exits.add_metric([e.name, e.interface, str(e.mark), str(e.table)], 1)
         yield exits
+        yield from self._sets()
         yield from self._health()
+
+    def _sets(self) -> Iterator[Metric]:
+        if self.sizes is None:
+            return
+        plan = self._config.router.state.plan
+        kinds = {s.name: "never-diverted" for s in plan.private}
+        kinds |= {s.name: "doh" for s in plan.doh or ()}
+        for weight_class in plan.classes:
+            kinds |= {s.name: "learned" for s in weight_class.learned}
+            kinds |= {s.name: "static" for s in weight_class.static}
+        sizes = GaugeMetricFamily(
+            "iptserver_set_entries",
+            "Entries in each kernel set (learned: DNS-learned IPs; static: nets and countries)",
+            labels=["set", "kind"],
+        )
+        for name, count in sorted(self.sizes.items()):
+            sizes.add_metric([name, kinds.get(name, "other")], count)
+        yield sizes
 
     def _health(self) -> Iterator[Metric]:
         config = self._config
@@ -477,3 +509,6 @@ class _StateCollector(Collector):
             failures.add_metric([name], monitor.probe_failures[name] if monitor else 0)
         yield changes
         yield failures
+
+
+COLLECTOR = web.AppKey("collector", _StateCollector)

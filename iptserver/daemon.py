@@ -243,7 +243,6 @@ class Daemon:
                 monitor=self._monitor,
                 geo=self._geo,
                 token=token,
-                set_sizes=self._set_sizes,
             )
         )
         app.on_cleanup.append(self._close_plugin_endpoint)
@@ -299,10 +298,6 @@ class Daemon:
         if self._learn_now(entries):
             return frozenset()
         return await self._kernel(self._dataplane.learn, entries)
-
-    async def _set_sizes(self) -> dict[str, int]:
-        assert self._dataplane is not None
-        return await self._kernel(self._dataplane.set_sizes)
 
     async def _set_routes(
         self, routed_by: dict[str, str | None], force: frozenset[str]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPSet
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.nfnetlink.ipset import IPSET_FLAG_LIST_SETNAME
+from pyroute2.netlink.nfnetlink.ipset import IPSET_FLAG_LIST_HEADER, IPSET_FLAG_LIST_SETNAME
 
 from iptserver.errors import DataplaneError
 from iptserver.schema.values import IPNetwork
@@ -107,6 +107,17 @@ class IPSets:
             return list(dict.fromkeys(m.get_attr("IPSET_ATTR_SETNAME") for m in messages))
         except NetlinkError as e:
             raise DataplaneError(f"cannot list ipsets: {e}") from e
+
+    def size(self, name: str) -> int:
+        """How many entries the set holds (read from its header: no entry is listed)."""
+        try:
+            for message in self._ipset.list(name=name, flags=IPSET_FLAG_LIST_HEADER):
+                data = message.get_attr("IPSET_ATTR_DATA")
+                if data is not None and data.get_attr("IPSET_ATTR_ELEMENTS") is not None:
+                    return int(data.get_attr("IPSET_ATTR_ELEMENTS"))
+        except NetlinkError as e:
+            raise DataplaneError(f"cannot read ipset {name}: {e}") from e
+        raise DataplaneError(f"cannot read ipset {name}: the kernel gave no entry count")
 
     def create(self, name: str, family: int, *, timeout: bool, skbinfo: bool) -> None:
         """Create a ``hash:net`` set, or keep the one of that name (and its entries)."""

@@ -90,6 +90,12 @@ class Dataplane:
             for entry in self._sets.entries(set_plan.name)
         ]
 
+    def set_sizes(self) -> dict[str, int]:
+        """Each set of the plan: how many entries the kernel holds in it."""
+        if self._plan is None:
+            return {}
+        return {set_plan.name: self._sets.size(set_plan.name) for set_plan in self._plan.sets}
+
     def apply(self, plan: KernelPlan) -> list[str]:
         """Program ``plan``; return the problems of exits that could not be set up.
 

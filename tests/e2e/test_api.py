@@ -4,6 +4,7 @@ what the kernel holds after the client resolved names through the proxy."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from iptserver.lab import Lab
@@ -23,7 +24,8 @@ SCHEMA = (
 
 
 def get(lab: Lab, path: str) -> tuple[int, Any]:
-    """GET the daemon's API on the entry's loopback: the status and the JSON body."""
+    """GET the daemon's API on the entry's loopback: the status and the body (JSON
+    decoded, but for /metrics)."""
     with lab.socket("entry") as sock:
         sock.settimeout(3)
         sock.connect(("127.0.0.1", API_PORT))
@@ -32,7 +34,20 @@ def get(lab: Lab, path: str) -> tuple[int, Any]:
         while chunk := sock.recv(65536):
             raw += chunk
     head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), json.loads(body)
+    status = int(head.split(b" ", 2)[1])
+    return status, body.decode() if path == "/metrics" else json.loads(body)
+
+
+def set_entries(lab: Lab) -> dict[tuple[str, str], float]:
+    """``iptserver_set_entries`` of /metrics: (kind, family) -> entries, added up."""
+    status, text = get(lab, "/metrics")
+    assert status == 200
+    found: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if match := re.fullmatch(r'iptserver_set_entries\{kind="(.+)",set="(.+)"\} (\S+)', line):
+            key = (match[1], match[2].rsplit("-", 1)[1])
+            found[key] = found.get(key, 0) + float(match[3])
+    return found
 
 
 def test_routes_show_what_the_kernel_learned_and_what_the_rules_route(
@@ -40,6 +55,9 @@ def test_routes_show_what_the_kernel_learned_and_what_the_rules_route(
 ) -> None:
     iptservers.start(SCHEMA, "--api", f"127.0.0.1:{API_PORT}")
     assert get(lab, "/v1/routes?kind=learned") == (200, [])
+    before = set_entries(lab)
+    assert before[("learned", "4")] == before[("learned", "6")] == 0
+    assert before[("static", "4")] > 1  # 203.0.113.64/28 and the lab's GB networks
 
     assert resolved(lab, "mail.ru")[0][0] == "198.51.100.70"
     assert resolved(lab, "mail.ru", "AAAA")[0][0] == "2001:db8:7::70"
@@ -51,6 +69,10 @@ def test_routes_show_what_the_kernel_learned_and_what_the_rules_route(
         assert route["weight"] == 0
         # the kernel's own countdown: the hold plus the 2 s margin, minus the time since
         assert 0 < route["expires_in"] <= HOLD + 2
+
+    after = set_entries(lab)
+    assert after[("learned", "4")] == after[("learned", "6")] == 1
+    assert after[("static", "4")] == before[("static", "4")]
 
     # Every route that covers an address: a GeoIP country and the learned entry.
     assert get(lab, "/v1/routes?ip=198.51.100.10") == (
