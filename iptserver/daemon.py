@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from iptserver.api import ApiConfig, make_app
+from iptserver.dataplane.ipset import Entry
 from iptserver.dataplane.kernel import Dataplane, Learned, saved_exits
 from iptserver.dataplane.plan import plan as kernel_plan
 from iptserver.dns.proxy import DnsProxy, ProxyConfig
@@ -243,6 +244,8 @@ class Daemon:
                 monitor=self._monitor,
                 geo=self._geo,
                 token=token,
+                installed=self._learned_now,
+                set_sizes=self._set_sizes,
             )
         )
         app.on_cleanup.append(self._close_plugin_endpoint)
@@ -298,6 +301,14 @@ class Daemon:
         if self._learn_now(entries):
             return frozenset()
         return await self._kernel(self._dataplane.learn, entries)
+
+    async def _learned_now(self) -> list[tuple[int, Entry]]:
+        assert self._dataplane is not None
+        return await self._kernel(self._dataplane.learned_now)
+
+    async def _set_sizes(self) -> dict[str, int]:
+        assert self._dataplane is not None
+        return await self._kernel(self._dataplane.set_sizes)
 
     async def _set_routes(
         self, routed_by: dict[str, str | None], force: frozenset[str]

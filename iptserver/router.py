@@ -11,7 +11,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from iptserver.dataplane.kernel import Learned
 from iptserver.dataplane.plan import KernelPlan
@@ -328,3 +328,13 @@ class Router:
         self.forget()
         if self._expiry is not None:
             self._expiry.close()
+
+    def learned_by(self) -> dict[IPNetwork, tuple[tuple[str, ...], int]]:
+        """Host network -> the names and domain rule of the latest recent decision that
+        learned it (for /v1/routes; older entries are not known here)."""
+        found: dict[IPNetwork, tuple[tuple[str, ...], int]] = {}
+        for names, decision in self.recent:
+            if decision.kind is MatchKind.DOMAIN and decision.ip is not None:
+                assert decision.rule is not None
+                found[ip_network(decision.ip)] = (names, decision.rule)
+        return found
