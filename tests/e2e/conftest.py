@@ -87,6 +87,21 @@ def resolved(
     return found
 
 
+def api_get(lab: Lab, port: int, path: str) -> tuple[int, Any]:
+    """GET ``path`` from a daemon's API on the entry's loopback: the status and the body
+    (JSON decoded under /v1/, else text)."""
+    with lab.socket("entry") as sock:
+        sock.settimeout(3)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body) if path.startswith("/v1/") else body.decode()
+
+
 def lab_schema(lab: Lab, path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` with wg-uk/wg-ru/wg-us/wg-clients named as in the lab."""
     path.write_text(text, encoding="utf-8")

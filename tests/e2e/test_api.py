@@ -3,12 +3,11 @@ what the kernel holds after the client resolved names through the proxy."""
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from iptserver.lab import Lab
-from tests.e2e.conftest import LAB_EXITS, LAB_SETTINGS, Iptservers, resolved
+from tests.e2e.conftest import LAB_EXITS, LAB_SETTINGS, Iptservers, api_get, resolved
 
 API_PORT = 18091
 HOLD = 30
@@ -24,18 +23,7 @@ SCHEMA = (
 
 
 def get(lab: Lab, path: str) -> tuple[int, Any]:
-    """GET the daemon's API on the entry's loopback: the status and the body (JSON
-    decoded, but for /metrics)."""
-    with lab.socket("entry") as sock:
-        sock.settimeout(3)
-        sock.connect(("127.0.0.1", API_PORT))
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-        raw = b""
-        while chunk := sock.recv(65536):
-            raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    return status, body.decode() if path == "/metrics" else json.loads(body)
+    return api_get(lab, API_PORT, path)
 
 
 def set_entries(lab: Lab) -> dict[tuple[str, str], float]:

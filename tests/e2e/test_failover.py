@@ -17,7 +17,6 @@ import contextlib
 import datetime
 import errno
 import ipaddress
-import json
 import random
 import socket
 import threading
@@ -31,7 +30,7 @@ from aiohttp import web
 
 from iptserver.lab import Lab, ProbeError, probes
 from iptserver.lab.addresses import SEEN_AS
-from tests.e2e.conftest import LAB_SETTINGS, Iptservers
+from tests.e2e.conftest import LAB_SETTINGS, Iptservers, api_get
 
 UK_DEST = "198.51.100.10"  # in GB (the lab GeoIP database): routed via uk
 UK_DEST6 = "2001:db8:44::10"
@@ -75,17 +74,10 @@ def schema(on_down: str, webhook: str | None = None, health: str = "") -> str:
 
 
 def api(lab: Lab, path: str) -> Any:
-    """GET the daemon's API (loopback of the entry namespace)."""
-    with lab.socket("entry") as sock:
-        sock.settimeout(3)
-        sock.connect(("127.0.0.1", API_PORT))
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-        raw = b""
-        while chunk := sock.recv(65536):
-            raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.split(b" ", 2)[1] == b"200", raw[:200]
-    return json.loads(body) if path.startswith("/v1/") else body.decode()
+    """GET the daemon's API; it must answer 200."""
+    status, body = api_get(lab, API_PORT, path)
+    assert status == 200, body
+    return body
 
 
 def exit_view(lab: Lab, name: str) -> dict[str, Any]:
