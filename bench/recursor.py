@@ -19,13 +19,20 @@ routed by the ``ru`` rule (the matching-name case: every answer posted, its addr
 learned). The queries are split into rounds that rotate the recursors' order, so a
 noisy machine hurts all alike. Each concurrency level is a separate measurement.
 
+Names are new, addresses are not: ``bench.ru`` answers one of 50 addresses (as popular
+CDN addresses come back again and again), and iptserver writes an entry the kernel
+already holds, with most of its hold left, no second time (it caps the TTL to what is
+left instead). With ``--fresh-ips`` every name is asked for AAAA under
+``fresh.bench.ru``, which answers a new address each: every answer is a kernel write.
+
 Both figures include the lab authority (a Python server) behind the recursor, so the
 plugin's share is measured against a recursor that really recurses. Everything (client,
 authority, recursors, iptserver) shares the machine's CPUs: under load the plugin's CPU
 time is taken from the others, which is what the throughput ratio shows. Timing never
-fails the run; wrong or missing answers do (exit 1).
+fails the run; wrong or missing answers do (exit 1). The CPU each recursor and iptserver
+spent per query (user + system, read from /proc around each round) says who the cost is.
 
-Run as root: ``python bench/recursor.py [--queries 3000] [--concurrency 1,32]``
+Run as root: ``python bench/recursor.py [--queries 3000] [--concurrency 1,32] [--fresh-ips]``
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from iptserver.lab import Lab
 from iptserver.lab.addresses import LAB_COUNTRIES
 from iptserver.lab.entry import ENTRY_DNS, UPSTREAM, start_iptserver, stop_iptserver
 from iptserver.lab.recursor import API, Recursor, start_recursor
-from iptserver.lab.zones import BENCH_ZONE, synthetic
+from iptserver.lab.zones import BENCH_ZONE, FRESH_ZONE, synthetic
 
 PROXY = ("127.0.0.1", 5399)  # iptserver's own proxy: required, but nobody's resolver here
 PLUGIN_PORT, HTTP_PORT, PLAIN_PORT = 53, 5354, 5353
@@ -83,10 +90,13 @@ class Config:
     label: str
     port: int
     transport: str = ""  # the plugin's, or "" for none
+    pid: int | None = None  # its recursor's, for the CPU it spent
     latencies: list[float] = field(default_factory=list)  # seconds, one per answered query
     seconds: float = 0.0  # wall time of its rounds
     queries: int = 0
     problems: list[str] = field(default_factory=list)
+    recursor_cpu: float = 0.0  # seconds of CPU its recursor spent in its rounds
+    iptserver_cpu: float = 0.0  # and iptserver
 
     @property
     def rate(self) -> float:
@@ -101,10 +111,23 @@ class Config:
         return ordered[rank] * 1000
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (0 without one)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def qtype_of(name: str) -> str:
+    return "AAAA" if name.endswith("." + FRESH_ZONE) else "A"
+
+
 def check(name: str, data: bytes) -> str | None:
-    """What is wrong with the answer to ``name`` (None: the synthetic zone's A record)."""
+    """What is wrong with the answer to ``name`` (None: the synthetic zone's record)."""
     reply = DNSRecord.parse(data)
-    found = [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A]
+    qtype = getattr(QTYPE, qtype_of(name))
+    found = [str(rr.rdata) for rr in reply.rr if rr.rtype == qtype]
     expected = [record.value for record in synthetic(name)]
     if reply.header.rcode != RCODE.NOERROR or found != expected:
         return f"{name}: {RCODE.get(reply.header.rcode)} {found}, expected {expected}"
@@ -149,7 +172,7 @@ async def run_round(
     """Every name once against ``port``, ``len(sockets)`` in flight; adds to ``config``."""
     packets = []
     for i, name in enumerate(names):
-        query = DNSRecord.question(name, "A")
+        query = DNSRecord.question(name, qtype_of(name))
         query.header.id = i % 65536
         packets.append((name, query.pack()))
     for sock in sockets:
@@ -163,13 +186,23 @@ async def run_round(
     config.problems.extend(p for p in (check(n, data) for n, data in answers) if p)
 
 
-def measure(lab: Lab, configs: list[Config], queries: int, concurrency: int, rounds: int) -> None:
-    """Warm each recursor up, then ``rounds`` rounds per config, the order rotating."""
+def measure(
+    lab: Lab,
+    configs: list[Config],
+    queries: int,
+    concurrency: int,
+    rounds: int,
+    *,
+    zone: str = BENCH_ZONE,
+    iptserver: int | None = None,
+) -> None:
+    """Warm each recursor up, then ``rounds`` rounds per config, the order rotating.
+    ``iptserver``: its PID, for the CPU it spent in each config's rounds."""
     token = secrets.token_hex(4)
     counter = iter(range(10**9))
 
     def names(count: int) -> list[str]:
-        return [f"{token}-{next(counter)}.{BENCH_ZONE}" for _ in range(count)]
+        return [f"{token}-{next(counter)}.{zone}" for _ in range(count)]
 
     def one(config: Config, count: int) -> None:
         sockets = [
@@ -177,14 +210,18 @@ def measure(lab: Lab, configs: list[Config], queries: int, concurrency: int, rou
         ]
         for sock in sockets:
             sock.setblocking(False)
+        asked = names(count)
+        recursor, ours = cpu_seconds(config.pid), cpu_seconds(iptserver)
         try:
-            asyncio.run(run_round(sockets, names(count), config, config.port))
+            asyncio.run(run_round(sockets, asked, config, config.port))
         finally:
             for sock in sockets:
                 sock.close()
+        config.recursor_cpu += cpu_seconds(config.pid) - recursor
+        config.iptserver_cpu += cpu_seconds(iptserver) - ours
 
     for config in configs:  # first contact with the authority, thread and socket warm-up
-        warm = Config(config.label, config.port)
+        warm = Config(config.label, config.port, pid=config.pid)
         one(warm, min(200, queries))
         config.problems.extend(warm.problems)
     per_round = max(1, queries // rounds)
@@ -195,16 +232,22 @@ def measure(lab: Lab, configs: list[Config], queries: int, concurrency: int, rou
             one(config, per_round)
 
 
-def report(plain: Config, plugins: list[Config], concurrency: int) -> None:
+def report(plain: Config, plugins: list[Config], concurrency: int, fresh: bool) -> None:
+    addresses = "every address new (AAAA)" if fresh else "one of 50 addresses"
     print(
         f"\n{plain.queries:,} queries per recursor, {concurrency} in flight, every name new"
-        " and routed (through the lab authority)"
+        f" and routed, {addresses} (through the lab authority)"
     )
-    print(f"  {'':34}{'queries/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    print(
+        f"  {'':34}{'queries/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'CPU us/query: recursor':>24}{'iptserver':>11}"
+    )
     for config in (plain, *plugins):
+        per_query = 1e6 / config.queries if config.queries else float("nan")
         print(
             f"  {config.label:34}{config.rate:10,.0f}{config.percentile(50):9.2f}"
             f"{config.percentile(99):9.2f}{config.percentile(100):9.2f}"
+            f"{config.recursor_cpu * per_query:24.0f}{config.iptserver_cpu * per_query:11.0f}"
         )
 
     def verdict(met: bool) -> str:
@@ -230,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency", default="1,32", help="queries in flight; a list measures each in turn"
     )
     parser.add_argument("--rounds", type=int, default=6, help="alternations of the recursors")
+    parser.add_argument(
+        "--fresh-ips",
+        action="store_true",
+        help="AAAA names under fresh.bench.ru: a new address per answer, so every answer"
+        " is a kernel write (default: bench.ru's 50 addresses, which repeat)",
+    )
     args = parser.parse_args(argv)
     levels = [int(level) for level in args.concurrency.split(",")]
     if os.geteuid() != 0:
@@ -253,14 +302,27 @@ def main(argv: list[str] | None = None) -> int:
             recursors.append(start_recursor(lab, work / "http", port=HTTP_PORT, transport="http"))
             recursors.append(start_recursor(lab, work / "plain", port=PLAIN_PORT, plugin=False))
             load_before = os.getloadavg()[0]
+            pids = [recursor.proc.pid for recursor in recursors]
+            zone = FRESH_ZONE if args.fresh_ips else BENCH_ZONE
             for level in levels:
-                plain = Config(f"recursor alone (port {PLAIN_PORT})", PLAIN_PORT)
-                udp = Config(f"+ plugin, udp (port {PLUGIN_PORT})", PLUGIN_PORT, "udp")
-                http = Config(f"+ plugin, http (port {HTTP_PORT})", HTTP_PORT, "http")
-                measure(lab, [udp, http, plain], args.queries, level, args.rounds)
+                plain = Config(f"recursor alone (port {PLAIN_PORT})", PLAIN_PORT, pid=pids[2])
+                udp = Config(f"+ plugin, udp (port {PLUGIN_PORT})", PLUGIN_PORT, "udp", pids[0])
+                http = Config(f"+ plugin, http (port {HTTP_PORT})", HTTP_PORT, "http", pids[1])
+                measure(
+                    lab,
+                    [udp, http, plain],
+                    args.queries,
+                    level,
+                    args.rounds,
+                    zone=zone,
+                    iptserver=running.proc.pid,
+                )
                 results.append((level, plain, [udp, http]))
             load_after = os.getloadavg()[0]
-            routed = lab.whoami("client", synthetic(f"check.{BENCH_ZONE}")[0].value)
+            # One more answer through the udp plugin, then a connection to its address.
+            check_name = f"check-{secrets.token_hex(4)}.{BENCH_ZONE}"
+            lab.resolve("client", check_name, server=ENTRY_DNS, port=PLUGIN_PORT)
+            routed = lab.whoami("client", synthetic(check_name)[0].value)
             logs = recursors[0].log + recursors[1].log
             not_routed = [line for line in logs.splitlines() if "not routed" in line]
         finally:
@@ -273,10 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     problems = []
     for level, plain, plugins in results:
-        report(plain, plugins, level)
+        report(plain, plugins, level, args.fresh_ips)
         problems += plain.problems + [p for plugin in plugins for p in plugin.problems]
     if routed != "ru":
-        problems.append(f"a bench.ru address left by {routed}, not ru: the plugin routed nothing")
+        problems.append(f"a bench.ru address left by {routed}, not ru: the plugin did not route it")
     if not_routed:
         problems.append(f"the plugin logged {len(not_routed)} answers as not routed, as:")
         problems.extend(not_routed[:3])

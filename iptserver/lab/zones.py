@@ -10,11 +10,14 @@ Names are lower case without the trailing dot. The authority stands in for the w
 here is NXDOMAIN, a name that only has names under it (``chain.test``) is NODATA.
 
 Besides ``ZONE``, one synthetic zone (``synthetic``): every name under ``bench.ru`` has
-one A record, so a benchmark can ask an endless supply of names no cache has seen.
+one A record (one of 50), and every name under ``fresh.bench.ru`` one AAAA record of its
+own, so a benchmark can ask an endless supply of names no cache has seen.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import zlib
 from typing import NamedTuple
 
@@ -80,15 +83,26 @@ ZONE: dict[str, tuple[Record, ...]] = {
 }
 
 # The synthetic zone: any name under BENCH_ZONE (a wildcard, ``*.bench.ru``) answers one A
-# record in 203.0.113.200-249 (no country), derived from the name so answers are stable.
+# record in 203.0.113.200-249 (no country), derived from the name so answers are stable:
+# 50 addresses, which repeat the way popular (CDN) addresses do. Names under FRESH_ZONE
+# instead answer one AAAA record in FRESH_NET (no country, reached through the lab as all
+# of 2001:db8:ff::/48), derived from the name: in effect, a new address per name.
 BENCH_ZONE = "bench.ru"
 BENCH_FIRST, BENCH_COUNT = 200, 50
+FRESH_ZONE = "fresh." + BENCH_ZONE
+FRESH_NET = "2001:db8:ff:be00::/56"
 
 
 def synthetic(name: str) -> tuple[Record, ...]:
     """The records of ``name`` (lower case, no trailing dot) in the synthetic zone; ()
-    for names outside it (and for ``bench.ru`` itself, which has only names under it)."""
-    if not name.endswith("." + BENCH_ZONE):
+    for names outside it (and for ``bench.ru`` and ``fresh.bench.ru`` themselves, which
+    have only names under them)."""
+    if name.endswith("." + FRESH_ZONE):
+        net = ipaddress.IPv6Network(FRESH_NET)
+        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+        host = int.from_bytes(digest, "big") % net.num_addresses
+        return _aaaa(str(net.network_address + host))
+    if not name.endswith("." + BENCH_ZONE) or name == FRESH_ZONE:
         return ()
     host = BENCH_FIRST + zlib.crc32(name.encode()) % BENCH_COUNT
     return _a(f"203.0.113.{host}")
