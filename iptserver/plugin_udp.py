@@ -24,6 +24,7 @@ presentation form (the recursor escapes odd bytes as ``\\DDD``), so spaces separ
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import logging
@@ -131,9 +132,14 @@ def _name(request_id: str, raw: str) -> str:
 
 def _address(request_id: str, raw: str) -> IPAddress:
     try:
-        return ipaddress.ip_address(raw)
+        return _parse_address(raw)
     except ValueError:
         raise BadDatagram(request_id, f"not an IP address: {raw[:80]!r}") from None
+
+
+# Popular addresses come back in answer after answer: each is parsed once. (Errors are
+# not cached, so a bad address is refused every time.)
+_parse_address = functools.lru_cache(maxsize=4096)(ipaddress.ip_address)
 
 
 def _failure(request: AnswerRequest, error: Exception) -> bytes:
