@@ -156,7 +156,11 @@ class PluginEndpoint:
 
     A plain non-blocking socket the loop watches, read until empty at each wake-up:
     asyncio's datagram transport reads one datagram per wake-up into a fresh 256 KiB
-    buffer, which cost more than routing the answer (bench/recursor.py).
+    buffer, which cost more than routing the answer (bench/recursor.py). What one
+    wake-up read is answered right there when the kernel can take its entries at once
+    (one write for all of them): a task, a future and the Batcher's hop cost each answer
+    more than routing it. Otherwise (the kernel busy, the export table on) each answer
+    waits for its entries in a task, as the HTTP API's do.
     """
 
     READS_PER_WAKEUP = 64  # then the rest of the loop gets its turn
@@ -216,10 +220,12 @@ class PluginEndpoint:
             return
         try:
             written = self._router.write_now([routed for _, routed, _ in answers])
-        except Exception as e:
+        except Exception as e:  # the kernel refused the entries they were to share
             for request, routed, addr in answers:
-                reply = _failure(request, e) if routed.pending else None
-                self._send(reply or format_reply(request.request_id, routed.ttl), addr, arrived)
+                if routed.pending:
+                    self._send(_failure(request, e), addr, arrived)
+                else:
+                    self._send(format_reply(request.request_id, routed.ttl), addr, arrived)
             return
         for request, routed, addr in answers:
             if written or not routed.pending:

@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from iptserver.dataplane.kernel import Learned
+from iptserver.errors import DataplaneError
 from iptserver.plugin_udp import (
     MAX_DATAGRAM,
     REPLY_GAP,
@@ -27,6 +30,7 @@ from iptserver.plugin_udp import (
     parse_request,
     start_plugin_endpoint,
 )
+from iptserver.router import Router
 from tests.api.test_api import SCHEMA, TOKEN, Harness, make_harness
 
 ANSWER = (
@@ -219,6 +223,58 @@ def test_many_answers_at_once_all_get_their_own_reply() -> None:
 
     h = serve(scenario)
     assert len(h.kernel.applied) == 50
+
+
+@dataclass
+class KernelNow:
+    """A Router's ``apply_now``: writes (records) at once, refuses, or is busy."""
+
+    state: str = "idle"  # or "refusing", "busy"
+    writes: list[list[Learned]] = field(default_factory=list)
+
+    def apply_now(self, entries: list[Learned]) -> bool:
+        if self.state == "refusing":
+            raise DataplaneError("ipset ipts-d0-4: the kernel refused the entries: test")
+        if self.state == "busy":
+            return False
+        self.writes.append(list(entries))
+        return True
+
+
+def test_answers_read_together_share_one_immediate_write_or_wait_for_a_busy_kernel() -> None:
+    harness = make_harness()
+    now = KernelNow()
+    router = Router(harness.router.state, harness.kernel.apply, apply_now=now.apply_now)
+
+    def answer(i: int) -> bytes:
+        return f"IPT1 {i} 60\n{TOKEN}\nhost{i}.example.com.\n198.51.100.{i}\n".encode()
+
+    async def main() -> None:
+        endpoint = await start_plugin_endpoint(router, ipaddress.ip_address("127.0.0.1"), 0, TOKEN)
+        clients = [Client(endpoint.port) for _ in range(3)]
+        loop = asyncio.get_running_loop()
+        try:
+            for i, c in enumerate(clients):  # all sent before the endpoint wakes up
+                await loop.sock_sendall(c.sock, answer(i))
+            replies = [await asyncio.wait_for(loop.sock_recv(c.sock, 512), 5) for c in clients]
+            assert replies == [f"IPT1 {i} 60\n".encode() for i in range(3)]
+            assert [len(batch) for batch in now.writes] == [3]  # one write for the three
+            assert harness.kernel.applied == []
+
+            now.state = "refusing"
+            reply = await clients[0].ask(answer(10))
+            assert reply is not None and reply.startswith(b"IPT1 10 ERR the kernel refused")
+
+            now.state = "busy"  # e.g. a reload on the kernel thread: the Batcher writes it
+            assert await clients[0].ask(answer(11)) == b"IPT1 11 60\n"
+            assert [str(e.network) for e in harness.kernel.applied] == ["198.51.100.11/32"]
+            assert len(now.writes) == 1
+        finally:
+            for c in clients:
+                c.sock.close()
+            endpoint.close()
+
+    asyncio.run(main())
 
 
 def test_replies_to_one_source_port_are_spaced() -> None:
