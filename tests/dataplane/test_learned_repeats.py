@@ -46,29 +46,20 @@ class Daemon:
 
     def __init__(self, netns: str, schema: Path, log: Path) -> None:
         self.netns, self.schema, self.log = netns, schema, log
+        self.sock = socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.connect(("127.0.0.1", API_PORT))  # before the daemon: nothing left behind
+        self.sent = 0
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
-                    *(
-                        "ip",
-                        "netns",
-                        "exec",
-                        netns,
-                        sys.executable,
-                        "-m",
-                        "iptserver",
-                        "--log-level",
-                        "info",
-                    ),
-                    *("run", "--config", str(schema), "--api", f"127.0.0.1:{API_PORT}"),
+                    *("ip", "netns", "exec", netns, sys.executable, "-m", "iptserver"),
+                    *("--log-level", "info", "run", "--config", str(schema)),
+                    *("--api", f"127.0.0.1:{API_PORT}"),
                 ],
                 cwd=REPO,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        self.sock = socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.connect(("127.0.0.1", API_PORT))
-        self.sent = 0
 
     def answer(self, name: str, address: str, ttl: int = 300) -> int:
         """Post one answer the way the recursor plugin does; the TTL iptserver allows."""
