@@ -30,7 +30,10 @@ local MAX_CHAIN = 16 -- as the API accepts
 local socket = TRANSPORT == "http" and require("socket") or nil
 local DEST = newCA(HOST:find(":") and ("[" .. HOST .. "]:" .. PORT) or (HOST .. ":" .. PORT))
 local TOKEN_LINE = (TOKEN or "") .. "\n"
-local sent = 0 -- datagram ids, per worker thread (each has its own Lua state)
+-- Datagram ids. Each worker thread (each has its own Lua state) counts in a range of its
+-- own: the threads' sockets share ports too, and a reply that reached another thread's
+-- socket must never pass for that thread's own.
+local sent = getRecursorThreadId() * 2^32
 
 local failures = getMetric("iptserver_plugin_failures")
 local conn = nil -- one kept-alive connection per worker thread (each has its own Lua state)
@@ -169,7 +172,7 @@ end
 function iptserver_udp_reply(dq)
   local state, answer = dq.data, dq.udpAnswer
   local id, result = answer:match("^IPT1 (%S+) ([^\n]*)")
-  local mine = dq.udpQuery:match("^IPT1 (%d+)")
+  local mine = state.id
   if id and id ~= mine and not state.resent then
     state.resent = true
     return true -- followupFunction is still udpQueryResponse: the recursor sends again
@@ -193,9 +196,10 @@ function postresolve(dq)
   if #addresses == 0 then return false end
   if TRANSPORT == "udp" then
     sent = sent + 1
-    dq.data = { longest = longest, resent = false } -- for the callback
+    local id = tostring(sent)
+    dq.data = { id = id, longest = longest, resent = false } -- for the callback
     dq.udpQueryDest = DEST
-    dq.udpQuery = "IPT1 " .. sent .. " " .. ttl .. "\n" .. TOKEN_LINE .. table.concat(names, " ")
+    dq.udpQuery = "IPT1 " .. id .. " " .. ttl .. "\n" .. TOKEN_LINE .. table.concat(names, " ")
       .. "\n" .. table.concat(addresses, " ") .. "\n"
     dq.udpCallback = "iptserver_udp_reply"
     dq.followupFunction = "udpQueryResponse"
