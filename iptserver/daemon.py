@@ -348,6 +348,7 @@ class Daemon:
         except DataplaneError as e:  # else lost in the signal handler's task
             self.reloads["rejected"] += 1
             log.error("reload failed, the kernel may hold part of the new schema: %s", e)
+            self._router.forget()  # learned sets may have been rebuilt: write repeats again
             return False
         for problem in problems:
             log.error("%s", problem)
