@@ -250,7 +250,7 @@ async def routes(request: web.Request) -> web.Response:
         for weight, entry in installed:
             if ip is not None and ip not in entry.network:
                 continue
-            names, learned_by = known.get(entry.network, ((), None))
+            names, learned_by = known.get(entry.network.network_address, ((), None))
             result.append(
                 {
                     "kind": "learned",

@@ -10,8 +10,8 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 
 from iptserver.dataplane.kernel import Learned
 from iptserver.dataplane.plan import KernelPlan
@@ -32,6 +32,9 @@ RECENT = 100
 # share of its hold left (and the same mark): its TTL is capped to what is left instead.
 REWRITE_AT = 0.5
 PRUNE_AT = 4096  # remembered entries before the expired ones are swept out
+# A written entry: its mark, when its timeout ends (time.monotonic()), and the answer's
+# names and domain rule that wrote it.
+Written = tuple[int, float, tuple[str, ...], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,8 @@ class Routed:
     generation: int  # the router's, when decided
     now: float  # when decided (time.monotonic())
     pending: bool = True  # entries still to write: ``Router.write`` finishes it
+    names: tuple[str, ...] = ()  # the answer's qname and CNAME chain
+    rules: list[int] = field(default_factory=list)  # the domain rule of each entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,12 +184,12 @@ class Router:
         self._batcher = Batcher(apply) if apply is not None else None
         self._apply_now = apply_now
         self._expiry = ExpiryTimer(expire) if expire is not None else None
-        # (set, address) -> (mark, when its timeout ends: time.monotonic()), as written.
-        self._written: dict[tuple[str, IPAddress], tuple[int, float]] = {}
+        # (set, address) -> what wrote its entry last.
+        self._written: dict[tuple[str, IPAddress], Written] = {}
         self._prune_at = PRUNE_AT
         self._generation = 0  # bumped when the kernel's sets may no longer be as written
         self._rules: dict[int, _RuleTarget] = {}  # per rule of this state, computed once
-        # The last decisions, for the status page and /v1/routes.
+        # The last decisions, for the status page and /v1/decisions.
         self.recent: deque[tuple[tuple[str, ...], Decision]] = deque(maxlen=RECENT)
         # For metrics, read at scrape time: answers seen, IPs learned per exit, and a
         # hook the HTTP API sets to time each policy decision.
@@ -224,7 +229,7 @@ class Router:
         ttl_cfg = state.policy.schema.ttl
         cap = min(ttl, ttl_cfg.client_max or ttl_cfg.hold)
         now = time.monotonic()
-        routed = Routed(cap, [], [], None, self._generation, now)
+        routed = Routed(cap, [], [], None, self._generation, now, names=key)
         for decision in decisions:
             if decision.kind is not MatchKind.DOMAIN or decision.rule is None:
                 continue
@@ -242,6 +247,7 @@ class Router:
                     continue
             network = (IPv4Network if ip.version == 4 else IPv6Network)((int(ip), ip.max_prefixlen))
             routed.entries.append(Learned(set_name, network, target.mark, hold + HOLD_MARGIN))
+            routed.rules.append(decision.rule)
             routed.ttl = min(routed.ttl, hold)
             routed.shortest = hold if routed.shortest is None else min(routed.shortest, hold)
         if not routed.entries or self._batcher is None:  # nothing to write, or no kernel
@@ -300,14 +306,16 @@ class Router:
         if routed.generation != self._generation:
             return  # decided before a reload: the sets it wrote may be gone
         written = self._written
-        for entry in routed.entries:
+        for entry, rule in zip(routed.entries, routed.rules, strict=True):
             written[(entry.set_name, entry.network.network_address)] = (
                 entry.mark,
                 routed.now + entry.timeout,
+                routed.names,
+                rule,
             )
         if len(written) >= self._prune_at:
             now = time.monotonic()
-            for key in [k for k, (_, ends) in written.items() if ends <= now]:
+            for key in [k for k, (_, ends, _, _) in written.items() if ends <= now]:
                 del written[key]
             self._prune_at = max(PRUNE_AT, 2 * len(written))
 
@@ -329,12 +337,9 @@ class Router:
         if self._expiry is not None:
             self._expiry.close()
 
-    def learned_by(self) -> dict[IPNetwork, tuple[tuple[str, ...], int]]:
-        """Host network -> the names and domain rule of the latest recent decision that
-        learned it (for /v1/routes; older entries are not known here)."""
-        found: dict[IPNetwork, tuple[tuple[str, ...], int]] = {}
-        for names, decision in self.recent:
-            if decision.kind is MatchKind.DOMAIN and decision.ip is not None:
-                assert decision.rule is not None
-                found[ip_network(decision.ip)] = (names, decision.rule)
-        return found
+    def learned_by(self) -> dict[IPAddress, tuple[tuple[str, ...], int]]:
+        """Address -> the names and domain rule of the answer that last wrote its entry
+        (for /v1/routes; entries written before the last reload are not known)."""
+        return {
+            address: (names, rule) for (_, address), (_, _, names, rule) in self._written.items()
+        }

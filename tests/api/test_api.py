@@ -216,6 +216,19 @@ def test_routes_lists_learned_entries_then_the_rules_nets() -> None:
     serve(scenario)
 
 
+def test_routes_name_the_answer_that_wrote_an_entry_long_after_it() -> None:
+    async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
+        await h.router.learn(["www.example.com"], [ipaddress.ip_address("198.51.100.10")], 60)
+        for i in range(150):  # more than the recent decisions keep
+            await h.router.learn(["example.org"], [ipaddress.ip_address(f"192.0.2.{i}")], 60)
+        learned = await (await client.get("/v1/routes", params={"kind": "learned"})).json()
+        assert [(r["net"], r["rule"], r["names"]) for r in learned] == [
+            ("198.51.100.10/32", 0, ["www.example.com"])
+        ]
+
+    serve(scenario)
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
