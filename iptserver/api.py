@@ -30,6 +30,7 @@ from iptserver.explain import explain, parse_query
 from iptserver.geoip import GeoIPDatabase
 from iptserver.health.monitor import Monitor
 from iptserver.health.state import ExitState
+from iptserver.plugin_udp import PluginEndpoint
 from iptserver.router import Router
 from iptserver.schema.values import IPAddress, normalize_name
 
@@ -70,6 +71,8 @@ class ApiConfig:
     installed: Callable[[], Awaitable[list[tuple[int, Entry]]]] | None = None
     # Each kernel set's entry count, read at scrape time (None: no kernel).
     set_sizes: Callable[[], Awaitable[dict[str, int]]] | None = None
+    # The recursor plugin's datagram endpoint, once it listens (for its counters).
+    plugin: Callable[[], PluginEndpoint | None] | None = None
 
     def exit_state(self, name: str) -> ExitState:
         return self.monitor.state(name) if self.monitor is not None else ExitState.UP
@@ -460,7 +463,20 @@ class _StateCollector(Collector):
             exits.add_metric([e.name, e.interface, str(e.mark), str(e.table)], 1)
         yield exits
         yield from self._sets()
+        yield from self._plugin()
         yield from self._health()
+
+    def _plugin(self) -> Iterator[Metric]:
+        endpoint = self._config.plugin() if self._config.plugin is not None else None
+        if endpoint is None:
+            return
+        for name, value, what in (
+            ("datagrams", endpoint.datagrams, "Datagrams the recursor plugin sent"),
+            ("rejected", endpoint.rejected, "Plugin datagrams refused: not in the format"),
+            ("failed", endpoint.failed, "Plugin answers not routed: kernel refused, busy, bug"),
+            ("spaced", endpoint.spaced, "Plugin replies held back: the recursor reused a port"),
+        ):
+            yield CounterMetricFamily(f"iptserver_plugin_{name}", what, value=value)
 
     def _sets(self) -> Iterator[Metric]:
         if self.sizes is None:

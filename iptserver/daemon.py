@@ -246,6 +246,7 @@ class Daemon:
                 token=token,
                 installed=self._learned_now,
                 set_sizes=self._set_sizes,
+                plugin=lambda: self._plugin_endpoint,
             )
         )
         app.on_cleanup.append(self._close_plugin_endpoint)
@@ -303,11 +304,13 @@ class Daemon:
         return await self._kernel(self._dataplane.learn, entries)
 
     async def _learned_now(self) -> list[tuple[int, Entry]]:
-        assert self._dataplane is not None
+        if self._dataplane is None:
+            return []
         return await self._kernel(self._dataplane.learned_now)
 
     async def _set_sizes(self) -> dict[str, int]:
-        assert self._dataplane is not None
+        if self._dataplane is None:
+            return {}
         return await self._kernel(self._dataplane.set_sizes)
 
     async def _set_routes(

@@ -172,8 +172,11 @@ class PluginEndpoint:
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_reply: dict[Any, float] = {}  # source -> when it was last replied to
-        self.spaced = 0  # replies held back by REPLY_GAP: ports the recursor reused at once
+        # For /metrics.
+        self.datagrams = 0  # received
         self.rejected = 0  # datagrams that broke the format
+        self.failed = 0  # answers not routed: the kernel refused, too busy, a bug
+        self.spaced = 0  # replies held back by REPLY_GAP: ports the recursor reused at once
         self._loop.add_reader(sock, self._readable)
 
     @property
@@ -205,6 +208,7 @@ class PluginEndpoint:
         """Answer each (datagram, sender) at once when the router can route them all
         without waiting (nothing to write, or the kernel idle), else each from a task
         once the kernel has its entries. ``arrived``: when they came (loop time)."""
+        self.datagrams += len(received)
         answers = []
         for data, addr in received:
             request = self._request(data, addr, arrived)
@@ -213,7 +217,7 @@ class PluginEndpoint:
             try:
                 routed = self._router.route(request.names, request.addresses, request.ttl)
             except Exception as e:
-                self._send(_failure(request, e), addr, arrived)
+                self._send(self._failure(request, e), addr, arrived)
                 continue
             answers.append((request, routed, addr))
         if not answers:
@@ -223,7 +227,7 @@ class PluginEndpoint:
         except Exception as e:  # the kernel refused the entries they were to share
             for request, routed, addr in answers:
                 if routed.pending:
-                    self._send(_failure(request, e), addr, arrived)
+                    self._send(self._failure(request, e), addr, arrived)
                 else:
                     self._send(format_reply(request.request_id, routed.ttl), addr, arrived)
             return
@@ -252,6 +256,7 @@ class PluginEndpoint:
                 )
             return None
         if len(self._tasks) >= MAX_IN_FLIGHT:
+            self.failed += 1
             busy = format_error(request.request_id, "busy: too many answers at once")
             self._send(busy, addr, arrived)
             return None
@@ -263,10 +268,14 @@ class PluginEndpoint:
         try:
             await self._router.write(routed)
         except Exception as e:
-            reply = _failure(request, e)
+            reply = self._failure(request, e)
         else:
             reply = format_reply(request.request_id, routed.ttl)
         self._send(reply, addr, arrived)
+
+    def _failure(self, request: AnswerRequest, error: Exception) -> bytes:
+        self.failed += 1
+        return _failure(request, error)
 
     def _send(self, reply: bytes, addr: Any, arrived: float) -> None:
         """``arrived``: when the request came (loop time)."""

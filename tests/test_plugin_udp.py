@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -334,6 +335,17 @@ def test_the_daemon_listens_on_the_api_port_over_udp(tmp_path: Path) -> None:
         client = Client(port)
         try:
             assert await client.ask(ANSWER) == b"IPT1 7 120\n"
+            bad_ttl = ANSWER.replace(b"IPT1 7 3600", b"IPT1 8 x")
+            assert (await client.ask(bad_ttl) or b"").startswith(b"IPT1 8 ERR ttl must be")
+            url = f"http://127.0.0.1:{port}/metrics"
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                metrics = await response.text()
+            for line in [
+                "iptserver_plugin_datagrams_total 2.0",
+                "iptserver_plugin_rejected_total 1.0",
+                "iptserver_plugin_failed_total 0.0",
+            ]:
+                assert line in metrics.splitlines(), metrics
         finally:
             await runner.cleanup()
         assert await client.ask(ANSWER, timeout=0.5) is None  # closed with the API
