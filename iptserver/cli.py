@@ -144,12 +144,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     recursor.add_argument(
         "--transport",
-        choices=["udp", "http"],
+        choices=["udp", "http", "ffi"],
         default="udp",
         help="udp: a datagram to the API's port, the waiting query parked, not the thread "
-        "(default); http: POST /v1/answers, blocking the recursor's thread",
+        "(default); ffi: the same datagram from the plugin's own socket, blocking the "
+        "recursor's thread (not with kernel.export_table); http: POST /v1/answers, blocking "
+        "the recursor's thread",
     )
-    recursor.add_argument("--timeout", type=float, default=0.5, help="http: seconds (default: 0.5)")
+    recursor.add_argument(
+        "--timeout", type=float, help="http, ffi: seconds (default: http 0.5, ffi 0.2)"
+    )
     recursor.add_argument("--api-token-file", metavar="FILE", type=Path)
     recursor.add_argument("--plugin", metavar="LUA", type=Path, help="the plugin's path")
     recursor.add_argument(

@@ -6,11 +6,19 @@
 -- returns. When iptserver cannot be asked: fail-open (the answer goes out as it is,
 -- counted and logged) or fail-closed (SERVFAIL).
 --
--- Two transports, same routing:
+-- Three transports, same routing:
 --   "udp" (default): one datagram to the API's port over UDP (iptserver/plugin_udp.py
 --     has the format), sent by the recursor's own udpQueryResponse follow-up, which
 --     parks only this query while it waits (at most the recursor's network-timeout),
 --     as for an authority; the worker thread keeps serving other queries.
+--   "ffi": the same datagram from a UDP socket of the plugin's own (LuaJIT's ffi calls
+--     socket/connect/send/poll/recv; one socket per worker thread, kept open), waiting
+--     at most `timeout` seconds for the reply; blocks the worker thread meanwhile (every
+--     query it holds), but costs a few system calls where udpQueryResponse costs the
+--     recursor a new socket per datagram and a second Lua call. Only for an iptserver
+--     without kernel.export_table (or with kernel.export_delay_ms: 0): it holds back
+--     each answer that adds a route to the export table export_delay_ms (100 ms by
+--     default), and this transport would stall the whole worker thread that long.
 --   "http": POST /v1/answers over a kept-alive LuaSocket connection, waiting at most
 --     `timeout` seconds; the call blocks the worker thread (every query it holds).
 --
@@ -21,7 +29,8 @@ local cfg = IPTSERVER or {}
 local HOST = cfg.host or "127.0.0.1"
 local PORT = cfg.port or 8053
 local TRANSPORT = cfg.transport or "udp"
-local TIMEOUT = cfg.timeout or 0.5 -- http: seconds for one whole request, connect included
+-- http: seconds for one whole request, connect included; ffi: for the reply
+local TIMEOUT = cfg.timeout or (TRANSPORT == "ffi" and 0.2 or 0.5)
 local FAIL_CLOSED = cfg.fail_closed or false
 local TOKEN = cfg.token -- bearer token for the API, or nil
 local MAX_CHAIN = 16 -- as the API accepts
@@ -37,6 +46,12 @@ local sent = getRecursorThreadId() * 2^32
 
 local failures = getMetric("iptserver_plugin_failures")
 local conn = nil -- one kept-alive connection per worker thread (each has its own Lua state)
+
+-- The request datagram (the udp and ffi transports).
+local function datagram(id, ttl, names, addresses)
+  return "IPT1 " .. id .. " " .. ttl .. "\n" .. TOKEN_LINE .. table.concat(names, " ") .. "\n"
+    .. table.concat(addresses, " ") .. "\n"
+end
 
 -- JSON string: DNSName:toString() already escapes odd bytes as \DDD; quote the rest.
 local function quote(s)
@@ -93,6 +108,111 @@ local function post(body)
     if reply then return reply end
     if conn then conn:close(); conn = nil end
     if not reused or socket.gettime() >= deadline then return nil, err end
+  end
+end
+
+-- The ffi transport: a connected, non-blocking UDP socket per worker thread (each thread
+-- has its own Lua state), opened at its first answer (again after a failure to open).
+-- The constants are Linux's (x86-64 and arm64 alike).
+local ffi = TRANSPORT == "ffi" and require("ffi") or nil
+local C = ffi and ffi.C
+local AF_INET, AF_INET6, SOCK_DGRAM = 2, 10, 2
+local SOCK_NONBLOCK, SOCK_CLOEXEC, POLLIN, CLOCK_MONOTONIC = 0x800, 0x80000, 1, 1
+local EINTR, EAGAIN, ECONNREFUSED = 4, 11, 111
+local REPLY_SIZE = 1024 -- replies are one line, under 500 bytes
+local api, sock, poller, clock, reply = nil, nil, nil, nil, nil
+
+if ffi then
+  ffi.cdef [[
+    struct sockaddr_in { uint16_t family; uint16_t port; uint8_t addr[4]; uint8_t zero[8]; };
+    struct sockaddr_in6 {
+      uint16_t family; uint16_t port; uint32_t flowinfo; uint8_t addr[16]; uint32_t scope;
+    };
+    struct pollfd { int fd; short events; short revents; };
+    struct timespec { long sec; long nsec; };
+    int inet_pton(int family, const char *text, void *address);
+    uint16_t htons(uint16_t port);
+    int socket(int family, int type, int protocol);
+    int connect(int fd, const void *address, uint32_t length);
+    long send(int fd, const char *data, size_t length, int flags);
+    long recv(int fd, char *buffer, size_t length, int flags);
+    int poll(struct pollfd *fds, unsigned long count, int milliseconds);
+    int clock_gettime(int clock, struct timespec *now);
+    int close(int fd);
+    char *strerror(int number);
+  ]]
+  local v6 = HOST:find(":") ~= nil
+  api = ffi.new(v6 and "struct sockaddr_in6" or "struct sockaddr_in")
+  api.family, api.port = v6 and AF_INET6 or AF_INET, C.htons(PORT)
+  if C.inet_pton(api.family, HOST, api.addr) ~= 1 then
+    error("iptserver plugin: host " .. HOST .. " is not an IP address")
+  end
+  poller = ffi.new("struct pollfd", { events = POLLIN })
+  clock = ffi.new("struct timespec")
+  reply = ffi.new("char[?]", REPLY_SIZE)
+end
+
+local function os_error(call)
+  return call .. ": " .. ffi.string(C.strerror(ffi.errno()))
+end
+
+local function now()
+  C.clock_gettime(CLOCK_MONOTONIC, clock)
+  return tonumber(clock.sec) + tonumber(clock.nsec) * 1e-9
+end
+
+-- The socket's descriptor in an int[1] that closes it when the Lua state goes (a reload).
+local function open()
+  local fd = C.socket(api.family, SOCK_DGRAM + SOCK_NONBLOCK + SOCK_CLOEXEC, 0)
+  if fd < 0 then return nil, os_error("socket") end
+  if C.connect(fd, api, ffi.sizeof(api)) ~= 0 then
+    local err = os_error("connect")
+    C.close(fd)
+    return nil, err
+  end
+  return ffi.gc(ffi.new("int[1]", fd), function(held) C.close(held[0]) end)
+end
+
+-- Send the request datagram `text` and wait up to TIMEOUT for the reply carrying `id`;
+-- replies to earlier requests (that timed out) are skipped. The TTL cap, or nil and why.
+local function ask(id, text)
+  if not sock then
+    local err
+    sock, err = open()
+    if not sock then return nil, err end
+  end
+  local fd = sock[0]
+  -- An ICMP "port unreachable" for an earlier datagram fails the next send once.
+  if C.send(fd, text, #text, 0) < 0
+    and (ffi.errno() ~= ECONNREFUSED or C.send(fd, text, #text, 0) < 0) then
+    return nil, os_error("send")
+  end
+  local deadline = now() + TIMEOUT
+  poller.fd = fd
+  while true do
+    local left = deadline - now()
+    if left <= 0 then
+      return nil, "no reply from iptserver within " .. TIMEOUT .. " s (timeout)"
+    end
+    local ready = C.poll(poller, 1, math.ceil(left * 1000))
+    if ready < 0 and ffi.errno() ~= EINTR then return nil, os_error("poll") end
+    local got = ready > 0 and tonumber(C.recv(fd, reply, REPLY_SIZE, 0)) or -1
+    if got >= 0 then
+      local answer = ffi.string(reply, got)
+      local for_id, result = answer:match("^IPT1 (%S+) ([^\n]*)")
+      if not for_id then return nil, "unexpected reply " .. answer:sub(1, 200) end
+      if for_id == id or for_id == "-" then -- "-": iptserver could not read the id
+        local cap = tonumber(result:match("^%d+$"))
+        if cap then return cap end
+        return nil, result
+      end
+    elseif ready > 0 then
+      local errno = ffi.errno()
+      if errno == ECONNREFUSED then
+        return nil, "connection refused: nothing listens on UDP " .. HOST .. " port " .. PORT
+      end
+      if errno ~= EAGAIN and errno ~= EINTR then return nil, os_error("recv") end
+    end
   end
 end
 
@@ -199,11 +319,17 @@ function postresolve(dq)
     local id = tostring(sent)
     dq.data = { id = id, longest = longest, resent = false } -- for the callback
     dq.udpQueryDest = DEST
-    dq.udpQuery = "IPT1 " .. id .. " " .. ttl .. "\n" .. TOKEN_LINE .. table.concat(names, " ")
-      .. "\n" .. table.concat(addresses, " ") .. "\n"
+    dq.udpQuery = datagram(id, ttl, names, addresses)
     dq.udpCallback = "iptserver_udp_reply"
     dq.followupFunction = "udpQueryResponse"
     return true
+  end
+  if TRANSPORT == "ffi" then
+    sent = sent + 1
+    local id = tostring(sent)
+    local cap, err = ask(id, datagram(id, ttl, names, addresses))
+    if not cap then return failed(dq, err) end
+    return cap_ttls(dq, records, cap, longest)
   end
   local body = '{"qname":' .. quote(names[1]) .. ',"chain":[' .. quote_all(names, 2)
     .. '],"addresses":[' .. quote_all(addresses, 1) .. '],"ttl":' .. ttl .. '}'

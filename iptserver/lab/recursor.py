@@ -15,7 +15,7 @@ from iptserver.lab.topology import Lab
 from iptserver.render.recursor import RecursorSettings, Transport, render_recursor
 from iptserver.schema.values import parse_endpoint
 
-API = "127.0.0.1:8053"  # iptserver's HTTP API, on the entry's loopback
+API = "127.0.0.1:8053"  # iptserver's HTTP API, on the entry's loopback (the default)
 START_TIMEOUT = 15.0
 
 
@@ -64,6 +64,7 @@ def start_recursor(
     plugin: bool = True,
     transport: Transport = "udp",
     token_file: Path | None = None,
+    api: str = API,
 ) -> Recursor:
     """Render the config into ``directory``, start the recursor; return once it answers."""
     include = directory / "recursor.d"
@@ -72,7 +73,7 @@ def start_recursor(
         old.unlink()
     if plugin:
         settings = RecursorSettings(
-            api=parse_endpoint(API),
+            api=parse_endpoint(api),
             directory=include,
             fail_closed=fail_closed,
             transport=transport,

@@ -13,10 +13,17 @@ from pathlib import Path
 from typing import Literal
 
 # "udp": the recursor's own non-blocking udpQueryResponse to the API's port over UDP
-# (iptserver/plugin_udp.py); "http": POST /v1/answers from LuaSocket, which blocks the
-# recursor's worker thread while it waits.
-Transport = Literal["udp", "http"]
-TRANSPORTS: tuple[Transport, ...] = ("udp", "http")
+# (iptserver/plugin_udp.py); "ffi": the same datagram from the plugin's own socket (LuaJIT
+# ffi), which blocks the recursor's worker thread while it waits, as does "http": POST
+# /v1/answers from LuaSocket.
+Transport = Literal["udp", "http", "ffi"]
+TRANSPORTS: tuple[Transport, ...] = ("udp", "http", "ffi")
+# Seconds a blocking transport waits for iptserver by default (udp waits the recursor's
+# network-timeout instead). ffi: a reply takes well under a millisecond, a few when the
+# kernel is busy; the bound only matters when iptserver is stalled (a stopped one
+# refuses at once), and then every query queued on the thread waits it in turn, so it
+# stays far below a stub resolver's own retry (1 s and more) with a few queued.
+DEFAULT_TIMEOUTS: dict[Transport, float] = {"udp": 0.5, "http": 0.5, "ffi": 0.2}
 
 CONF_FILE = "iptserver.conf"  # for the recursor's include-dir (recursor.d)
 SETTINGS_FILE = "iptserver-settings.lua"
@@ -32,9 +39,16 @@ class RecursorSettings:
     plugin: Path = DEFAULT_PLUGIN
     directory: Path = DEFAULT_DIR
     fail_closed: bool = False
-    timeout: float = 0.5  # http: seconds per answer; the recursor's worker waits this long
+    # http, ffi: seconds per answer, the recursor's worker thread waits this long at most;
+    # None: the transport's DEFAULT_TIMEOUTS
+    timeout: float | None = None
     token_file: Path | None = None
     transport: Transport = "udp"
+
+    @property
+    def wait(self) -> float:
+        """The timeout the plugin is given."""
+        return DEFAULT_TIMEOUTS[self.transport] if self.timeout is None else self.timeout
 
 
 def _lua_string(text: str) -> str:
@@ -54,7 +68,7 @@ def render_settings(settings: RecursorSettings) -> str:
         f"  host = {_lua_string(str(address))},\n"
         f"  port = {port},\n"
         f"  transport = {_lua_string(settings.transport)},\n"
-        f"  timeout = {settings.timeout:g},\n"
+        f"  timeout = {settings.wait:g},\n"
         f"  fail_closed = {'true' if settings.fail_closed else 'false'},\n"
         f"  token = {token},\n"
         "}\n"
@@ -67,8 +81,10 @@ def render_conf(settings: RecursorSettings) -> str:
     where = _endpoint(settings.api)
     if settings.transport == "udp":
         how = f"UDP {where}; waits at most network-timeout, parking only the query"
+    elif settings.transport == "ffi":
+        how = f"UDP {where} (ffi); waits at most {settings.wait:g} s, blocking the thread"
     else:
-        how = f"HTTP {where}; waits at most {settings.timeout:g} s, blocking the thread"
+        how = f"HTTP {where}; waits at most {settings.wait:g} s, blocking the thread"
     return (
         "# Rendered by `iptserver render recursor`: every answer is routed by iptserver\n"
         f"# ({how})\n"

@@ -1,12 +1,13 @@
 """The PowerDNS Recursor plugin end to end: a real ``pdns_recursor`` in the entry serves
-the client and posts every answer to iptserver's HTTP API (iptserver's own proxy is on
-loopback, out of the clients' way), so the first connection leaves by the schema's exit
-and the client gets TTLs capped to the route hold. With iptserver gone, fail-open still
-answers and fail-closed answers SERVFAIL."""
+the client and hands every answer to iptserver's API over each transport (udp, ffi,
+http; iptserver's own proxy is on loopback, out of the clients' way), so the first
+connection leaves by the schema's exit and the client gets TTLs capped to the route
+hold. With iptserver gone, fail-open still answers and fail-closed answers SERVFAIL."""
 
 from __future__ import annotations
 
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from iptserver.lab import Lab
 from iptserver.lab.entry import ENTRY_DNS
 from iptserver.lab.recursor import API, Recursor, start_recursor
 from iptserver.lab.zones import DEFAULT_TTL
-from iptserver.render.recursor import Transport
+from iptserver.render.recursor import TRANSPORTS, Transport
 from tests.e2e.conftest import BASE_SCHEMA, Iptservers, explained_exit
 
 pytestmark = pytest.mark.skipif(
@@ -58,10 +59,10 @@ def answer(lab: Lab, name: str) -> list[tuple[str, int]]:
     return [(value, ttl) for _, kind, value, ttl in records if kind == "A"]
 
 
-TRANSPORTS = pytest.mark.parametrize("transport", ["udp", "http"])
+EACH_TRANSPORT = pytest.mark.parametrize("transport", TRANSPORTS)
 
 
-@TRANSPORTS
+@EACH_TRANSPORT
 @pytest.mark.parametrize(
     ("name", "expected", "unrouted"),
     [
@@ -91,7 +92,23 @@ def test_first_connection_leaves_by_the_schema_through_the_recursor(
     assert "not routed" not in recursors[0].log
 
 
-@TRANSPORTS
+@pytest.mark.parametrize("transport", ["udp", "ffi"])
+def test_the_datagram_transports_reach_an_api_on_ipv6_loopback(
+    lab: Lab,
+    iptservers: Iptservers,
+    recursors: list[Recursor],
+    recursor_dir: Path,
+    transport: Transport,
+) -> None:
+    api = "[::1]:8053"
+    iptservers.start(SCHEMA, "--api", api, probe=("entry", *PROXY))
+    recursors.append(start_recursor(lab, recursor_dir, transport=transport, api=api))
+    (address, _), *_ = answer(lab, "mail.ru")
+    assert lab.whoami("client", address) == "ru"
+    assert "not routed" not in recursors[0].log
+
+
+@EACH_TRANSPORT
 def test_fail_open_answers_and_fail_closed_refuses_without_iptserver(
     lab: Lab,
     iptservers: Iptservers,
@@ -111,7 +128,24 @@ def test_fail_open_answers_and_fail_closed_refuses_without_iptserver(
     assert refused.records == []
 
 
-@TRANSPORTS
+def test_ffi_gives_up_on_a_stalled_iptserver_and_routes_again_once_it_resumes(
+    lab: Lab, iptservers: Iptservers, recursors: list[Recursor], recursor_dir: Path
+) -> None:
+    running = iptservers.start(SCHEMA, "--api", API, probe=("entry", *PROXY))
+    recursors.append(start_recursor(lab, recursor_dir, transport="ffi"))
+    running.proc.send_signal(signal.SIGSTOP)  # reads nothing, refuses nothing
+    try:
+        assert answer(lab, "www.example.com") == [("198.51.100.150", DEFAULT_TTL)]
+    finally:
+        running.proc.send_signal(signal.SIGCONT)  # now it replies to the request given up
+    assert "www.example.com. not routed (no reply from iptserver within" in recursors[0].log
+    for name, expected in [("mail.ru", "ru"), ("www.bbc.co.uk", "uk")]:
+        (address, _), *_ = answer(lab, name)
+        assert lab.whoami("client", address) == expected, f"{name} -> {address}"
+    assert recursors[0].log.count("not routed") == 1
+
+
+@EACH_TRANSPORT
 def test_the_api_token_is_sent_and_a_wrong_one_routes_nothing(
     lab: Lab,
     iptservers: Iptservers,

@@ -40,6 +40,14 @@ def test_http_transport_says_its_bound_and_that_it_blocks() -> None:
     assert "HTTP 127.0.0.1:8053; waits at most 0.25 s, blocking" in files["iptserver.conf"]
 
 
+def test_ffi_transport_has_its_own_default_bound_and_says_it_blocks() -> None:
+    files = render_recursor(RecursorSettings(api=parse_endpoint("[::1]:8053"), transport="ffi"))
+    assert 'transport = "ffi",\n  timeout = 0.2,' in files["iptserver-settings.lua"]
+    assert "UDP [::1]:8053 (ffi); waits at most 0.2 s, blocking" in files["iptserver.conf"]
+    settings = RecursorSettings(api=SETTINGS.api, transport="ffi", timeout=0.05)
+    assert "timeout = 0.05," in render_recursor(settings)["iptserver-settings.lua"]
+
+
 def test_cli_writes_what_the_renderer_renders(tmp_path: Path) -> None:
     argv = ["render", "recursor", "--fail-closed", "--out-dir", str(tmp_path)]
     argv += ["--plugin", "/usr/share/iptserver/iptserver.lua"]
@@ -59,4 +67,14 @@ def test_cli_writes_what_the_renderer_renders(tmp_path: Path) -> None:
         timeout=0.25,
     )
     for name, text in render_recursor(http).items():
+        assert (tmp_path / name).read_text(encoding="utf-8") == text
+    assert main([*argv, "--transport", "ffi"]) == 0
+    ffi = RecursorSettings(
+        api=SETTINGS.api,
+        plugin=SETTINGS.plugin,
+        directory=tmp_path,
+        fail_closed=True,
+        transport="ffi",
+    )
+    for name, text in render_recursor(ffi).items():
         assert (tmp_path / name).read_text(encoding="utf-8") == text
