@@ -7,10 +7,11 @@ The issue's goal: at most 1 ms added at p99, at most 20% of throughput lost.
 
 Setup: the lab (network namespaces), iptserver in the entry (every exit of the lab, the
 rule ``{exit: ru, domains: [ru]}``, its own proxy on 127.0.0.1:5399, its API on
-127.0.0.1:8053, TCP and UDP), and three recursors in the entry forwarding everything to
+127.0.0.1:8053, TCP and UDP), and four recursors in the entry forwarding everything to
 the lab's authority, the same settings but the plugin (the config ``iptserver render
-recursor`` writes): 10.77.1.1:53 with the plugin over UDP (the default transport),
-:5354 with the plugin over HTTP, :5353 with no lua-dns-script. The client namespace
+recursor`` writes): 10.77.1.1:53 with the plugin over UDP (the default transport,
+udpQueryResponse), :5355 with the plugin's own datagram socket (ffi), :5354 with the
+plugin over HTTP, :5353 with no lua-dns-script. The client namespace
 sends each the same kind of load: ``--concurrency`` queries in flight (a worker sends
 its next query once the last is answered; the workers share one list), every name new
 (``<token>-<n>.bench.ru``, the lab authority's wildcard zone), so neither the packet
@@ -60,7 +61,7 @@ from iptserver.lab.recursor import API, Recursor, start_recursor
 from iptserver.lab.zones import BENCH_ZONE, FRESH_ZONE, synthetic
 
 PROXY = ("127.0.0.1", 5399)  # iptserver's own proxy: required, but nobody's resolver here
-PLUGIN_PORT, HTTP_PORT, PLAIN_PORT = 53, 5354, 5353
+PLUGIN_PORT, HTTP_PORT, PLAIN_PORT, FFI_PORT = 53, 5354, 5353, 5355
 SCHEMA = f"""\
 exits:
   uk: {{interface: wg-uk}}
@@ -301,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             recursors.append(start_recursor(lab, work / "udp", port=PLUGIN_PORT))
             recursors.append(start_recursor(lab, work / "http", port=HTTP_PORT, transport="http"))
             recursors.append(start_recursor(lab, work / "plain", port=PLAIN_PORT, plugin=False))
+            recursors.append(start_recursor(lab, work / "ffi", port=FFI_PORT, transport="ffi"))
             load_before = os.getloadavg()[0]
             pids = [recursor.proc.pid for recursor in recursors]
             zone = FRESH_ZONE if args.fresh_ips else BENCH_ZONE
@@ -308,22 +310,26 @@ def main(argv: list[str] | None = None) -> int:
                 plain = Config(f"recursor alone (port {PLAIN_PORT})", PLAIN_PORT, pid=pids[2])
                 udp = Config(f"+ plugin, udp (port {PLUGIN_PORT})", PLUGIN_PORT, "udp", pids[0])
                 http = Config(f"+ plugin, http (port {HTTP_PORT})", HTTP_PORT, "http", pids[1])
+                ffi = Config(f"+ plugin, ffi (port {FFI_PORT})", FFI_PORT, "ffi", pids[3])
                 measure(
                     lab,
-                    [udp, http, plain],
+                    [udp, ffi, http, plain],
                     args.queries,
                     level,
                     args.rounds,
                     zone=zone,
                     iptserver=running.proc.pid,
                 )
-                results.append((level, plain, [udp, http]))
+                results.append((level, plain, [udp, ffi, http]))
             load_after = os.getloadavg()[0]
-            # One more answer through the udp plugin, then a connection to its address.
-            check_name = f"check-{secrets.token_hex(4)}.{BENCH_ZONE}"
-            lab.resolve("client", check_name, server=ENTRY_DNS, port=PLUGIN_PORT)
-            routed = lab.whoami("client", synthetic(check_name)[0].value)
-            logs = recursors[0].log + recursors[1].log
+            # One more answer through the udp and the ffi plugin, then a connection to its
+            # address.
+            routed: dict[int, str] = {}  # port -> the exit its answer's address took
+            for port in (PLUGIN_PORT, FFI_PORT):
+                check_name = f"check-{secrets.token_hex(4)}.{BENCH_ZONE}"
+                lab.resolve("client", check_name, server=ENTRY_DNS, port=port)
+                routed[port] = lab.whoami("client", synthetic(check_name)[0].value)
+            logs = "".join(recursor.log for recursor in recursors)
             not_routed = [line for line in logs.splitlines() if "not routed" in line]
         finally:
             for recursor in recursors:
@@ -337,8 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     for level, plain, plugins in results:
         report(plain, plugins, level, args.fresh_ips)
         problems += plain.problems + [p for plugin in plugins for p in plugin.problems]
-    if routed != "ru":
-        problems.append(f"a bench.ru address left by {routed}, not ru: the plugin did not route it")
+    for port, exit_name in routed.items():
+        if exit_name != "ru":
+            problems.append(
+                f"a bench.ru address resolved on port {port} left by {exit_name}, not ru:"
+                " the plugin did not route it"
+            )
     if not_routed:
         problems.append(f"the plugin logged {len(not_routed)} answers as not routed, as:")
         problems.extend(not_routed[:3])
