@@ -120,7 +120,10 @@ local AF_INET, AF_INET6, SOCK_DGRAM = 2, 10, 2
 local SOCK_NONBLOCK, SOCK_CLOEXEC, POLLIN, CLOCK_MONOTONIC = 0x800, 0x80000, 1, 1
 local EINTR, EAGAIN, ECONNREFUSED = 4, 11, 111
 local REPLY_SIZE = 1024 -- replies are one line, under 500 bytes
-local api, sock, poller, clock, reply = nil, nil, nil, nil, nil
+-- A reply this late means iptserver holds answers back (kernel.export_table's
+-- export_delay_ms) while this thread waits: said once per worker thread.
+local SLOW = 0.05
+local api, sock, poller, clock, reply, slow_said = nil, nil, nil, nil, nil, false
 
 if ffi then
   ffi.cdef [[
@@ -173,6 +176,14 @@ local function open()
   return ffi.gc(ffi.new("int[1]", fd), function(held) C.close(held[0]) end)
 end
 
+local function note_slow(waited)
+  if waited < SLOW or slow_said then return end
+  slow_said = true
+  pdnslog(string.format("iptserver: a reply took %.0f ms, all of it blocking this worker"
+    .. " thread (the ffi transport); with kernel.export_table use the udp transport",
+    waited * 1000), pdns.loglevels.Warning)
+end
+
 -- Send the request datagram `text` and wait up to TIMEOUT for the reply carrying `id`;
 -- replies to earlier requests (that timed out) are skipped. The TTL cap, or nil and why.
 local function ask(id, text)
@@ -187,7 +198,8 @@ local function ask(id, text)
     and (ffi.errno() ~= ECONNREFUSED or C.send(fd, text, #text, 0) < 0) then
     return nil, os_error("send")
   end
-  local deadline = now() + TIMEOUT
+  local sent_at = now()
+  local deadline = sent_at + TIMEOUT
   poller.fd = fd
   while true do
     local left = deadline - now()
@@ -203,6 +215,7 @@ local function ask(id, text)
       if not for_id then return nil, "unexpected reply " .. answer:sub(1, 200) end
       if for_id == id or for_id == "-" then -- "-": iptserver could not read the id
         local cap = tonumber(result:match("^%d+$"))
+        note_slow(now() - sent_at)
         if cap then return cap end
         return nil, result
       end

@@ -145,6 +145,20 @@ def test_ffi_gives_up_on_a_stalled_iptserver_and_routes_again_once_it_resumes(
     assert recursors[0].log.count("not routed") == 1
 
 
+def test_ffi_waits_out_the_export_delay_and_says_it_blocked_the_thread(
+    lab: Lab, iptservers: Iptservers, recursors: list[Recursor], recursor_dir: Path
+) -> None:
+    # kernel.export_delay_ms (100 by default) holds back each answer that adds a route.
+    schema = SCHEMA + "kernel: {export_table: 200}\n"
+    iptservers.start(schema, "--api", API, probe=("entry", *PROXY))
+    recursors.append(start_recursor(lab, recursor_dir, transport="ffi"))
+    (address, _), *_ = answer(lab, "mail.ru")
+    assert lab.whoami("client", address) == "ru"
+    log = recursors[0].log
+    assert "not routed" not in log
+    assert "blocking this worker thread (the ffi transport); with kernel.export_table" in log
+
+
 @EACH_TRANSPORT
 def test_the_api_token_is_sent_and_a_wrong_one_routes_nothing(
     lab: Lab,
