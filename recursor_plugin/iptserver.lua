@@ -19,8 +19,24 @@
 --     without kernel.export_table (or with kernel.export_delay_ms: 0): it holds back
 --     each answer that adds a route to the export table export_delay_ms (100 ms by
 --     default), and this transport would stall the whole worker thread that long.
+--     Fail-open, it hooks postresolve_ffi instead of postresolve (see below).
 --   "http": POST /v1/answers over a kept-alive LuaSocket connection, waiting at most
 --     `timeout` seconds; the call blocks the worker thread (every query it holds).
+--
+-- postresolve_ffi (the ffi transport, fail-open): the recursor (4.7 and later) calls it
+-- instead of postresolve, with a handle its exported C functions read and change
+-- (pdns_postresolve_ffi_handle_*, through LuaJIT's ffi), which spares building the
+-- DNSQuestion's record objects and crossing into C++ for each field read. Its limits in
+-- recursor 4.8.8, seen in its source and tried:
+--   * there is no rcode to read: get_rcode gives the DNSQuestion's rcode, which only a
+--     Lua hook run before sets (0 for an NXDOMAIN here), and set_rcode changes nothing
+--     the client gets. So no SERVFAIL: with fail_closed the plugin hooks postresolve as
+--     before. Only NOERROR is routed all the same: an NXDOMAIN or SERVFAIL answer has no
+--     A/AAAA at the end of the qname's CNAME chain, so there is nothing to send.
+--   * records are read as text (owner without its trailing dot) and there is no TTL
+--     setter (set_record replaces the content only): a TTL is lowered by clearing the
+--     records and adding each back (owner, type, TTL, text content, section), in order.
+--   * an error raised in the hook costs the client its answer, as in postresolve.
 --
 -- Settings: the global IPTSERVER table, set by the file `iptserver render recursor`
 -- writes (which then loads this one); the defaults below fill what it leaves out.
@@ -143,6 +159,19 @@ if ffi then
     int clock_gettime(int clock, struct timespec *now);
     int close(int fd);
     char *strerror(int number);
+
+    typedef struct pdns_postresolve_ffi_handle pdns_postresolve_ffi_handle_t;
+    typedef struct pdns_ffi_record {
+      const char *name; size_t name_len; const char *content; size_t content_len;
+      uint32_t ttl; int place; uint16_t type; // place: pdns_record_place_t, an int enum
+    } pdns_ffi_record_t;
+    const char *pdns_postresolve_ffi_handle_get_qname(pdns_postresolve_ffi_handle_t *handle);
+    bool pdns_postresolve_ffi_handle_get_record(pdns_postresolve_ffi_handle_t *handle,
+      unsigned int i, pdns_ffi_record_t *record, bool raw);
+    void pdns_postresolve_ffi_handle_clear_records(pdns_postresolve_ffi_handle_t *handle);
+    bool pdns_postresolve_ffi_handle_add_record(pdns_postresolve_ffi_handle_t *handle,
+      const char *name, uint16_t type, uint32_t ttl, const char *content, size_t length,
+      int place, bool raw);
   ]]
   local v6 = HOST:find(":") ~= nil
   api = ffi.new(v6 and "struct sockaddr_in6" or "struct sockaddr_in")
@@ -274,10 +303,15 @@ local function quote_all(list, first)
   return table.concat(quoted, ",")
 end
 
-local function failed(dq, why)
+-- Count and log an answer iptserver could not be asked about.
+local function not_routed(qname, why)
   failures:inc()
-  pdnslog("iptserver: " .. dq.qname:toString() .. " not routed (" .. why .. ")"
+  pdnslog("iptserver: " .. qname .. " not routed (" .. why .. ")"
     .. (FAIL_CLOSED and ", SERVFAIL" or ", answered anyway"), pdns.loglevels.Warning)
+end
+
+local function failed(dq, why)
+  not_routed(dq.qname:toString(), why)
   if not FAIL_CLOSED then return false end
   dq.rcode = pdns.SERVFAIL
   dq:setRecords({})
@@ -322,6 +356,101 @@ function iptserver_udp_reply(dq)
   return failed(dq, id and result or ("unexpected reply " .. answer:sub(1, 200)))
 end
 
+-- postresolve_ffi's records, read into an array of the plugin's own (one per worker
+-- thread, grown as needed); their names and contents stay the recursor's, valid while
+-- the hook runs.
+local RECORD = "pdns_ffi_record_t[?]"
+local ANSWER = 1 -- pdns_record_place_answer
+local held, room = nil, 0
+
+local function read_records(handle)
+  local count = 0
+  while true do
+    if count == room then
+      local bigger = ffi.new(RECORD, math.max(2 * room, 32))
+      if held then ffi.copy(bigger, held, room * ffi.sizeof("pdns_ffi_record_t")) end
+      held, room = bigger, math.max(2 * room, 32)
+    end
+    if not C.pdns_postresolve_ffi_handle_get_record(handle, count, held + count, false) then
+      return count
+    end
+    count = count + 1
+  end
+end
+
+-- walk() over the handle's records: the same names (qname first, with trailing dots, as
+-- postresolve sends them), addresses, smallest and largest TTL. Owners compare as
+-- DNSNames do, without case.
+local function walk_handle(qname, count)
+  local owners, kinds, at, longest = {}, {}, {}, 0
+  for i = 0, count - 1 do
+    local record = held[i]
+    if record.place == ANSWER then
+      local ttl, kind = record.ttl, record.type
+      if ttl > longest then longest = ttl end
+      if kind == A or kind == AAAA or kind == CNAME then
+        local n = #at + 1
+        at[n], kinds[n], owners[n] = i, kind, ffi.string(record.name, record.name_len):lower()
+      end
+    end
+  end
+  local name = qname:lower()
+  local names, addresses, shortest = { qname .. "." }, {}, nil
+  for _ = 1, MAX_CHAIN do
+    local target = nil
+    for n = 1, #at do
+      if owners[n] == name then
+        local record = held[at[n]]
+        if kinds[n] ~= CNAME then
+          addresses[#addresses + 1] = ffi.string(record.content, record.content_len)
+          if not shortest or record.ttl < shortest then shortest = record.ttl end
+        elseif not target then
+          target = ffi.string(record.content, record.content_len) -- "name." (presentation)
+        end
+      end
+    end
+    if not target then break end
+    names[#names + 1] = target
+    name = target:lower():gsub("%.$", "")
+  end
+  return names, addresses, shortest, longest
+end
+
+-- cap_ttls() for the handle: no TTL setter, so every record is added back in order, the
+-- answer section's TTLs lowered to cap.
+local function cap_handle(handle, count, cap, longest)
+  if longest <= cap then return false end
+  C.pdns_postresolve_ffi_handle_clear_records(handle)
+  for i = 0, count - 1 do
+    local r = held[i]
+    local ttl = (r.place == ANSWER and r.ttl > cap) and cap or r.ttl
+    if not C.pdns_postresolve_ffi_handle_add_record(handle, r.name, r.type, ttl, r.content,
+      r.content_len, r.place, false) then
+      pdnslog("iptserver: could not add back " .. ffi.string(r.name, r.name_len) .. " type "
+        .. r.type .. " after capping its TTL (the recursor logged why); the answer lacks it",
+        pdns.loglevels.Error)
+    end
+  end
+  return true
+end
+
+local function postresolve_handle(handle)
+  local count = read_records(handle)
+  if count == 0 then return false end
+  local qname = ffi.string(C.pdns_postresolve_ffi_handle_get_qname(handle))
+  if qname == "." then qname = "" end -- the root: names[1] becomes "."
+  local names, addresses, ttl, longest = walk_handle(qname, count)
+  if #addresses == 0 then return false end
+  sent = sent + 1
+  local id = tostring(sent)
+  local cap, err = ask(id, datagram(id, ttl, names, addresses))
+  if not cap then
+    not_routed(names[1], err)
+    return false -- fail-open: fail-closed uses postresolve
+  end
+  return cap_handle(handle, count, cap, longest)
+end
+
 function postresolve(dq)
   if dq.rcode ~= pdns.NOERROR then return false end
   local records = dq:getRecords()
@@ -350,4 +479,10 @@ function postresolve(dq)
   local cap = reply and tonumber(reply:match('"ttl"%s*:%s*(%d+)'))
   if not cap then return failed(dq, err or ("unexpected reply " .. reply)) end
   return cap_ttls(dq, records, cap, longest)
+end
+
+-- The ffi transport, fail-open: the recursor calls postresolve_ffi instead of postresolve
+-- (4.8.8 calls postresolve only when no postresolve_ffi is defined).
+if TRANSPORT == "ffi" and not FAIL_CLOSED then
+  postresolve_ffi = postresolve_handle
 end
