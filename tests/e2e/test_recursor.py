@@ -32,7 +32,7 @@ SCHEMA = (
 default: us
 rules:
   - exit: ru
-    domains: [mail.ru, "*.yandex.net"]
+    domains: [mail.ru, "*.yandex.net", "=b.chain.test"]
   - exit: uk
     countries: [GB]
 ttl: {{hold: {HOLD}}}
@@ -108,6 +108,50 @@ def test_the_datagram_transports_reach_an_api_on_ipv6_loopback(
     assert "not routed" not in recursors[0].log
 
 
+# The hooks that hand an answer over: postresolve for udp, http and a fail-closed ffi,
+# postresolve_ffi for a fail-open ffi (recursor 4.8.8 cannot SERVFAIL from it).
+EACH_HOOK = pytest.mark.parametrize(
+    ("transport", "fail_closed"),
+    [("udp", False), ("http", False), ("ffi", False), ("ffi", True)],
+    ids=["udp", "http", "ffi-postresolve_ffi", "ffi-postresolve"],
+)
+
+
+@EACH_HOOK
+def test_the_whole_cname_chain_is_handed_over_and_only_ttls_change(
+    lab: Lab,
+    iptservers: Iptservers,
+    recursors: list[Recursor],
+    recursor_dir: Path,
+    tmp_path: Path,
+    transport: Transport,
+    fail_closed: bool,
+) -> None:
+    # a.chain.test -> b.chain.test -> c.chain.ru (203.0.113.80): only the middle name
+    # has a rule, so the exit says the chain reached iptserver whole.
+    iptservers.start(SCHEMA, "--api", API, probe=("entry", *PROXY))
+    plain = start_recursor(lab, tmp_path / "plain", port=5354, plugin=False)
+    recursors.append(plain)
+    recursors.append(
+        start_recursor(lab, recursor_dir, transport=transport, fail_closed=fail_closed)
+    )
+    name = "a.chain.test"
+    unchanged = lab.query("client", name, server=ENTRY_DNS, port=5354)
+    routed = lab.query("client", name, server=ENTRY_DNS)
+    assert routed.rcode == unchanged.rcode == "NOERROR"
+    assert [r[:3] for r in routed.records] == [r[:3] for r in unchanged.records]
+    assert [r[3] for r in routed.records] == [min(r[3], HOLD) for r in unchanged.records]
+    assert [r[1] for r in routed.records] == ["CNAME", "CNAME", "A"]
+    assert lab.whoami("client", "203.0.113.80") == "ru"
+    assert "not routed" not in recursors[-1].log
+
+
+def plugin_failures(lab: Lab, recursor_dir: Path) -> int:
+    """The recursor's iptserver_plugin_failures metric, read with rec_control."""
+    argv = ["rec_control", f"--socket-dir={recursor_dir}", "get", "iptserver_plugin_failures"]
+    return int(lab.run("entry", argv).stdout.strip())
+
+
 @EACH_TRANSPORT
 def test_fail_open_answers_and_fail_closed_refuses_without_iptserver(
     lab: Lab,
@@ -121,11 +165,14 @@ def test_fail_open_answers_and_fail_closed_refuses_without_iptserver(
     recursors.append(start_recursor(lab, recursor_dir, transport=transport))
     assert answer(lab, "www.example.com") == [("198.51.100.150", DEFAULT_TTL)]
     assert "www.example.com. not routed" in recursors[-1].log
+    assert plugin_failures(lab, recursor_dir) == 1
     recursors[-1].stop()
+    # ffi: postresolve here, which can SERVFAIL (postresolve_ffi cannot)
     recursors.append(start_recursor(lab, recursor_dir, fail_closed=True, transport=transport))
     refused = lab.query("client", "www.example.com", server=ENTRY_DNS)
     assert refused.rcode == "SERVFAIL"
     assert refused.records == []
+    assert plugin_failures(lab, recursor_dir) == 1
 
 
 def test_ffi_gives_up_on_a_stalled_iptserver_and_routes_again_once_it_resumes(
