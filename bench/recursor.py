@@ -10,8 +10,11 @@ rule ``{exit: ru, domains: [ru]}``, its own proxy on 127.0.0.1:5399, its API on
 127.0.0.1:8053, TCP and UDP), and four recursors in the entry forwarding everything to
 the lab's authority, the same settings but the plugin (the config ``iptserver render
 recursor`` writes): 10.77.1.1:53 with the plugin over UDP (the default transport,
-udpQueryResponse), :5355 with the plugin's own datagram socket (ffi), :5354 with the
-plugin over HTTP, :5353 with no lua-dns-script. The client namespace
+udpQueryResponse), :5355 with the plugin's own datagram socket (ffi, which reads and
+caps the answer through postresolve_ffi), :5356 the same but fail-closed, which makes
+the plugin read the answer through postresolve as before (iptserver answers throughout,
+so nothing fails), :5354 with the plugin over HTTP, :5353 with no lua-dns-script.
+The client namespace
 sends each the same kind of load: ``--concurrency`` queries in flight (a worker sends
 its next query once the last is answered; the workers share one list), every name new
 (``<token>-<n>.bench.ru``, the lab authority's wildcard zone), so neither the packet
@@ -61,7 +64,7 @@ from iptserver.lab.recursor import API, Recursor, start_recursor
 from iptserver.lab.zones import BENCH_ZONE, FRESH_ZONE, synthetic
 
 PROXY = ("127.0.0.1", 5399)  # iptserver's own proxy: required, but nobody's resolver here
-PLUGIN_PORT, HTTP_PORT, PLAIN_PORT, FFI_PORT = 53, 5354, 5353, 5355
+PLUGIN_PORT, HTTP_PORT, PLAIN_PORT, FFI_PORT, FFI_LUA_PORT = 53, 5354, 5353, 5355, 5356
 SCHEMA = f"""\
 exits:
   uk: {{interface: wg-uk}}
@@ -90,7 +93,7 @@ class Config:
 
     label: str
     port: int
-    transport: str = ""  # the plugin's, or "" for none
+    transport: str = ""  # the plugin's (and hook, when not the transport's), "" for none
     pid: int | None = None  # its recursor's, for the CPU it spent
     latencies: list[float] = field(default_factory=list)  # seconds, one per answered query
     seconds: float = 0.0  # wall time of its rounds
@@ -260,7 +263,7 @@ def report(plain: Config, plugins: list[Config], concurrency: int, fresh: bool) 
         p99 = plugin.percentile(99) - plain.percentile(99)
         p50 = plugin.percentile(50) - plain.percentile(50)
         print(
-            f"  {plugin.transport:>4}: throughput with/without {ratio:.2f}x (cost {cost:.0%}; "
+            f"  {plugin.transport:>15}: throughput with/without {ratio:.2f}x (cost {cost:.0%}; "
             f"goal <= {THROUGHPUT_GOAL:.0%}: {verdict(cost <= THROUGHPUT_GOAL)}); "
             f"p99 {p99:+.2f} ms (goal <= {P99_GOAL_MS:g} ms: {verdict(p99 <= P99_GOAL_MS)}); "
             f"p50 {p50:+.2f} ms"
@@ -303,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
             recursors.append(start_recursor(lab, work / "http", port=HTTP_PORT, transport="http"))
             recursors.append(start_recursor(lab, work / "plain", port=PLAIN_PORT, plugin=False))
             recursors.append(start_recursor(lab, work / "ffi", port=FFI_PORT, transport="ffi"))
+            recursors.append(
+                start_recursor(
+                    lab, work / "ffi-lua", port=FFI_LUA_PORT, transport="ffi", fail_closed=True
+                )
+            )
             load_before = os.getloadavg()[0]
             pids = [recursor.proc.pid for recursor in recursors]
             zone = FRESH_ZONE if args.fresh_ips else BENCH_ZONE
@@ -311,21 +319,27 @@ def main(argv: list[str] | None = None) -> int:
                 udp = Config(f"+ plugin, udp (port {PLUGIN_PORT})", PLUGIN_PORT, "udp", pids[0])
                 http = Config(f"+ plugin, http (port {HTTP_PORT})", HTTP_PORT, "http", pids[1])
                 ffi = Config(f"+ plugin, ffi (port {FFI_PORT})", FFI_PORT, "ffi", pids[3])
+                ffi_lua = Config(
+                    f"+ plugin, ffi, postresolve ({FFI_LUA_PORT})",
+                    FFI_LUA_PORT,
+                    "ffi, postresolve",
+                    pids[4],
+                )
                 measure(
                     lab,
-                    [udp, ffi, http, plain],
+                    [udp, ffi, ffi_lua, http, plain],
                     args.queries,
                     level,
                     args.rounds,
                     zone=zone,
                     iptserver=running.proc.pid,
                 )
-                results.append((level, plain, [udp, ffi, http]))
+                results.append((level, plain, [udp, ffi, ffi_lua, http]))
             load_after = os.getloadavg()[0]
-            # One more answer through the udp and the ffi plugin, then a connection to its
+            # One more answer through the udp and each ffi plugin, then a connection to its
             # address.
             routed: dict[int, str] = {}  # port -> the exit its answer's address took
-            for port in (PLUGIN_PORT, FFI_PORT):
+            for port in (PLUGIN_PORT, FFI_PORT, FFI_LUA_PORT):
                 check_name = f"check-{secrets.token_hex(4)}.{BENCH_ZONE}"
                 lab.resolve("client", check_name, server=ENTRY_DNS, port=port)
                 routed[port] = lab.whoami("client", synthetic(check_name)[0].value)
