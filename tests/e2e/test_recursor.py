@@ -143,6 +143,15 @@ def test_the_whole_cname_chain_is_handed_over_and_only_ttls_change(
     assert [r[3] for r in routed.records] == [min(r[3], HOLD) for r in unchanged.records]
     assert [r[1] for r in routed.records] == ["CNAME", "CNAME", "A"]
     assert lab.whoami("client", "203.0.113.80") == "ru"
+    # A CNAME to a name that does not exist: NXDOMAIN, nothing to route, left alone
+    # (postresolve_ffi sees no rcode; there is no address at the chain's end).
+    dangling = "dangling.example.org"
+    unchanged = lab.query("client", dangling, server=ENTRY_DNS, port=5354)
+    left = lab.query("client", dangling, server=ENTRY_DNS)
+    assert left.rcode == unchanged.rcode == "NXDOMAIN"
+    assert [r[:3] for r in left.records] == [r[:3] for r in unchanged.records]
+    assert [r[1] for r in left.records] == ["CNAME"]
+    assert left.records[0][3] > HOLD
     assert "not routed" not in recursors[-1].log
 
 
