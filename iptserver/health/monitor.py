@@ -66,6 +66,9 @@ class Monitor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._routing = asyncio.Lock()
         self._routed_by: dict[str, str | None] = routes(schema.exits, {})
+        # What the API shows: the states the kernel's routes follow, published with
+        # ``_routed_by`` once the routes are in (a tracker changes before that).
+        self._states: dict[str, ExitState] = {}
         self._indexes: dict[str, int | None] = {}
         self._unread_handshakes: set[str] = set()  # warned once: no UAPI socket
         self.changes: Counter[tuple[str, str]] = Counter()  # (exit, new state) -> count
@@ -78,7 +81,7 @@ class Monitor:
         spec = self._schema.exits.get(name)
         if spec is not None and spec.health is None:
             return ExitState.UP
-        return self._trackers.get(name, Tracker()).state
+        return self._states.get(name, Tracker().state)
 
     def routed_by(self, name: str) -> str | None:
         """The exit whose route carries ``name``'s traffic now (None: blocked)."""
@@ -192,6 +195,7 @@ class Monitor:
                     where = f"via {via}" if via is not None else "nowhere (blocked)"
                     log.warning("exit %s is down: its traffic now leaves %s", name, where)
             self._routed_by = wanted
+            self._states = states
 
 
 def _reason(interface: str, health: Health, result: RoundResult, tracker: Tracker) -> str:

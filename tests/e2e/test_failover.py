@@ -40,10 +40,10 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 COUNT_COMMENT = "ipts-failover-test"
 
 
-# How the UK exit is watched: the schema's defaults (interval 1 s, timeout 1 s, fall 2,
+# How the UK exit is watched: the schema's defaults (interval 1 s, timeout 0.5 s, fall 2,
 # rise 3), and faster rounds.
-HEALTH = {"defaults": "", "fast": ", interval: 0.5, timeout: 0.5"}
-INTERVAL = {"": 1.0, ", interval: 0.5, timeout: 0.5": 0.5}
+HEALTH = {"defaults": "", "fast": ", interval: 0.5, timeout: 0.25"}
+INTERVAL = {"": 1.0, ", interval: 0.5, timeout: 0.25": 0.5}
 
 
 def at_a_random_moment(interval: float) -> float:
@@ -243,7 +243,7 @@ def test_a_dead_exit_fails_over_and_comes_back(
         assert down["at"].endswith("Z")
     log = running.output
     assert "exit uk DOWN (" in log and "its traffic now leaves via us" in log
-    settings = health.strip(", ") or "schema defaults (interval 1 s, timeout 1 s)"
+    settings = health.strip(", ") or "schema defaults (interval 1 s, timeout 0.5 s)"
     record(
         f"failover uk->us: {failover:.2f} s from the kill to the first connection via us; "
         f"back via uk {recovery:.2f} s after the exit returned; health {settings}, fall 2, "

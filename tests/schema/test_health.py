@@ -32,7 +32,7 @@ def test_defaults_and_values() -> None:
     assert uk.health.probe == [(ipaddress.ip_address("198.51.100.80"), 80)]
     assert (uk.health.interval, uk.health.timeout, uk.health.fall, uk.health.rise) == (
         1.0,
-        1.0,
+        0.5,
         4,
         3,
     )
