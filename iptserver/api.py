@@ -270,7 +270,7 @@ async def routes(request: web.Request) -> web.Response:
         base = {"exit": rule.exit, "weight": rule.weight, "rule": index}
         if "net" in kinds:
             for net in rule.nets:
-                if ip is None or (ip.version == net.version and ip in net):
+                if ip is None or ip in net:
                     result.append({"kind": "net", "net": str(net), **base})
         if "country" in kinds:
             for code in rule.countries:

@@ -142,15 +142,6 @@ def _address(request_id: str, raw: str) -> IPAddress:
 _parse_address = functools.lru_cache(maxsize=4096)(ipaddress.ip_address)
 
 
-def _failure(request: AnswerRequest, error: Exception) -> bytes:
-    """The error reply for an answer the router could not route (logged here)."""
-    if isinstance(error, DataplaneError):
-        log.error("answer for %s not routed: %s", request.names[0], error)
-        return format_error(request.request_id, f"the kernel refused the routes: {error}")
-    log.error("routing the plugin's answer for %s failed", request.names[0], exc_info=error)
-    return format_error(request.request_id, "internal error (logged)")
-
-
 class PluginEndpoint:
     """Routes each datagram's answer and replies to its sender; never raises.
 
@@ -274,8 +265,13 @@ class PluginEndpoint:
         self._send(reply, addr, arrived)
 
     def _failure(self, request: AnswerRequest, error: Exception) -> bytes:
+        """The error reply for an answer the router could not route (counted, logged)."""
         self.failed += 1
-        return _failure(request, error)
+        if isinstance(error, DataplaneError):
+            log.error("answer for %s not routed: %s", request.names[0], error)
+            return format_error(request.request_id, f"the kernel refused the routes: {error}")
+        log.error("routing the plugin's answer for %s failed", request.names[0], exc_info=error)
+        return format_error(request.request_id, "internal error (logged)")
 
     def _send(self, reply: bytes, addr: Any, arrived: float) -> None:
         """``arrived``: when the request came (loop time)."""

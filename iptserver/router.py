@@ -68,6 +68,21 @@ class _RuleTarget:
     sets: tuple[str, str]  # the learned sets of its weight: IPv4, IPv6
 
 
+def _targets(state: State) -> dict[int, _RuleTarget]:
+    """Where each domain rule's learned entries go, with what mark and hold: worked out
+    once per schema load, not per answer."""
+    schema, plan = state.policy.schema, state.plan
+    return {
+        index: _RuleTarget(
+            rule.hold or schema.ttl.hold,
+            plan.exit(rule.exit).mark,
+            (plan.learned_set(rule.weight, 4), plan.learned_set(rule.weight, 6)),
+        )
+        for index, rule in enumerate(schema.rules)
+        if rule.domains
+    }
+
+
 class Batcher:
     """Runs ``apply`` on everything submitted while the previous run was busy, in one go.
 
@@ -188,7 +203,7 @@ class Router:
         self._written: dict[tuple[str, IPAddress], Written] = {}
         self._prune_at = PRUNE_AT
         self._generation = 0  # bumped when the kernel's sets may no longer be as written
-        self._rules: dict[int, _RuleTarget] = {}  # per rule of this state, computed once
+        self._targets = _targets(state)
         # The last decisions, for the status page and /v1/decisions.
         self.recent: deque[tuple[tuple[str, ...], Decision]] = deque(maxlen=RECENT)
         # For metrics, read at scrape time: answers seen, IPs learned per exit, and a
@@ -205,7 +220,7 @@ class Router:
     def state(self, state: State) -> None:
         """A reload: its sets may be new ones (another weight) or rebuilt."""
         self._state = state
-        self._rules = {}
+        self._targets = _targets(state)
         self.forget()
 
     def forget(self) -> None:
@@ -235,7 +250,7 @@ class Router:
                 continue
             ip = decision.ip
             assert ip is not None and decision.exit is not None
-            target = self._rules.get(decision.rule) or self._target(decision.rule)
+            target = self._targets[decision.rule]
             hold = target.hold
             set_name = target.sets[ip.version == 6]
             routed.exits.append(decision.exit)
@@ -272,18 +287,6 @@ class Router:
         for routed in pending:
             self._written_by(routed)
         return True
-
-    def _target(self, rule: int) -> _RuleTarget:
-        """Where a domain rule's learned entries go, with what mark and hold."""
-        policy, plan = self._state.policy, self._state.plan
-        found = policy.schema.rules[rule]
-        target = _RuleTarget(
-            found.hold or policy.schema.ttl.hold,
-            plan.exit(found.exit).mark,
-            (plan.learned_set(found.weight, 4), plan.learned_set(found.weight, 6)),
-        )
-        self._rules[rule] = target
-        return target
 
     async def write(self, routed: Routed) -> None:
         """Write what ``route`` could not write at once; raises DataplaneError."""
