@@ -67,7 +67,7 @@ class Monitor:
         self._routing = asyncio.Lock()
         self._routed_by: dict[str, str | None] = routes(schema.exits, {})
         # What the API shows: the states the kernel's routes follow, published with
-        # ``_routed_by`` once the routes are in (a tracker changes before that).
+        # ``_routed_by`` (a tracker changes before its reroute runs).
         self._states: dict[str, ExitState] = {}
         self._indexes: dict[str, int | None] = {}
         self._unread_handshakes: set[str] = set()  # warned once: no UAPI socket
@@ -187,15 +187,22 @@ class Monitor:
         async with self._routing:
             states = {name: tracker.state for name, tracker in self._trackers.items()}
             wanted = routes(self._schema.exits, states)
-            for problem in await self._apply_routes(wanted, force):
+            before = self._routed_by, self._states
+            # Published before the kernel has it: by the time traffic takes the new
+            # route, the API already says so (and a refusal below takes it back).
+            self._routed_by, self._states = wanted, states
+            try:
+                problems = await self._apply_routes(wanted, force)
+            except BaseException:
+                self._routed_by, self._states = before
+                raise
+            for problem in problems:
                 log.error("%s", problem)
             for name, via in wanted.items():
-                old = self._routed_by.get(name, name)
+                old = before[0].get(name, name)
                 if via != old and name not in (via, changed):
                     where = f"via {via}" if via is not None else "nowhere (blocked)"
                     log.warning("exit %s is down: its traffic now leaves %s", name, where)
-            self._routed_by = wanted
-            self._states = states
 
 
 def _reason(interface: str, health: Health, result: RoundResult, tracker: Tracker) -> str:
