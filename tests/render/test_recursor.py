@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from iptserver.cli import main
 from iptserver.render.recursor import RecursorSettings, render_recursor
@@ -48,33 +51,23 @@ def test_ffi_transport_has_its_own_default_bound_and_says_it_blocks() -> None:
     assert "timeout = 0.05," in render_recursor(settings)["iptserver-settings.lua"]
 
 
-def test_cli_writes_what_the_renderer_renders(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("extra", "options"),
+    [
+        ([], {}),
+        (["--transport", "http", "--timeout", "0.25"], {"transport": "http", "timeout": 0.25}),
+        (["--transport", "ffi"], {"transport": "ffi"}),
+    ],
+    ids=["udp", "http", "ffi"],
+)
+def test_cli_writes_what_the_renderer_renders(
+    tmp_path: Path, extra: list[str], options: dict[str, Any]
+) -> None:
     argv = ["render", "recursor", "--fail-closed", "--out-dir", str(tmp_path)]
-    argv += ["--plugin", "/usr/share/iptserver/iptserver.lua"]
+    argv += ["--plugin", "/usr/share/iptserver/iptserver.lua", *extra]
     assert main(argv) == 0
     settings = RecursorSettings(
-        api=SETTINGS.api, plugin=SETTINGS.plugin, directory=tmp_path, fail_closed=True
+        api=SETTINGS.api, plugin=SETTINGS.plugin, directory=tmp_path, fail_closed=True, **options
     )
     for name, text in render_recursor(settings).items():
-        assert (tmp_path / name).read_text(encoding="utf-8") == text
-    assert main([*argv, "--transport", "http", "--timeout", "0.25"]) == 0
-    http = RecursorSettings(
-        api=SETTINGS.api,
-        plugin=SETTINGS.plugin,
-        directory=tmp_path,
-        fail_closed=True,
-        transport="http",
-        timeout=0.25,
-    )
-    for name, text in render_recursor(http).items():
-        assert (tmp_path / name).read_text(encoding="utf-8") == text
-    assert main([*argv, "--transport", "ffi"]) == 0
-    ffi = RecursorSettings(
-        api=SETTINGS.api,
-        plugin=SETTINGS.plugin,
-        directory=tmp_path,
-        fail_closed=True,
-        transport="ffi",
-    )
-    for name, text in render_recursor(ffi).items():
         assert (tmp_path / name).read_text(encoding="utf-8") == text
