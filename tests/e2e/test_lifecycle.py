@@ -365,8 +365,8 @@ def check_errors(schema: Path) -> list[str]:
 def assert_ways(daemon: Running, way: str) -> None:
     lab = daemon.lab
     ((address, _),) = resolved(lab, GUARDED_NAME)
-    assert lab.whoami("client", address) == way, GUARDED_NAME
-    assert lab.whoami("client", GUARDED_NET) == way, GUARDED_NET
+    assert lab.whoami("client", address) == way, f"{GUARDED_NAME}:\n{daemon.log}"
+    assert lab.whoami("client", GUARDED_NET) == way, f"{GUARDED_NET}:\n{daemon.log}"
 
 
 @pytest.mark.parametrize("broken", [b[1] for b in BROKEN], ids=[b[0] for b in BROKEN])
