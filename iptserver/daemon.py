@@ -8,6 +8,7 @@ their exit across reloads (their mark lives in conntrack).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -26,6 +27,7 @@ from aiohttp import web
 from iptserver.api import ApiConfig, make_app
 from iptserver.dataplane.ipset import Entry
 from iptserver.dataplane.kernel import Dataplane, Learned, saved_exits
+from iptserver.dataplane.links import LinkWatcher
 from iptserver.dataplane.plan import plan as kernel_plan
 from iptserver.dns.proxy import DnsProxy, ProxyConfig
 from iptserver.errors import DataplaneError, GeoIPError, IptserverError, SchemaError
@@ -37,13 +39,14 @@ from iptserver.policy import Policy
 from iptserver.router import Router, State
 from iptserver.schema import load_schema
 from iptserver.schema.load import Loaded
-from iptserver.schema.model import Schema
+from iptserver.schema.model import Route, Schema
 from iptserver.schema.values import IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
 
 Endpoint = tuple[IPAddress, int]
 T = TypeVar("T")
+UNSEEN = 0  # no interface has index 0: _links holds no event for it yet
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,10 @@ class Daemon:
         self.reloads = {"ok": 0, "rejected": 0}
         self._monitor: Monitor | None = None  # exit health; watches exits with `health`
         self._webhook = Webhook(None)
-        self._reloading: set[asyncio.Future[bool]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()  # reloads and relinks under way
+        # Tunnel interface -> its index while up, None while down or gone (absent: no
+        # event seen yet); see _on_link.
+        self._links: dict[str, int | None] = {}
         self._plugin_endpoint: PluginEndpoint | None = None
 
     def _schema(self) -> Loaded:
@@ -151,6 +157,7 @@ class Daemon:
         # plugin serves the clients, and the proxy is not theirs.
         first = schema.dns.listen[0]
         redirect = first[1] if schema.ingress and not first[0].is_loopback else None
+        links = self._watch_links()  # before the first apply: no tunnel is missed
         try:
             self._dataplane = await self._kernel(Dataplane, redirect, self.options.state_file)
             problems = await self._kernel(self._dataplane.apply, state.plan)
@@ -158,6 +165,8 @@ class Daemon:
             log.error("cannot start: %s", e)
             if self._dataplane is not None:
                 await self._kernel(self._dataplane.close)
+            if links is not None:
+                links.close()
             return 1
         for problem in problems:
             log.error("%s", problem)
@@ -203,10 +212,14 @@ class Daemon:
             len(schema.exits),
         )
         monitor.start()
+        if links is not None:
+            links.start()
         try:
             await self._stopping.wait()
         finally:
             log.info("stopping")
+            if links is not None:
+                links.close()
             await monitor.stop()
             await self._webhook.close()
             if api is not None:
@@ -313,12 +326,80 @@ class Daemon:
             return {}
         return await self._kernel(self._dataplane.set_sizes)
 
-    async def _set_routes(
-        self, routed_by: dict[str, str | None], force: frozenset[str]
-    ) -> list[str]:
+    async def _set_routes(self, routed_by: dict[str, str | None]) -> list[str]:
         """The health monitor's route changes, on the kernel thread."""
         assert self._dataplane is not None
-        return await self._kernel(self._dataplane.set_routes, routed_by, force)
+        return await self._kernel(self._dataplane.set_routes, routed_by)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
+
+    # -- tunnel interfaces going down and coming back --------------------------------
+
+    def _watch_links(self) -> LinkWatcher | None:
+        try:
+            return LinkWatcher(self._on_link, self._on_links_lost)
+        except OSError as e:
+            log.error(
+                "cannot follow interface events (%s): an exit tunnel made anew or brought "
+                "up again carries no traffic until a reload",
+                e,
+            )
+            return None
+
+    def _exits_through(self, interface: str) -> list[str]:
+        """The tunnel exits whose traffic leaves by ``interface`` (failover included)."""
+        assert self._router is not None and self._monitor is not None
+        exits = self._router.state.plan.exits
+        interfaces: dict[str | None, str] = {e.name: e.interface for e in exits}
+        return [
+            e.name
+            for e in exits
+            if e.route is Route.INTERFACE
+            and interfaces.get(self._monitor.routed_by(e.name)) == interface
+        ]
+
+    def _on_link(self, interface: str, index: int | None) -> None:
+        """A link event: when a tunnel interface is up again (or made anew), its routes
+        go back in; when it goes down, say whose traffic is dropped meanwhile."""
+        if self._router is None or index == self._links.get(interface, UNSEEN):
+            return
+        if interface not in {e.interface for e in self._router.state.plan.exits}:
+            return
+        self._links[interface] = index
+        exits = self._exits_through(interface)
+        if index is not None:
+            self._spawn(self._relink(interface, exits))
+        elif exits:
+            log.warning(
+                "interface %s is down or gone: traffic of exit %s is dropped until it is up",
+                interface,
+                ", ".join(exits),
+            )
+
+    def _on_links_lost(self) -> None:
+        """The kernel dropped link events: put back the routes of every tunnel there is."""
+        assert self._router is not None
+        log.warning("interface events were lost (too many at once): every tunnel is relinked")
+        self._links.clear()
+        for exit_ in self._router.state.plan.exits:
+            if exit_.route is Route.INTERFACE:
+                with contextlib.suppress(OSError):  # gone: nothing to put back
+                    self._on_link(exit_.interface, socket.if_nametoindex(exit_.interface))
+
+    async def _relink(self, interface: str, exits: list[str]) -> None:
+        assert self._dataplane is not None
+        problems = await self._kernel(self._dataplane.relink, interface)
+        for problem in problems:
+            log.error("%s", problem)
+        if exits and not problems:
+            log.info(
+                "interface %s is up: traffic of exit %s goes through it again",
+                interface,
+                ", ".join(exits),
+            )
 
     def _notify(self, change: Change) -> None:
         self._webhook.post(change.as_json())
@@ -327,9 +408,7 @@ class Daemon:
         if self._router is None:
             log.warning("SIGHUP while starting: ignored (send it again once iptserver runs)")
             return
-        task = asyncio.ensure_future(self.reload())
-        self._reloading.add(task)  # the loop keeps only a weak reference
-        task.add_done_callback(self._reloading.discard)
+        self._spawn(self.reload())
 
     async def reload(self) -> bool:
         """Swap in the schema on disk, or keep the running one if it is bad.

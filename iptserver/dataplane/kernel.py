@@ -5,8 +5,8 @@ then the chain, then each exit's rule and routes, then it removes what an earlie
 made and this one does not need. It is idempotent, so a restart adopts what it finds
 (learned entries survive a restart with ``keep_state``). An exit whose interface is
 missing is reported and its traffic dropped (its table's kill-switch route, see
-``routing``); every other exit keeps working. ``set_routes`` is how exit health fails an
-exit's table over to another exit's route, or blocks it.
+``routing``) until ``relink`` is told the interface is up. ``set_routes`` is how exit
+health fails an exit's table over to another exit's route, or blocks it.
 """
 
 from __future__ import annotations
@@ -191,13 +191,10 @@ class Dataplane:
             return None
         return plan.exit(via)
 
-    def set_routes(
-        self, routed_by: dict[str, str | None], force: frozenset[str] = frozenset()
-    ) -> list[str]:
+    def set_routes(self, routed_by: dict[str, str | None]) -> list[str]:
         """Route each tunnel exit's table by the exit ``routed_by`` names for it (itself
-        when absent; None: blocked), changing only tables that differ (and ``force``:
-        exits whose interface was made anew, so the kernel dropped their routes).
-        Returns the problems of tables that could not be set."""
+        when absent; None: blocked), changing only tables that differ. Returns the
+        problems of tables that could not be set."""
         if self._plan is None:
             return []
         problems = []
@@ -205,31 +202,38 @@ class Dataplane:
             if exit_.route is not Route.INTERFACE:
                 continue
             want = routed_by.get(exit_.name, exit_.name)
-            have = self._routed_by.get(exit_.name, exit_.name)
-            if want == have and exit_.name not in force:
+            if want == self._routed_by.get(exit_.name, exit_.name):
                 continue
             if want == exit_.name:
                 self._routed_by.pop(exit_.name, None)
             else:
                 self._routed_by[exit_.name] = want
-            try:
-                self._routing.set_route(exit_, self._route_of(self._plan, exit_))
-            except DataplaneError as e:
-                log.error("%s", e)
-                problems.append(str(e))
-        if force:
-            problems += self._restore_exports(force)
+            problems += self._set_route(self._plan, exit_)
         return problems
 
-    def _restore_exports(self, exits: frozenset[str]) -> list[str]:
-        """Put back the exported host routes out of interfaces made anew: the kernel
-        dropped them with the old interface, and no repeat answer may come before
-        their hold is over."""
-        if self._plan is None or self._plan.export_table is None:
+    def relink(self, interface: str) -> list[str]:
+        """Put back the routes through ``interface``, which is up again or made anew:
+        the kernel dropped them with it (exit tables routed by it, exported host routes
+        out of it). Returns the problems."""
+        plan = self._plan
+        if plan is None:
             return []
-        interfaces = {e.interface for e in self._plan.exits if e.name in exits}
-        lost = [route for route in self._exports.routes() if route.interface in interfaces]
-        return self._routing.replace_host_routes(self._plan.export_table, lost)
+        problems = []
+        for exit_ in plan.exits:
+            via = self._route_of(plan, exit_) if exit_.route is Route.INTERFACE else None
+            if via is not None and via.interface == interface:
+                problems += self._set_route(plan, exit_)
+        if plan.export_table is not None:
+            lost = [route for route in self._exports.routes() if route.interface == interface]
+            problems += self._routing.replace_host_routes(plan.export_table, lost)
+        return problems
+
+    def _set_route(self, plan: KernelPlan, exit_: ExitPlan) -> list[str]:
+        try:
+            self._routing.set_route(exit_, self._route_of(plan, exit_))
+        except DataplaneError as e:
+            return [str(e)]
+        return []
 
     @property
     def learns_ipsets_only(self) -> bool:

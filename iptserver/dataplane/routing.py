@@ -78,7 +78,7 @@ class Routing:
                     self._drop_defaults(exit_.table, family)
                 raise DataplaneError(
                     f"exit {exit_.name}: interface {via.interface} does not exist; its "
-                    "traffic goes nowhere until it appears (then reload)"
+                    "traffic is dropped until it is up"
                 )
         for version, family in FAMILIES.items():
             if via is None or not self._default_route(exit_, via, family, version, index):

@@ -16,15 +16,15 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from iptserver.health.probe import RoundResult, format_target, interface_index, probe_round
+from iptserver.health.probe import RoundResult, format_target, probe_round
 from iptserver.health.state import ExitState, Tracker, advance, routes
 from iptserver.schema.health import Health
 from iptserver.schema.model import Schema
 
 log = logging.getLogger(__name__)
 
-# (routed_by, force) -> problems; see Dataplane.set_routes.
-ApplyRoutes = Callable[[dict[str, str | None], frozenset[str]], Awaitable[list[str]]]
+# routed_by -> problems; see Dataplane.set_routes.
+ApplyRoutes = Callable[[dict[str, str | None]], Awaitable[list[str]]]
 Probe = Callable[[str, Health], Awaitable[RoundResult]]
 
 
@@ -69,7 +69,6 @@ class Monitor:
         # What the API shows: the states the kernel's routes follow, published with
         # ``_routed_by`` (a tracker changes before its reroute runs).
         self._states: dict[str, ExitState] = {}
-        self._indexes: dict[str, int | None] = {}
         self._unread_handshakes: set[str] = set()  # warned once: no UAPI socket
         self.changes: Counter[tuple[str, str]] = Counter()  # (exit, new state) -> count
         self.probe_failures: Counter[str] = Counter()  # exit -> failed rounds
@@ -100,7 +99,7 @@ class Monitor:
             del self._trackers[name]
         await self._stop_tasks(set(self._tasks) - watched)
         self._sync_tasks()
-        await self._reroute(frozenset())
+        await self._reroute()
 
     async def stop(self) -> None:
         await self._stop_tasks(set(self._tasks))
@@ -153,12 +152,9 @@ class Monitor:
         before = self._trackers.get(name, Tracker())
         after = advance(before, result.ok, fall=health.fall, rise=health.rise)
         self._trackers[name] = after
-        force = self._remade(name, interface)
         if after.state is before.state:
-            if force:
-                await self._reroute(force)
             return
-        await self._reroute(force, changed=name)
+        await self._reroute(changed=name)
         change = Change(
             exit=name,
             state=after.state,
@@ -172,18 +168,7 @@ class Monitor:
         if self._notify is not None:
             self._notify(change)
 
-    def _remade(self, name: str, interface: str) -> frozenset[str]:
-        """The exits whose tables route by ``interface``, if it was made anew since the
-        last round (the kernel dropped their routes with the old interface)."""
-        index = interface_index(interface)
-        previous = self._indexes.get(name)
-        self._indexes[name] = index
-        if index is None or previous is None or index == previous:
-            return frozenset()
-        log.info("exit %s: interface %s was made anew: its routes go back in", name, interface)
-        return frozenset(n for n, via in self._routed_by.items() if via == name)
-
-    async def _reroute(self, force: frozenset[str], changed: str | None = None) -> None:
+    async def _reroute(self, changed: str | None = None) -> None:
         async with self._routing:
             states = {name: tracker.state for name, tracker in self._trackers.items()}
             wanted = routes(self._schema.exits, states)
@@ -192,7 +177,7 @@ class Monitor:
             # route, the API already says so (and a refusal below takes it back).
             self._routed_by, self._states = wanted, states
             try:
-                problems = await self._apply_routes(wanted, force)
+                problems = await self._apply_routes(wanted)
             except BaseException:
                 self._routed_by, self._states = before
                 raise

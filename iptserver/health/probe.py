@@ -132,12 +132,3 @@ async def probe_round(
                     handshake_problem = f"last handshake {age:.0f} s ago"
     ok = probe_error is None and handshake_problem is None
     return RoundResult(ok, probe_error, age, handshake_problem)
-
-
-def interface_index(interface: str) -> int | None:
-    """The interface's index (None: it does not exist); a new index means it was made
-    anew and the kernel dropped the routes that used it."""
-    try:
-        return socket.if_nametoindex(interface)
-    except OSError:
-        return None

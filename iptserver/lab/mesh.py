@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from iptserver.dataplane.links import attributes, messages
 from iptserver.lab.addresses import EXIT_NAMES, TUNNELS, UPLINKS
 from iptserver.lab.errors import LabError
 from iptserver.lab.frr import Frr
@@ -332,9 +333,7 @@ def read_rendered(directory: Path) -> dict[tuple[str, str], str]:
 RTMGRP_IPV4_ROUTE = 0x40
 RTM_NEWROUTE = 24
 RTA_DST = 1
-NLMSG_HEADER = struct.Struct("=IHHII")
 RTMSG = struct.Struct("=BBBBBBBBI")
-RTATTR = struct.Struct("=HH")
 
 
 class RouteWatch:
@@ -370,23 +369,14 @@ class RouteWatch:
                 self._found.set()
 
     def _adds_route(self, data: bytes) -> bool:
-        offset = 0
-        while offset + NLMSG_HEADER.size <= len(data):
-            length, kind, _, _, _ = NLMSG_HEADER.unpack_from(data, offset)
-            if length < NLMSG_HEADER.size:
-                return False
-            body = offset + NLMSG_HEADER.size
-            if kind == RTM_NEWROUTE and RTMSG.unpack_from(data, body)[1] == 32:
-                attr = body + RTMSG.size
-                while attr + RTATTR.size <= offset + length:
-                    size, attr_type = RTATTR.unpack_from(data, attr)
-                    if size < RTATTR.size:
-                        break
-                    value = data[attr + RTATTR.size : attr + size]
-                    if attr_type == RTA_DST and value == self.address.packed:
-                        return True
-                    attr += (size + 3) & ~3
-            offset += (length + 3) & ~3
+        for kind, body, end in messages(data):
+            if kind != RTM_NEWROUTE or body + RTMSG.size > end:
+                continue
+            if RTMSG.unpack_from(data, body)[1] != 32:
+                continue
+            for attr, value in attributes(data, body + RTMSG.size, end):
+                if attr == RTA_DST and value == self.address.packed:
+                    return True
         return False
 
     def wait(self, timeout: float) -> float | None:

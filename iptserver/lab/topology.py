@@ -176,6 +176,7 @@ class Lab:
         self._lock = threading.Lock()
         self._closing = False
         self._pubkeys: dict[str, str] = {}
+        self._wireguard: dict[str, subprocess.Popen[bytes]] = {}  # interface -> its process
         self.build_seconds = 0.0
 
     # -- names ----------------------------------------------------------------------
@@ -354,6 +355,48 @@ class Lab:
         """Undo ``kill_exit``; the tunnel comes back with WireGuard's next handshake."""
         self._cut(exit_name, "-D")
 
+    def drop_tunnel(self, exit_name: str) -> None:
+        """Stop the entry's end of an exit's tunnel (its wireguard-go): the interface and
+        every route through it are gone, as when the tunnel's container stops."""
+        iface = self.wg_interface(exit_name)
+        proc = self._wireguard.get(iface)
+        if proc is None or proc.poll() is not None:
+            raise LabError(f"the tunnel {iface} is not running")
+        stop_children([proc], STOP_GRACE, self._labels.__getitem__)
+        self._wait_for(f"{iface} to disappear", lambda: not self._has_link("entry", iface), [])
+
+    def make_tunnel(self, exit_name: str) -> None:
+        """Start the entry's end of a dropped tunnel again, as the lab first made it (a new
+        interface, so a new index); returns once it has a handshake."""
+        iface = self.wg_interface(exit_name)
+        if self._has_link("entry", iface):
+            raise LabError(f"the tunnel {iface} is there already")
+        self._wireguard[iface] = self._start_wireguard(exit_name, "entry")
+        self._tunnel(exit_name, "entry", self._wireguard)
+        self.wait_handshakes()
+
+    def tunnel_down(self, exit_name: str) -> None:
+        """``ip link set down`` the entry's end of an exit's tunnel: the kernel drops every
+        route through it (the interface stays)."""
+        self.ip_batch("entry", [f"link set {self.wg_interface(exit_name)} down"])
+
+    def tunnel_up(self, exit_name: str) -> None:
+        """Undo ``tunnel_down``, with the IPv6 address the kernel took away at down."""
+        iface = self.wg_interface(exit_name)
+        (entry4, _), (entry6, _) = TUNNELS[exit_name]
+        self.ip_batch(
+            "entry",
+            [
+                f"link set {iface} up",
+                f"addr replace {entry4}/{TUNNEL_PREFIX[0]} dev {iface}",
+                f"addr replace {entry6}/{TUNNEL_PREFIX[1]} dev {iface} nodad",
+            ],
+        )
+
+    def _has_link(self, node: str, iface: str) -> bool:
+        argv = ["ip", "-n", self.ns(node), "link", "show", "dev", iface]
+        return self._run(argv, "", check=False).returncode == 0
+
     # -- probes -----------------------------------------------------------------------
 
     def socket(
@@ -517,11 +560,10 @@ class Lab:
     def _build(self) -> None:
         _parallel([*(functools.partial(self._make_namespace, n) for n in NODES), self._make_keys])
         servers = self._start_servers()  # Python start-up overlaps with the rest
-        wireguard = {
-            self.wg_interface(e, side): self._start_wireguard(e, side)
-            for e in EXIT_NAMES
-            for side in ("entry", "exit")
-        }
+        wireguard = self._wireguard
+        for e in EXIT_NAMES:
+            for side in ("entry", "exit"):
+                wireguard[self.wg_interface(e, side)] = self._start_wireguard(e, side)
         self._wire()
         _parallel(functools.partial(self._configure, n) for n in NODES)
         # Exits first: an initiation reaching an unconfigured peer is retried only after
@@ -689,6 +731,9 @@ class Lab:
         (entry4, exit4), (entry6, exit6) = TUNNELS[exit_name]
         mine4, mine6 = (entry4, entry6) if side == "entry" else (exit4, exit6)
         commands = [
+            # No kernel-made (random) link-local address: a tunnel made anew
+            # (make_tunnel) leaves the entry's kernel state as it was.
+            f"link set {iface} addrgenmode none",
             f"addr add {mine4}/{TUNNEL_PREFIX[0]} dev {iface}",
             f"addr add {mine6}/{TUNNEL_PREFIX[1]} dev {iface} nodad",
             f"link set {iface} up",

@@ -6,8 +6,8 @@ the kernel between steps:
   {"learn": [[IP, EXIT, SECONDS], ...]}      learn entries (weight 0 rules)
   {"expire": SECONDS}                        expire_exports as if SECONDS had passed;
                                              answers the next deadline, relative to now
-  {"recreated": [EXIT, ...]}                 set_routes after these exits' interfaces
-                                             were made anew (as exit health does)
+  {"relink": INTERFACE}                      the interface is up again, made anew (as
+                                             the daemon's link watcher reports it)
   {"stop": KEEP}                             stop (keep_state=KEEP) and quit
 """
 
@@ -49,8 +49,8 @@ def main() -> None:
             now = time.monotonic()
             upcoming = dataplane.expire_exports(now + command["expire"])
             result = None if upcoming is None else upcoming - now
-        elif "recreated" in command:
-            result = dataplane.set_routes({}, frozenset(command["recreated"]))
+        elif "relink" in command:
+            result = dataplane.relink(command["relink"])
         elif "stop" in command:
             dataplane.stop(keep_state=command["stop"])
             print(json.dumps({"ok": True}), flush=True)

@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.dataplane.test_kernel import sh
+from tests.dataplane.test_killswitch import UNREACHABLE, way
 
 TABLE = 4242
 SCHEMA = f"""
@@ -179,17 +180,40 @@ def test_reloads_follow_the_schema(
     assert routes(netns, 4343) == {} and routes(netns) == {}
 
 
-def test_routes_come_back_when_their_interface_is_made_anew(
-    netns: str, driver: Callable[[], Driver], write_schema: Callable[[str], Path]
+# How a tunnel's interface loses its routes: its container restarts it (made anew), or
+# an operator takes it down and up.
+BOUNCES = {
+    "made-anew": [
+        ["link", "del", "xuk"],
+        ["link", "add", "xuk", "type", "veth", "peer", "name", "xukp"],
+        ["link", "set", "xukp", "up"],
+    ],
+    "down-and-up": [["link", "set", "xuk", "down"]],
+}
+
+
+@pytest.mark.parametrize("bounce", BOUNCES.values(), ids=BOUNCES.keys())
+def test_routes_come_back_when_their_interface_is_up_again(
+    netns: str,
+    driver: Callable[[], Driver],
+    write_schema: Callable[[str], Path],
+    bounce: list[list[str]],
 ) -> None:
+    """The exit's own route and its exported host routes: the kernel drops both with
+    the interface; ``relink`` puts both back."""
     dataplane = driver()
     dataplane(apply=str(write_schema(SCHEMA)))
     dataplane(learn=[["203.0.113.7", "uk", 30], ["203.0.113.8", "ru", 30]])
-    # A restarted tunnel: the kernel drops every route out of the old interface.
-    sh("ip", "-n", netns, "link", "del", "xuk")
+    uk_mark = "0x100"  # the first exit's (kernel.mark_base)
+    assert way(netns, "198.51.100.10", uk_mark) == "xuk"
+    sh("ip", "-n", netns, *bounce[0])
     assert routes(netns) == {"203.0.113.8": "xru"}
-    sh("ip", "-n", netns, "link", "add", "xuk", "type", "veth", "peer", "name", "xukp")
+    assert way(netns, "198.51.100.10", uk_mark) == UNREACHABLE  # the kill-switch stays
+    for command in bounce[1:]:
+        sh("ip", "-n", netns, *command)
     sh("ip", "-n", netns, "link", "set", "xuk", "up")
-    sh("ip", "-n", netns, "link", "set", "xukp", "up")
-    assert dataplane(recreated=["uk"]) == []
+    assert way(netns, "198.51.100.10", uk_mark) == UNREACHABLE  # up, but nobody said so
+    assert dataplane(relink="xuk") == []
     assert routes(netns) == {"203.0.113.7": "xuk", "203.0.113.8": "xru"}
+    assert way(netns, "198.51.100.10", uk_mark) == "xuk"
+    assert way(netns, "2001:db8:44::10", uk_mark) == "xuk"

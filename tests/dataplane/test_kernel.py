@@ -95,8 +95,7 @@ def test_apply_is_idempotent_and_stop_removes_everything(
     schema = write_schema(SCHEMA)
     problems = apply(netns, schema, lab_mmdb, times=1, end="stay")
     assert problems == [
-        "exit gone: interface xgone does not exist; its traffic goes nowhere "
-        "until it appears (then reload)"
+        "exit gone: interface xgone does not exist; its traffic is dropped until it is up"
     ]
     once = state(netns)
     apply(netns, schema, lab_mmdb, times=2, end="stay")

@@ -91,8 +91,7 @@ def test_a_table_without_its_interface_drops_instead_of_falling_through(
     # A restart with the interface still gone: rule and kill-switch go in, reported.
     problems = drive(netns, schema)
     assert problems == [
-        "exit uk: interface xuk does not exist; its traffic goes nowhere until it appears "
-        "(then reload)"
+        "exit uk: interface xuk does not exist; its traffic is dropped until it is up"
     ]
     assert way(netns, V4, UK) == UNREACHABLE
 

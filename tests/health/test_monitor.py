@@ -62,7 +62,7 @@ def test_down_fails_over_and_up_comes_back(caplog: pytest.LogCaptureFixture) -> 
     applied: list[dict[str, str | None]] = []
     changes: list[Change] = []
 
-    async def apply(routed_by: dict[str, str | None], force: frozenset[str]) -> list[str]:
+    async def apply(routed_by: dict[str, str | None]) -> list[str]:
         applied.append(dict(routed_by))
         return []
 
@@ -95,7 +95,7 @@ def test_down_fails_over_and_up_comes_back(caplog: pytest.LogCaptureFixture) -> 
 def test_reload_keeps_the_state_of_exits_it_keeps_and_blocks_by_default() -> None:
     applied: list[dict[str, str | None]] = []
 
-    async def apply(routed_by: dict[str, str | None], force: frozenset[str]) -> list[str]:
+    async def apply(routed_by: dict[str, str | None]) -> list[str]:
         applied.append(dict(routed_by))
         return []
 
@@ -118,7 +118,7 @@ def test_reload_keeps_the_state_of_exits_it_keeps_and_blocks_by_default() -> Non
 
 
 def test_a_failing_apply_is_logged_and_the_loop_goes_on(caplog: pytest.LogCaptureFixture) -> None:
-    async def apply(routed_by: dict[str, str | None], force: frozenset[str]) -> list[str]:
+    async def apply(routed_by: dict[str, str | None]) -> list[str]:
         return ["exit uk: interface wg-us does not exist"]
 
     script = Script([TIMED_OUT])

@@ -1,0 +1,125 @@
+"""Interfaces coming and going, as the kernel announces them (the rtnetlink link group).
+
+A WireGuard interface that goes down or is deleted takes every route through it along;
+one that is made anew or brought up again comes back empty. The daemon puts its exits'
+routes back the moment the kernel says the interface is up, with no reload and no wait
+for a health round: an exit tunnel restarted by its container, or made after iptserver
+started, carries traffic again at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+RTMGRP_LINK = 0x1
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+IFLA_IFNAME = 3
+IFF_UP = 0x1
+NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port
+IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+RTATTR = struct.Struct("=HH")  # length, type
+RCVBUF = 1 << 20
+
+
+def _aligned(length: int) -> int:
+    return (length + 3) & ~3
+
+
+def messages(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """The netlink messages of one datagram: (type, body start, end)."""
+    offset = 0
+    while offset + NLMSG_HEADER.size <= len(data):
+        length, kind, _, _, _ = NLMSG_HEADER.unpack_from(data, offset)
+        if length < NLMSG_HEADER.size or offset + length > len(data):
+            return
+        yield kind, offset + NLMSG_HEADER.size, offset + length
+        offset += _aligned(length)
+
+
+def attributes(data: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """The (type, value) attributes between ``start`` and ``end``."""
+    while start + RTATTR.size <= end:
+        size, kind = RTATTR.unpack_from(data, start)
+        if size < RTATTR.size or start + size > end:
+            return
+        yield kind, data[start + RTATTR.size : start + size]
+        start += _aligned(size)
+
+
+def link_events(data: bytes) -> Iterator[tuple[str, int | None]]:
+    """(interface, its index while it is up, else None) for each link message."""
+    for kind, body, end in messages(data):
+        if kind not in (RTM_NEWLINK, RTM_DELLINK) or body + IFINFOMSG.size > end:
+            continue
+        _, _, index, flags, _ = IFINFOMSG.unpack_from(data, body)
+        for attr, value in attributes(data, body + IFINFOMSG.size, end):
+            if attr == IFLA_IFNAME:
+                up = kind == RTM_NEWLINK and flags & IFF_UP
+                yield value.rstrip(b"\0").decode(errors="replace"), index if up else None
+                break
+
+
+def link_socket() -> socket.socket:
+    """A netlink socket of the link group, in this thread's network namespace."""
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+
+
+class LinkWatcher:
+    """Calls ``on_change(interface, index)`` for every link event (index None: the
+    interface is down or gone), and ``on_overrun()`` when the kernel dropped events
+    because they came faster than they were read: then nothing is known for sure.
+
+    Subscribed from construction (events queue up in the socket), read from ``start``:
+    an interface that appears while the kernel is first programmed is not missed.
+    """
+
+    def __init__(
+        self,
+        on_change: Callable[[str, int | None], None],
+        on_overrun: Callable[[], None],
+        sock: socket.socket | None = None,
+    ) -> None:
+        self._on_change = on_change
+        self._on_overrun = on_overrun
+        self._sock = sock if sock is not None else link_socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        self._sock.bind((0, RTMGRP_LINK))
+        self._sock.setblocking(False)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock, self._readable)
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    log.error(
+                        "interface events: netlink read failed (%s): exit routes are no "
+                        "longer put back by themselves when a tunnel comes back; reload then",
+                        e,
+                    )
+                    self.close()
+                    return
+                self._on_overrun()
+                continue
+            for interface, index in link_events(data):
+                self._on_change(interface, index)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._sock)
+            self._loop = None
+        self._sock.close()

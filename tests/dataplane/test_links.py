@@ -1,0 +1,94 @@
+"""The link watcher against the real kernel: events of interfaces made, brought up and
+down, and deleted inside a test namespace, as the daemon receives them."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+
+from iptserver.dataplane.links import LinkWatcher, link_events
+from iptserver.lab.netns import socket_in
+
+Event = tuple[str, int | None]
+
+
+def ip(netns: str, *commands: str) -> None:
+    subprocess.run(
+        ["ip", "-n", netns, "-batch", "-"], input="\n".join(commands), text=True, check=True
+    )
+
+
+def index_of(netns: str, iface: str) -> int:
+    done = subprocess.run(
+        ["ip", "-n", netns, "-o", "link", "show", "dev", iface],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout.split(":", 1)[0])
+
+
+async def watch(netns: str, commands: list[str], *, rcvbuf: int | None = None) -> list[Event]:
+    """The events a watcher in ``netns`` reports for ``commands`` (run before it reads);
+    an overrun is reported as ("overrun", None)."""
+    seen: list[Event] = []
+    sock = socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW)
+    watcher = LinkWatcher(
+        lambda iface, index: seen.append((iface, index)),
+        lambda: seen.append(("overrun", None)),
+        sock,
+    )
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    try:
+        await asyncio.to_thread(ip, netns, *commands)
+        watcher.start()
+        await asyncio.sleep(0.2)  # the reader runs once the socket is readable
+    finally:
+        watcher.close()
+    return seen
+
+
+def test_an_interface_made_up_down_and_deleted(netns: str) -> None:
+    events = asyncio.run(
+        watch(
+            netns,
+            [
+                "link add xdum type veth peer name xdump",
+                "link set xdum up",
+                "link set xdum down",
+                "link del xdum",
+            ],
+        )
+    )
+    states = [index for iface, index in events if iface == "xdum"]
+    # made (down), up, down, deleted; the kernel may repeat a state (carrier changes)
+    changes = [index for n, index in enumerate(states) if n == 0 or index != states[n - 1]]
+    assert len(changes) == 3 and changes[0] is None and changes[2] is None, states
+    assert isinstance(changes[1], int) and changes[1] > 0, states
+
+
+def test_an_interface_made_anew_has_another_index(netns: str) -> None:
+    before = index_of(netns, "xuk")
+    events = asyncio.run(
+        watch(netns, ["link del xuk", "link add xuk type veth peer name xukp", "link set xuk up"])
+    )
+    assert ("xuk", None) in events
+    assert events[-1] == ("xuk", index_of(netns, "xuk"))
+    assert events[-1][1] != before
+
+
+def test_lost_events_are_reported(netns: str) -> None:
+    """More events than the socket holds: the watcher says so (the daemon then relinks
+    every tunnel) instead of silently missing one."""
+    commands = [f"link set xru {way}" for _ in range(200) for way in ("down", "up")]
+    events = asyncio.run(watch(netns, commands, rcvbuf=4096))
+    assert ("overrun", None) in events
+
+
+def test_damaged_messages_yield_nothing() -> None:
+    assert list(link_events(b"")) == []
+    assert list(link_events(b"\xff" * 15)) == []
+    # a header that claims more than the datagram holds
+    assert list(link_events(b"\x00\x01\x00\x00\x10\x00" + b"\x00" * 10)) == []

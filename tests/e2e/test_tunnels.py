@@ -1,0 +1,117 @@
+"""Exit tunnels that go away and come back while iptserver runs.
+
+The kernel drops every route through an interface that goes down or is deleted, and a
+tunnel made anew (its container restarted) comes back without them. Meanwhile the exit's
+traffic is dropped by its table's kill-switch, never sent out of the host's own uplink;
+once the kernel says the interface is up, iptserver puts the routes back: no reload, no
+health check needed. Proved by which exit the far side sees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from iptserver.lab import Lab, LabError
+from tests.e2e.conftest import BASE_SCHEMA, Iptservers, Running, resolved
+
+NAME = "www.bbc.co.uk"  # routed via uk by SCHEMA
+SCHEMA = (
+    BASE_SCHEMA
+    + """
+default: direct
+rules:
+  - exit: uk
+    domains: [co.uk]
+"""
+)
+
+
+@pytest.fixture
+def uk_tunnel(lab: Lab) -> Iterator[str]:
+    """The entry's end of the UK tunnel; up and handshaken again after the test, whatever
+    the test did to it (the lab is shared by the whole session)."""
+    yield lab.wg_interface("uk")
+    try:
+        lab.make_tunnel("uk")
+    except LabError:  # still there: maybe only down
+        lab.tunnel_up("uk")
+        lab.wait_handshakes()
+
+
+def logged(daemon: Running, text: str, timeout: float = 10.0) -> None:
+    """Wait until the daemon has logged ``text``."""
+    deadline = time.monotonic() + timeout
+    while text not in daemon.output:
+        assert time.monotonic() < deadline, f"not logged in {timeout} s: {text}\n{daemon.log}"
+        time.sleep(0.05)
+
+
+def way(lab: Lab, address: str) -> str:
+    """The exit a connection to ``address`` left by, or "nowhere" when it got no answer."""
+    try:
+        return lab.whoami("client", address, timeout=1.5)
+    except LabError:
+        return "nowhere"
+
+
+def uk_address(lab: Lab) -> str:
+    ((address, _),) = resolved(lab, NAME)
+    return address
+
+
+def test_a_tunnel_taken_down_and_up_carries_its_traffic_again(
+    iptservers: Iptservers, uk_tunnel: str
+) -> None:
+    daemon = iptservers.start(SCHEMA)
+    lab = daemon.lab
+    address = uk_address(lab)
+    assert way(lab, address) == "uk"
+
+    lab.tunnel_down("uk")
+    logged(daemon, f"interface {uk_tunnel} is down or gone: traffic of exit uk is dropped")
+    assert way(lab, address) == "nowhere", "not dropped while the tunnel is down"
+
+    lab.tunnel_up("uk")
+    logged(daemon, f"interface {uk_tunnel} is up: traffic of exit uk goes through it again")
+    assert way(lab, address) == "uk", daemon.log
+    assert daemon.alive
+
+
+def test_a_tunnel_made_anew_carries_its_traffic_again(
+    iptservers: Iptservers, uk_tunnel: str
+) -> None:
+    """As when the tunnel's container restarts: the interface is deleted and made again,
+    with a new index."""
+    daemon = iptservers.start(SCHEMA)
+    lab = daemon.lab
+    address = uk_address(lab)
+    assert way(lab, address) == "uk"
+
+    lab.drop_tunnel("uk")
+    logged(daemon, f"interface {uk_tunnel} is down or gone: traffic of exit uk is dropped")
+    assert way(lab, address) == "nowhere", "not dropped while the tunnel is gone"
+
+    lab.make_tunnel("uk")
+    logged(daemon, f"interface {uk_tunnel} is up: traffic of exit uk goes through it again")
+    assert way(lab, address) == "uk", daemon.log
+
+
+def test_a_tunnel_made_after_start_is_routed_once_it_is_up(
+    iptservers: Iptservers, uk_tunnel: str
+) -> None:
+    """iptserver started before the tunnel (compose starts services in any order): it
+    says what is missing, serves the rest, and routes the exit once the tunnel is up."""
+    lab = iptservers.lab
+    lab.drop_tunnel("uk")
+    daemon = iptservers.start(SCHEMA)
+    logged(daemon, f"exit uk: interface {uk_tunnel} does not exist; its traffic is dropped")
+    address = uk_address(lab)
+    assert way(lab, address) == "nowhere"
+    assert way(lab, "203.0.113.77") == "direct", "the rest is served"
+
+    lab.make_tunnel("uk")
+    logged(daemon, f"interface {uk_tunnel} is up: traffic of exit uk goes through it again")
+    assert way(lab, address) == "uk", daemon.log
