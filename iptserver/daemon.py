@@ -8,7 +8,6 @@ their exit across reloads (their mark lives in conntrack).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import errno
 import logging
@@ -27,7 +26,8 @@ from aiohttp import web
 from iptserver.api import ApiConfig, make_app
 from iptserver.dataplane.ipset import Entry
 from iptserver.dataplane.kernel import Dataplane, Learned, saved_exits
-from iptserver.dataplane.links import LinkWatcher
+from iptserver.dataplane.links import LinkWatcher, link_state
+from iptserver.dataplane.plan import KernelPlan
 from iptserver.dataplane.plan import plan as kernel_plan
 from iptserver.dns.proxy import DnsProxy, ProxyConfig
 from iptserver.errors import DataplaneError, GeoIPError, IptserverError, SchemaError
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 Endpoint = tuple[IPAddress, int]
 T = TypeVar("T")
-UNSEEN = 0  # no interface has index 0: _links holds no event for it yet
 
 
 @dataclass(frozen=True)
@@ -80,8 +79,7 @@ class Daemon:
         self._monitor: Monitor | None = None  # exit health; watches exits with `health`
         self._webhook = Webhook(None)
         self._tasks: set[asyncio.Future[Any]] = set()  # reloads and relinks under way
-        # Tunnel interface -> its index while up, None while down or gone (absent: no
-        # event seen yet); see _on_link.
+        # Tunnel interface -> its index while up, None while down or gone; see _on_link.
         self._links: dict[str, int | None] = {}
         self._plugin_endpoint: PluginEndpoint | None = None
 
@@ -158,6 +156,7 @@ class Daemon:
         first = schema.dns.listen[0]
         redirect = first[1] if schema.ingress and not first[0].is_loopback else None
         links = self._watch_links()  # before the first apply: no tunnel is missed
+        self._read_links(state.plan)
         try:
             self._dataplane = await self._kernel(Dataplane, redirect, self.options.state_file)
             problems = await self._kernel(self._dataplane.apply, state.plan)
@@ -361,12 +360,18 @@ class Daemon:
             and interfaces.get(self._monitor.routed_by(e.name)) == interface
         ]
 
+    def _read_links(self, plan: KernelPlan) -> None:
+        """The states of ``plan``'s tunnels before it is applied: link events from then
+        on are queued in the watcher's socket, so none is missed (the ones already
+        followed keep theirs)."""
+        for exit_ in plan.exits:
+            if exit_.route is Route.INTERFACE and exit_.interface not in self._links:
+                self._links[exit_.interface] = link_state(exit_.interface)
+
     def _on_link(self, interface: str, index: int | None) -> None:
         """A link event: when a tunnel interface is up again (or made anew), its routes
         go back in; when it goes down, say whose traffic is dropped meanwhile."""
-        if self._router is None or index == self._links.get(interface, UNSEEN):
-            return
-        if interface not in {e.interface for e in self._router.state.plan.exits}:
+        if interface not in self._links or index == self._links[interface]:
             return
         self._links[interface] = index
         exits = self._exits_through(interface)
@@ -383,11 +388,10 @@ class Daemon:
         """The kernel dropped link events: put back the routes of every tunnel there is."""
         assert self._router is not None
         log.warning("interface events were lost (too many at once): every tunnel is relinked")
-        self._links.clear()
-        for exit_ in self._router.state.plan.exits:
-            if exit_.route is Route.INTERFACE:
-                with contextlib.suppress(OSError):  # gone: nothing to put back
-                    self._on_link(exit_.interface, socket.if_nametoindex(exit_.interface))
+        for interface in self._links:
+            if (index := link_state(interface)) is not None:
+                self._spawn(self._relink(interface, self._exits_through(interface)))
+            self._links[interface] = index
 
     async def _relink(self, interface: str, exits: list[str]) -> None:
         assert self._dataplane is not None
@@ -425,6 +429,7 @@ class Daemon:
             self.reloads["rejected"] += 1
             log.error("reload rejected, the running policy stays:\n%s", e)
             return False
+        self._read_links(state.plan)
         try:
             problems = await self._kernel(self._dataplane.apply, state.plan)
         except DataplaneError as e:  # else lost in the signal handler's task

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
 import socket
 import struct
@@ -26,6 +27,8 @@ NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 RTATTR = struct.Struct("=HH")  # length, type
 RCVBUF = 1 << 20
+SIOCGIFFLAGS = 0x8913
+IFREQ = struct.Struct("=16sH14x")  # name, flags
 
 
 def _aligned(length: int) -> int:
@@ -64,6 +67,18 @@ def link_events(data: bytes) -> Iterator[tuple[str, int | None]]:
                 up = kind == RTM_NEWLINK and flags & IFF_UP
                 yield value.rstrip(b"\0").decode(errors="replace"), index if up else None
                 break
+
+
+def link_state(interface: str) -> int | None:
+    """The interface's index while it is up; None when it is down or missing."""
+    try:
+        index = socket.if_nametoindex(interface)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            request = IFREQ.pack(interface.encode(), 0)
+            _, flags = IFREQ.unpack(fcntl.ioctl(sock, SIOCGIFFLAGS, request))
+    except OSError:
+        return None
+    return index if flags & IFF_UP else None
 
 
 def link_socket() -> socket.socket:

@@ -14,12 +14,15 @@ import ctypes
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 NETNS_DIR = Path("/run/netns")  # where `ip netns add` pins namespaces
 CLONE_NEWNET = 0x40000000
 # Python 3.11 has no os.setns (3.12 adds it): call libc's.
 _libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
 
 
 def _enter(netns: str) -> None:
@@ -32,17 +35,15 @@ def _enter(netns: str) -> None:
         os.close(fd)
 
 
-def socket_in(
-    netns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM
-) -> socket.socket:
-    """A new socket living in ``netns`` (a name under /run/netns)."""
-    made: list[socket.socket] = []
+def run_in(netns: str, call: Callable[[], T]) -> T:
+    """``call()`` on a short-lived thread inside ``netns`` (a name under /run/netns)."""
+    done: list[T] = []
     failed: list[BaseException] = []
 
     def work() -> None:
         try:
             _enter(netns)
-            made.append(socket.socket(family, kind))
+            done.append(call())
         except BaseException as exc:  # handed to the caller's thread
             failed.append(exc)
 
@@ -51,7 +52,14 @@ def socket_in(
     thread.join()
     if failed:
         raise failed[0]
-    return made[0]
+    return done[0]
+
+
+def socket_in(
+    netns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM
+) -> socket.socket:
+    """A new socket living in ``netns``."""
+    return run_in(netns, lambda: socket.socket(family, kind))
 
 
 def family_of(address: str) -> socket.AddressFamily:

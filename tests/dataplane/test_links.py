@@ -7,8 +7,8 @@ import asyncio
 import socket
 import subprocess
 
-from iptserver.dataplane.links import LinkWatcher, link_events
-from iptserver.lab.netns import socket_in
+from iptserver.dataplane.links import LinkWatcher, link_events, link_state
+from iptserver.lab.netns import run_in, socket_in
 
 Event = tuple[str, int | None]
 
@@ -77,6 +77,16 @@ def test_an_interface_made_anew_has_another_index(netns: str) -> None:
     assert ("xuk", None) in events
     assert events[-1] == ("xuk", index_of(netns, "xuk"))
     assert events[-1][1] != before
+
+
+def test_link_state_is_the_index_while_up(netns: str) -> None:
+    def state(iface: str) -> int | None:
+        return run_in(netns, lambda: link_state(iface))
+
+    assert state("xuk") == index_of(netns, "xuk")
+    ip(netns, "link set xuk down")
+    assert state("xuk") is None
+    assert state("nosuch") is None
 
 
 def test_lost_events_are_reported(netns: str) -> None:
