@@ -42,7 +42,7 @@ async def _dead(interface: str, health: Health) -> RoundResult:
     return RoundResult(ok=False, probe_error="timed out")
 
 
-async def _routes(routed_by: dict[str, str | None], force: frozenset[str]) -> list[str]:
+async def _routes(routed_by: dict[str, str | None]) -> list[str]:
     return []
 
 
