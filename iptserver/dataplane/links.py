@@ -81,11 +81,6 @@ def link_state(interface: str) -> int | None:
     return index if flags & IFF_UP else None
 
 
-def link_socket() -> socket.socket:
-    """A netlink socket of the link group, in this thread's network namespace."""
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-
-
 class LinkWatcher:
     """Calls ``on_change(interface, index)`` for every link event (index None: the
     interface is down or gone), and ``on_overrun()`` when the kernel dropped events
@@ -93,6 +88,8 @@ class LinkWatcher:
 
     Subscribed from construction (events queue up in the socket), read from ``start``:
     an interface that appears while the kernel is first programmed is not missed.
+    ``sock``: a rtnetlink socket made elsewhere (in another namespace); default, one in
+    this thread's namespace.
     """
 
     def __init__(
@@ -103,7 +100,9 @@ class LinkWatcher:
     ) -> None:
         self._on_change = on_change
         self._on_overrun = on_overrun
-        self._sock = sock if sock is not None else link_socket()
+        if sock is None:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._sock = sock
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         self._sock.bind((0, RTMGRP_LINK))
         self._sock.setblocking(False)
