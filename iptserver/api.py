@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from iptserver.dataplane.ipset import Entry
+from iptserver.dataplane.plan import ExitPlan
 from iptserver.dns.counters import DnsCounters
 from iptserver.errors import DataplaneError, GeoIPError
 from iptserver.explain import explain, parse_query
@@ -32,6 +33,7 @@ from iptserver.health.monitor import Monitor
 from iptserver.health.state import ExitState
 from iptserver.plugin_udp import PluginEndpoint
 from iptserver.router import Router
+from iptserver.schema.model import Route
 from iptserver.schema.values import IPAddress, normalize_name
 
 log = logging.getLogger(__name__)
@@ -73,9 +75,18 @@ class ApiConfig:
     set_sizes: Callable[[], Awaitable[dict[str, int]]] | None = None
     # The recursor plugin's datagram endpoint, once it listens (for its counters).
     plugin: Callable[[], PluginEndpoint | None] | None = None
+    # Whether an interface is up now (None: not known, no kernel).
+    link_up: Callable[[str], bool] | None = None
 
     def exit_state(self, name: str) -> ExitState:
         return self.monitor.state(name) if self.monitor is not None else ExitState.UP
+
+    def link(self, exit_: ExitPlan) -> str | None:
+        """A tunnel exit's interface: "up" or "down" (dropping its traffic); None for the
+        host's own gateway, or without a kernel."""
+        if self.link_up is None or exit_.route is not Route.INTERFACE:
+            return None
+        return "up" if self.link_up(exit_.interface) else "down"
 
     def routed_by(self, name: str) -> str:
         """Where an exit's traffic goes now: an exit's name, or "blocked"."""
@@ -206,8 +217,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def exits(request: web.Request) -> web.Response:
-    """The running exits, each with its health ``state`` (up, down, unknown) and ``via``:
-    the exit its traffic leaves by now (itself, a failover exit) or "blocked"."""
+    """The running exits, each with its health ``state`` (up, down, unknown), ``via``:
+    the exit its traffic leaves by now (itself, a failover exit) or "blocked", and
+    ``link``: whether its tunnel interface is up (see ``ApiConfig.link``)."""
     config = request.app[CONFIG]
     plan = config.router.state.plan
     return web.json_response(
@@ -220,6 +232,7 @@ async def exits(request: web.Request) -> web.Response:
                 "route": e.route.value,
                 "state": config.exit_state(e.name).value,
                 "via": config.routed_by(e.name),
+                "link": config.link(e),
             }
             for e in plan.exits
         ]
@@ -507,6 +520,16 @@ class _StateCollector(Collector):
         for name in names:
             up.add_metric([name], 1 if config.exit_state(name) is ExitState.UP else 0)
         yield up
+        links = GaugeMetricFamily(
+            "iptserver_exit_link_up",
+            "1 when a tunnel exit's interface is up, 0 when it is down or missing (its "
+            "traffic is dropped)",
+            labels=["exit"],
+        )
+        for exit_ in config.router.state.plan.exits:
+            if (link := config.link(exit_)) is not None:
+                links.add_metric([exit_.name], 1 if link == "up" else 0)
+        yield links
         monitor = config.monitor
         changes = CounterMetricFamily(
             "iptserver_exit_state_changes",

@@ -259,6 +259,7 @@ class Daemon:
                 installed=self._learned_now,
                 set_sizes=self._set_sizes,
                 plugin=lambda: self._plugin_endpoint,
+                link_up=lambda interface: link_state(interface) is not None,
             )
         )
         app.on_cleanup.append(self._close_plugin_endpoint)

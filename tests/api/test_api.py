@@ -160,6 +160,7 @@ def test_exits() -> None:
                 "route": "interface",
                 "state": "up",  # no health: never down
                 "via": "uk",
+                "link": None,  # no kernel here
             },
             {
                 "name": "ru",
@@ -169,6 +170,7 @@ def test_exits() -> None:
                 "route": "interface",
                 "state": "up",
                 "via": "ru",
+                "link": None,
             },
             {
                 "name": "direct",
@@ -178,6 +180,7 @@ def test_exits() -> None:
                 "route": "host-gateway",
                 "state": "up",
                 "via": "direct",
+                "link": None,
             },
         ]
 

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 import pytest
 
 from iptserver.lab import Lab, LabError
-from tests.e2e.conftest import BASE_SCHEMA, Iptservers, Running, resolved
+from tests.e2e.conftest import BASE_SCHEMA, Iptservers, Running, api_get, resolved
 
 NAME = "www.bbc.co.uk"  # routed via uk by SCHEMA
+API_PORT = 18093
 SCHEMA = (
     BASE_SCHEMA
     + """
@@ -57,6 +58,21 @@ def way(lab: Lab, address: str) -> str:
         return "nowhere"
 
 
+def start(iptservers: Iptservers) -> Running:
+    return iptservers.start(SCHEMA, "--api", f"127.0.0.1:{API_PORT}")
+
+
+def uk_link(lab: Lab) -> tuple[str, str]:
+    """What the API says of the UK tunnel: its /v1/exits ``link``, and its metric."""
+    _, exits = api_get(lab, API_PORT, "/v1/exits")
+    (link,) = [e["link"] for e in exits if e["name"] == "uk"]
+    _, metrics = api_get(lab, API_PORT, "/metrics")
+    (sample,) = [
+        m for m in metrics.splitlines() if m.startswith('iptserver_exit_link_up{exit="uk"}')
+    ]
+    return link, sample.split()[-1]
+
+
 def uk_address(lab: Lab) -> str:
     ((address, _),) = resolved(lab, NAME)
     return address
@@ -65,19 +81,21 @@ def uk_address(lab: Lab) -> str:
 def test_a_tunnel_taken_down_and_up_carries_its_traffic_again(
     iptservers: Iptservers, uk_tunnel: str
 ) -> None:
-    daemon = iptservers.start(SCHEMA)
+    daemon = start(iptservers)
     lab = daemon.lab
     address = uk_address(lab)
     assert way(lab, address) == "uk"
+    assert uk_link(lab) == ("up", "1.0")
 
     lab.tunnel_down("uk")
     logged(daemon, f"interface {uk_tunnel} is down or gone: traffic of exit uk is dropped")
     assert way(lab, address) == "nowhere", "not dropped while the tunnel is down"
+    assert uk_link(lab) == ("down", "0.0")
 
     lab.tunnel_up("uk")
     logged(daemon, f"interface {uk_tunnel} is up: traffic of exit uk goes through it again")
     assert way(lab, address) == "uk", daemon.log
-    assert daemon.alive
+    assert uk_link(lab) == ("up", "1.0")
 
 
 def test_a_tunnel_made_anew_carries_its_traffic_again(
@@ -85,7 +103,7 @@ def test_a_tunnel_made_anew_carries_its_traffic_again(
 ) -> None:
     """As when the tunnel's container restarts: the interface is deleted and made again,
     with a new index."""
-    daemon = iptservers.start(SCHEMA)
+    daemon = start(iptservers)
     lab = daemon.lab
     address = uk_address(lab)
     assert way(lab, address) == "uk"
@@ -106,10 +124,11 @@ def test_a_tunnel_made_after_start_is_routed_once_it_is_up(
     says what is missing, serves the rest, and routes the exit once the tunnel is up."""
     lab = iptservers.lab
     lab.drop_tunnel("uk")
-    daemon = iptservers.start(SCHEMA)
+    daemon = start(iptservers)
     logged(daemon, f"exit uk: interface {uk_tunnel} does not exist; its traffic is dropped")
     address = uk_address(lab)
     assert way(lab, address) == "nowhere"
+    assert uk_link(lab) == ("down", "0.0")
     assert way(lab, "203.0.113.77") == "direct", "the rest is served"
 
     lab.make_tunnel("uk")
