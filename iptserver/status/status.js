@@ -32,18 +32,26 @@ async function getJSON(url) {
   return body;
 }
 
-// "up"; "down, via us" (failed over); "down, blocked" (its traffic is dropped).
+// "up"; "down, via us" (failed over); "down, blocked" (its traffic is dropped); and
+// ", tunnel down" while its interface is down or missing (its traffic is dropped).
 function stateText(e) {
   const state = e.state ?? "up";
-  if (e.via === undefined || e.via === e.name) return state;
-  return e.via === "blocked" ? `${state}, blocked` : `${state}, via ${e.via}`;
+  let text = state;
+  if (e.via !== undefined && e.via !== e.name) {
+    text = e.via === "blocked" ? `${state}, blocked` : `${state}, via ${e.via}`;
+  }
+  return e.link === "down" ? `${text}, tunnel down` : text;
+}
+
+function stateClass(e) {
+  return e.link === "down" ? "state-down" : `state-${e.state ?? "up"}`;
 }
 
 function renderExits(exits, status) {
   const rows = exits.map((e) =>
     row([
       cell(e.name),
-      cell(stateText(e), `state-${e.state ?? "up"}`),
+      cell(stateText(e), stateClass(e)),
       cell(e.interface, "mono"),
       cell(e.route),
       cell(e.mark, "number"),
