@@ -3,8 +3,10 @@
 -- postresolve: a NOERROR answer holding A/AAAA records (reached from the qname through
 -- its CNAME chain) is handed to iptserver before it goes out, so the route exists
 -- before the client connects; the answer's TTLs are then capped to the TTL iptserver
--- returns. When iptserver cannot be asked: fail-open (the answer goes out as it is,
--- counted and logged) or fail-closed (SERVFAIL).
+-- returns. When iptserver cannot be asked: fail-open (the answer goes out with its TTLs
+-- capped to fail_open_ttl, 30 s as iptserver's own proxy does, so that neither the
+-- client nor the recursor's packet cache keeps an unrouted answer long; counted and
+-- logged) or fail-closed (SERVFAIL).
 --
 -- Three transports, same routing:
 --   "udp" (default): one datagram to the API's port over UDP (iptserver/plugin_udp.py
@@ -48,6 +50,7 @@ local TRANSPORT = cfg.transport or "udp"
 -- http: seconds for one whole request, connect included; ffi: for the reply
 local TIMEOUT = cfg.timeout or (TRANSPORT == "ffi" and 0.2 or 0.5)
 local FAIL_CLOSED = cfg.fail_closed or false
+local FAIL_OPEN_TTL = cfg.fail_open_ttl or 30
 local TOKEN = cfg.token -- bearer token for the API, or nil
 local MAX_CHAIN = 16 -- as the API accepts
 
@@ -307,15 +310,8 @@ end
 local function not_routed(qname, why)
   failures:inc()
   pdnslog("iptserver: " .. qname .. " not routed (" .. why .. ")"
-    .. (FAIL_CLOSED and ", SERVFAIL" or ", answered anyway"), pdns.loglevels.Warning)
-end
-
-local function failed(dq, why)
-  not_routed(dq.qname:toString(), why)
-  if not FAIL_CLOSED then return false end
-  dq.rcode = pdns.SERVFAIL
-  dq:setRecords({})
-  return true
+    .. (FAIL_CLOSED and ", SERVFAIL" or (", answered with TTLs of at most " .. FAIL_OPEN_TTL
+    .. " s")), pdns.loglevels.Warning)
 end
 
 -- Lower the answer section's TTLs to ``cap``; false (leave the answer alone) when none
@@ -327,6 +323,15 @@ local function cap_ttls(dq, records, cap, longest)
     if dr.place == 1 and dr.ttl > cap then dr.ttl = cap end
   end
   dq:setRecords(records)
+  return true
+end
+
+-- iptserver could not be asked: SERVFAIL, or the answer with short TTLs.
+local function failed(dq, why, records, longest)
+  not_routed(dq.qname:toString(), why)
+  if not FAIL_CLOSED then return cap_ttls(dq, records, FAIL_OPEN_TTL, longest) end
+  dq.rcode = pdns.SERVFAIL
+  dq:setRecords({})
   return true
 end
 
@@ -346,14 +351,17 @@ function iptserver_udp_reply(dq)
   end
   dq.followupFunction = "" -- done: else the recursor sends the datagram again
   local cap = id == mine and tonumber(result:match("^%d+$"))
-  if cap then return cap_ttls(dq, nil, cap, state.longest) end
+  local longest = state.longest
+  if cap then return cap_ttls(dq, nil, cap, longest) end
   if answer == "" then
-    return failed(dq, "no reply from iptserver (down, or slower than network-timeout)")
+    local why = "no reply from iptserver (down, or slower than network-timeout)"
+    return failed(dq, why, nil, longest)
   end
   if id and id ~= mine then
-    return failed(dq, "replies to other requests (" .. id .. ") came for request " .. mine)
+    local why = "replies to other requests (" .. id .. ") came for request " .. mine
+    return failed(dq, why, nil, longest)
   end
-  return failed(dq, id and result or ("unexpected reply " .. answer:sub(1, 200)))
+  return failed(dq, id and result or ("unexpected reply " .. answer:sub(1, 200)), nil, longest)
 end
 
 -- postresolve_ffi's records, read into an array of the plugin's own (one per worker
@@ -446,7 +454,7 @@ local function postresolve_handle(handle)
   local cap, err = ask(id, datagram(id, ttl, names, addresses))
   if not cap then
     not_routed(names[1], err)
-    return false -- fail-open: fail-closed uses postresolve
+    cap = FAIL_OPEN_TTL -- fail-open: fail-closed uses postresolve
   end
   return cap_handle(handle, count, cap, longest)
 end
@@ -470,14 +478,14 @@ function postresolve(dq)
     sent = sent + 1
     local id = tostring(sent)
     local cap, err = ask(id, datagram(id, ttl, names, addresses))
-    if not cap then return failed(dq, err) end
+    if not cap then return failed(dq, err, records, longest) end
     return cap_ttls(dq, records, cap, longest)
   end
   local body = '{"qname":' .. quote(names[1]) .. ',"chain":[' .. quote_all(names, 2)
     .. '],"addresses":[' .. quote_all(addresses, 1) .. '],"ttl":' .. ttl .. '}'
   local reply, err = post(body)
   local cap = reply and tonumber(reply:match('"ttl"%s*:%s*(%d+)'))
-  if not cap then return failed(dq, err or ("unexpected reply " .. reply)) end
+  if not cap then return failed(dq, err or ("unexpected reply " .. reply), records, longest) end
   return cap_ttls(dq, records, cap, longest)
 end
 

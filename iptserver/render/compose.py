@@ -135,6 +135,7 @@ def _sidecars(settings: ComposeSettings) -> dict[str, Any]:
     schema_mount = f"{settings.schema}:{SCHEMA_PATH}:ro"
     state_mount = f"{settings.state_dir}:{STATE_PATH}"
     daemon = [
+        "iptserver-sidecar",  # iptserver beside the namespace watchdog
         "iptserver",
         "--log-level",
         "info",

@@ -28,6 +28,7 @@ from tests.compose.harness import (
     COMPOSE,
     WORKDIR_PREFIX,
     Dockerd,
+    HarnessError,
     build_context,
     build_image,
     reap_stale_dockerds,
@@ -275,3 +276,31 @@ def test_restart_policy_and_health_check(stack: Stack) -> None:
     code, output = stack.status(*check)
     assert code != 0
     assert "Connection refused" in output
+
+
+def test_the_sidecars_follow_a_restart_of_the_host_service(stack: Stack) -> None:
+    """dockerd restarts the host service (its restart policy, `docker restart`): it comes
+    back in a new network namespace, and the sidecars are left in the old one, empty.
+    They notice, exit, and their restart policy puts them in the new one, where the
+    client's answers are routed again."""
+    sidecars = ("iptserver", "iptserver-recursor", "iptserver-frr")
+    wait_healthy(stack, sidecars)
+    stack.dockerd.docker("restart", "-t", "2", f"{stack.project}_{SERVICE}_1")
+    restarted = time.monotonic()
+    deadline = restarted + HEALTHY_TIMEOUT
+    while True:
+        try:
+            answered = stack.resolve("www.bbc.co.uk")
+        except HarnessError as e:
+            answered = {str(e).splitlines()[-1]}
+        routed = [line for line in members(stack) if line.startswith("198.51.100.10 ")]
+        if answered == {"198.51.100.10"} and routed:
+            break
+        assert time.monotonic() < deadline, f"not routed again: {answered}, {routed}"
+        time.sleep(1)
+    figure = f"routed again {time.monotonic() - restarted:.1f} s after the host service's restart\n"
+    print(figure)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "compose-restart.txt").write_text(figure)
+    assert all(f"skbmark {MARK:#x}" in line for line in routed), routed
+    wait_healthy(stack, sidecars)

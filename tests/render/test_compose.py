@@ -128,7 +128,7 @@ def test_every_sidecar_joins_the_service(project: Path) -> None:
     assert daemon["devices"] == ["/dev/net/tun:/dev/net/tun"]
     assert f"{project / 'iptserver.yaml'}:/etc/iptserver/schema.yaml:ro" in daemon["volumes"]
     assert f"{project / 'state'}:/var/lib/iptserver" in daemon["volumes"]
-    assert daemon["command"][:2] == ["iptserver", "--log-level"]
+    assert daemon["command"][:3] == ["iptserver-sidecar", "iptserver", "--log-level"]
     assert services["iptserver-frr"]["volumes"] == [f"{project / 'frr'}:/etc/frr"]
 
 
