@@ -208,7 +208,7 @@ class Dataplane:
                 self._routed_by.pop(exit_.name, None)
             else:
                 self._routed_by[exit_.name] = want
-            problems += self._set_route(self._plan, exit_)
+            problems += self._set_route(exit_, self._route_of(self._plan, exit_))
         return problems
 
     def relink(self, interface: str) -> list[str]:
@@ -222,15 +222,15 @@ class Dataplane:
         for exit_ in plan.exits:
             via = self._route_of(plan, exit_) if exit_.route is Route.INTERFACE else None
             if via is not None and via.interface == interface:
-                problems += self._set_route(plan, exit_)
+                problems += self._set_route(exit_, via)
         if plan.export_table is not None:
             lost = [route for route in self._exports.routes() if route.interface == interface]
             problems += self._routing.replace_host_routes(plan.export_table, lost)
         return problems
 
-    def _set_route(self, plan: KernelPlan, exit_: ExitPlan) -> list[str]:
+    def _set_route(self, exit_: ExitPlan, via: ExitPlan | None) -> list[str]:
         try:
-            self._routing.set_route(exit_, self._route_of(plan, exit_))
+            self._routing.set_route(exit_, via)
         except DataplaneError as e:
             return [str(e)]
         return []
