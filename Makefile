@@ -13,7 +13,7 @@ export IPTSERVER_GEOIP := $(GEOIP_DB)
 ARTIFACTS := artifacts
 
 # Debian packages the project and its tests use.
-APT_PACKAGES := python3 python3-venv python3-dev gcc iproute2 iptables ipset npm wireguard-go wireguard-tools chromium pdns-recursor lua-socket frr zbar-tools docker.io docker-compose debootstrap
+APT_PACKAGES := python3 python3-venv python3-dev gcc iproute2 iptables ipset npm wireguard-go wireguard-tools chromium pdns-recursor lua-socket frr zbar-tools docker.io docker-compose debootstrap dnsperf dnsmasq-base
 
 .PHONY: setup apt venv geoip demo test lint bench clean
 

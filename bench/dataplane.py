@@ -4,7 +4,7 @@
   through ``IPSets.add`` (one netlink message per 1,000 entries, encoded with ``struct``)
   against pyroute2's ``IPSet.add`` (one netlink round trip and one generic encoding per
   entry), the latter on a sample.
-* Learning: DNS-learned host entries for answers arriving together, through the router's
+* Learning: DNS-learned host entries for answers arriving together, through the learner's
   ``Batcher`` (answers that arrive while the kernel is busy share one round trip) against
   one ``Dataplane.learn`` per answer.
 
@@ -65,8 +65,8 @@ async def _learn(answers: int, batched: bool) -> float:
     from concurrent.futures import ThreadPoolExecutor
 
     from iptserver.dataplane.ipset import Entry, IPSets
-    from iptserver.dataplane.kernel import Learned
-    from iptserver.router import Batcher
+    from iptserver.dataplane.plan import LearnedEntry
+    from iptserver.learning.batching import Batcher
 
     executor = ThreadPoolExecutor(max_workers=1)
     loop = asyncio.get_running_loop()
@@ -74,15 +74,15 @@ async def _learn(answers: int, batched: bool) -> float:
     name = "bench-learned"
     await loop.run_in_executor(executor, lambda: sets.create(name, 4, timeout=True, skbinfo=True))
 
-    def apply(entries: Sequence[Learned]) -> None:
+    def apply(entries: Sequence[LearnedEntry]) -> None:
         sets.add(name, [Entry(e.network, e.mark, e.timeout) for e in entries])
 
-    async def submit(entries: list[Learned]) -> None:
+    async def submit(entries: list[LearnedEntry]) -> None:
         await loop.run_in_executor(executor, apply, entries)
 
     batcher = Batcher(submit)
     hosts = [
-        Learned(name, ipaddress.ip_network((0x0C000000 + i, 32)), 0x101, 300)
+        LearnedEntry(name, ipaddress.ip_network((0x0C000000 + i, 32)), 0x101, 300)
         for i in range(answers)
     ]
     started = time.perf_counter()

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pyroute2 import IPSet
-from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.ipset import IPSET_FLAG_LIST_HEADER, IPSET_FLAG_LIST_SETNAME
 
+from iptserver.dataplane.netlink import kernel_errors
 from iptserver.errors import DataplaneError
 from iptserver.schema.values import IPNetwork
 
@@ -80,12 +80,10 @@ class IPSets:
     """The ipsets of one network namespace (the one the process runs in)."""
 
     def __init__(self) -> None:
-        try:
+        with kernel_errors("cannot open the ipset netlink socket"):
             self._ipset = IPSet()
             self._raw = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
             self._raw.bind((0, 0))
-        except (OSError, NetlinkError) as e:
-            raise DataplaneError(f"cannot open the ipset netlink socket: {e}") from e
         self._seq = 0
 
     def close(self) -> None:
@@ -93,37 +91,30 @@ class IPSets:
         self._raw.close()
 
     def exists(self, name: str) -> bool:
-        try:
+        with kernel_errors(f"cannot read ipset {name}", fine={errno.ENOENT}):
             list(self._ipset.headers(name))
-        except NetlinkError as e:
-            if e.code == errno.ENOENT:
-                return False
-            raise DataplaneError(f"cannot read ipset {name}: {e}") from e
-        return True
+            return True
+        return False  # ENOENT: no set of that name
 
     def names(self) -> list[str]:
-        try:
+        with kernel_errors("cannot list ipsets"):
             messages = self._ipset.list(flags=IPSET_FLAG_LIST_SETNAME)
             return list(dict.fromkeys(m.get_attr("IPSET_ATTR_SETNAME") for m in messages))
-        except NetlinkError as e:
-            raise DataplaneError(f"cannot list ipsets: {e}") from e
 
     def size(self, name: str) -> int:
         """How many entries the set holds (read from its header: no entry is listed)."""
-        try:
+        with kernel_errors(f"cannot read ipset {name}"):
             for message in self._ipset.list(name=name, flags=IPSET_FLAG_LIST_HEADER):
                 data = message.get_attr("IPSET_ATTR_DATA")
                 if data is not None and data.get_attr("IPSET_ATTR_ELEMENTS") is not None:
                     return int(data.get_attr("IPSET_ATTR_ELEMENTS"))
-        except NetlinkError as e:
-            raise DataplaneError(f"cannot read ipset {name}: {e}") from e
         raise DataplaneError(f"cannot read ipset {name}: the kernel gave no entry count")
 
     def create(self, name: str, family: int, *, timeout: bool, skbinfo: bool) -> None:
         """Create a ``hash:net`` set, or keep the one of that name (and its entries)."""
         if self.exists(name):
             return
-        try:
+        with kernel_errors(f"cannot create ipset {name}"):
             self._ipset.create(
                 name,
                 stype="hash:net",
@@ -132,34 +123,24 @@ class IPSets:
                 skbinfo=skbinfo,
                 maxelem=MAX_ELEMENTS,
             )
-        except NetlinkError as e:
-            raise DataplaneError(f"cannot create ipset {name}: {e}") from e
 
     def destroy(self, name: str) -> None:
-        try:
+        """Destroy the set; one that is already gone is fine."""
+        with kernel_errors(f"cannot destroy ipset {name}", fine={errno.ENOENT}):
             self._ipset.destroy(name)
-        except NetlinkError as e:
-            if e.code != errno.ENOENT:
-                raise DataplaneError(f"cannot destroy ipset {name}: {e}") from e
 
     def swap(self, a: str, b: str) -> None:
-        try:
+        with kernel_errors(f"cannot swap ipsets {a} and {b}"):
             self._ipset.swap(a, b)
-        except NetlinkError as e:
-            raise DataplaneError(f"cannot swap ipsets {a} and {b}: {e}") from e
 
     def flush(self, name: str) -> None:
-        try:
+        with kernel_errors(f"cannot flush ipset {name}"):
             self._ipset.flush(name)
-        except NetlinkError as e:
-            raise DataplaneError(f"cannot flush ipset {name}: {e}") from e
 
     def entries(self, name: str) -> list[Entry]:
         """The set's entries as the kernel holds them (for adoption and status)."""
-        try:
+        with kernel_errors(f"cannot list ipset {name}"):
             messages = list(self._ipset.list(name=name))
-        except NetlinkError as e:
-            raise DataplaneError(f"cannot list ipset {name}: {e}") from e
         found = []
         for message in messages:
             adt = message.get_attr("IPSET_ATTR_ADT")
@@ -213,14 +194,12 @@ class IPSets:
             self._seq,
             0,
         )
-        try:
+        with kernel_errors(f"ipset {name}: netlink send failed"):
             self._raw.send(header + payload)
             while True:  # skip a late reply to an earlier request
                 reply = self._raw.recv(65536)
                 if struct.unpack_from("=I", reply, 8)[0] == self._seq:
                     break
-        except OSError as e:
-            raise DataplaneError(f"ipset {name}: netlink send failed: {e}") from e
         self._check_ack(name, reply)
 
     def _check_ack(self, name: str, reply: bytes) -> None:

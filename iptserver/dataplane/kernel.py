@@ -16,7 +16,6 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from iptserver.dataplane import firewall
@@ -26,6 +25,7 @@ from iptserver.dataplane.plan import (
     MARK_MASK,
     ExitPlan,
     KernelPlan,
+    LearnedEntry,
     SetPlan,
     exits_from_json,
     exits_to_json,
@@ -38,16 +38,6 @@ from iptserver.schema.values import IPNetwork
 log = logging.getLogger(__name__)
 
 PREFIX = "ipts-"
-
-
-@dataclass(frozen=True, slots=True)
-class Learned:
-    """A DNS-learned host entry to add or refresh."""
-
-    set_name: str
-    network: IPNetwork
-    mark: int
-    timeout: int
 
 
 class Dataplane:
@@ -241,7 +231,7 @@ class Dataplane:
         export table, so no pyroute2): then it may run on any thread, one call at a time."""
         return self._plan is not None and self._plan.export_table is None
 
-    def learn(self, entries: Sequence[Learned]) -> frozenset[IPNetwork]:
+    def learn(self, entries: Sequence[LearnedEntry]) -> frozenset[IPNetwork]:
         """Add or refresh DNS-learned entries, one netlink message per set and batch.
 
         Returns the networks whose host route this call put in the export table (none

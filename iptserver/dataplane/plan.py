@@ -63,6 +63,16 @@ FAMILIES = (4, 6)
 
 
 @dataclass(frozen=True, slots=True)
+class LearnedEntry:
+    """A DNS-learned host entry to add or refresh in a learned set."""
+
+    set_name: str
+    network: IPNetwork
+    mark: int
+    timeout: int  # seconds
+
+
+@dataclass(frozen=True, slots=True)
 class ExitPlan:
     name: str
     interface: str

@@ -18,9 +18,9 @@ import socket
 from collections.abc import Sequence
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from iptserver.dataplane.export import HostRoute
+from iptserver.dataplane.netlink import kernel_errors
 from iptserver.dataplane.plan import MARK_MASK, ExitPlan
 from iptserver.errors import DataplaneError
 from iptserver.schema.model import Route
@@ -32,6 +32,7 @@ RTN_UNICAST = 1
 # The `proto` of the host routes iptserver exports (kernel.export_table): what is ours.
 EXPORT_PROTO = 157
 FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+_GONE = frozenset({errno.ESRCH, errno.ENOENT})  # deleting a route that is not there
 
 
 class Routing:
@@ -85,7 +86,8 @@ class Routing:
                 self._drop_defaults(exit_.table, family)
 
     def _kill_switch(self, exit_: ExitPlan, family: int) -> None:
-        try:
+        doing = f"exit {exit_.name}: cannot add the kill-switch route to table {exit_.table}"
+        with kernel_errors(doing):
             self._ip.route(
                 "replace",
                 table=exit_.table,
@@ -94,17 +96,11 @@ class Routing:
                 type="unreachable",
                 priority=KILL_SWITCH_METRIC,
             )
-        except NetlinkError as e:
-            raise DataplaneError(
-                f"exit {exit_.name}: cannot add the kill-switch route to table {exit_.table}: {e}"
-            ) from e
 
     def _drop_defaults(self, table: int, family: int) -> None:
         """Delete the table's default routes that lead somewhere (not the kill-switch)."""
-        try:
+        with kernel_errors(f"cannot list routing table {table}"):
             found = self._ip.get_routes(family=family, table=table)
-        except NetlinkError as e:
-            raise DataplaneError(f"cannot list routing table {table}: {e}") from e
         for message in found:
             # IPv6 hangs the kill-switch route on lo: it is told apart by its type.
             if message["dst_len"] != 0 or message["type"] != RTN_UNICAST:
@@ -118,17 +114,13 @@ class Routing:
             }
             if (gateway := message.get_attr("RTA_GATEWAY")) is not None:
                 spec["gateway"] = gateway
-            try:
+            doing = f"cannot delete a route of table {table}"
+            with kernel_errors(doing, fine=_GONE):
                 self._ip.route("del", **spec)
-            except NetlinkError as e:
-                if e.code not in (errno.ESRCH, errno.ENOENT):
-                    raise DataplaneError(f"cannot delete a route of table {table}: {e}") from e
 
     def _flush(self, table: int, family: int) -> None:
-        try:
+        with kernel_errors(f"cannot flush table {table}"):
             self._ip.flush_routes(table=table, family=family)
-        except NetlinkError as e:
-            raise DataplaneError(f"cannot flush table {table}: {e}") from e
 
     def _default_route(
         self, exit_: ExitPlan, via: ExitPlan, family: int, version: int, index: int | None
@@ -145,13 +137,9 @@ class Routing:
             if (":" in via.via) != (version == 6):
                 return False
             route["gateway"] = via.via
-        try:
+        doing = f"exit {exit_.name}: cannot route table {exit_.table} via {via.interface}"
+        with kernel_errors(f"{doing} (IPv{version})"):
             self._ip.route("replace", **route)
-        except NetlinkError as e:
-            raise DataplaneError(
-                f"exit {exit_.name}: cannot route table {exit_.table} via "
-                f"{via.interface} (IPv{version}): {e}"
-            ) from e
         return True
 
     def _rule(self, exit_: ExitPlan, family: int, table: int) -> None:
@@ -166,11 +154,8 @@ class Routing:
             if existing == (exit_.mark, table):
                 return
             self._delete_rule(family, exit_.priority)
-        try:
+        with kernel_errors(f"exit {exit_.name}: cannot add ip rule", fine={errno.EEXIST}):
             self._ip.rule("add", **spec)
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                raise DataplaneError(f"exit {exit_.name}: cannot add ip rule: {e}") from e
 
     def _rules(self, family: int, priority: int) -> list[tuple[int, int]]:
         found = []
@@ -181,11 +166,8 @@ class Routing:
         return found
 
     def _delete_rule(self, family: int, priority: int) -> None:
-        try:
+        with kernel_errors(f"cannot delete ip rule {priority}", fine={errno.ENOENT}):
             self._ip.rule("del", family=family, priority=priority)
-        except NetlinkError as e:
-            if e.code != errno.ENOENT:
-                raise DataplaneError(f"cannot delete ip rule {priority}: {e}") from e
 
     def remove_exit(self, exit_: ExitPlan, *, rule: bool = True, routes: bool = True) -> None:
         """Delete the exit's rule and flush its table's routes (each unless told not to)."""
@@ -212,33 +194,24 @@ class Routing:
                     f"{route.interface} does not exist"
                 )
                 continue
-            try:
+            doing = f"export table {table}: cannot route {route.network} via {route.interface}"
+            with kernel_errors(doing):
                 self._ip.route("replace", **_host_route(table, route.network), oif=index)
-            except NetlinkError as e:
-                raise DataplaneError(
-                    f"export table {table}: cannot route {route.network} via {route.interface}: {e}"
-                ) from e
         return problems
 
     def delete_host_routes(self, table: int, routes: Sequence[HostRoute]) -> None:
         """Delete host routes from ``table`` (ones already gone are fine)."""
         for route in routes:
-            try:
+            doing = f"export table {table}: cannot delete the route to {route.network}"
+            with kernel_errors(doing, fine=_GONE | {errno.ENODEV}):
                 self._ip.route("del", **_host_route(table, route.network))
-            except NetlinkError as e:
-                if e.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
-                    raise DataplaneError(
-                        f"export table {table}: cannot delete the route to {route.network}: {e}"
-                    ) from e
 
     def exported_routes(self, table: int) -> list[HostRoute]:
         """The host routes of ours in ``table`` (left by an earlier run, or this one)."""
         found = []
         for family in FAMILIES.values():
-            try:
+            with kernel_errors(f"cannot list routing table {table}"):
                 dump = self._ip.get_routes(family=family, table=table, proto=EXPORT_PROTO)
-            except NetlinkError as e:
-                raise DataplaneError(f"cannot list routing table {table}: {e}") from e
             for message in dump:
                 dst = message.get_attr("RTA_DST")
                 oif = message.get_attr("RTA_OIF")

@@ -1,8 +1,8 @@
 """What the proxy reads from an upstream answer and the few changes it makes to it.
 
 Pure functions over the wire bytes and their :class:`~iptserver.dns.wire.Message` view:
-which names and addresses an answer teaches the router, TTL capping, truncation for
-UDP clients. No I/O. Malformed data in a record the router relies on raises
+which names and addresses an answer teaches the learner, TTL capping, truncation for
+UDP clients. No I/O. Malformed data in a record the learner relies on raises
 :class:`~iptserver.dns.wire.WireError`: an answer that cannot be fully read cannot be
 fully routed.
 """
@@ -41,7 +41,7 @@ class SvcParamKey(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Learned:
-    """What one answer teaches the router: the arguments of ``AnswerSink.learn``."""
+    """What one answer teaches the learner: the arguments of ``AnswerSink.learn``."""
 
     names: tuple[str, ...]  # the query name, then each CNAME target in chain order
     addresses: tuple[IPAddress, ...]  # A, AAAA and SVCB/HTTPS hints, first seen first

@@ -5,43 +5,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
-from iptserver.schema.values import IPAddress
-
-DNS_PORT = 53
-
-
-class Endpoint(NamedTuple):
-    """An address and port; a plain ``(IPAddress, port)`` tuple works wherever one is asked."""
-
-    address: IPAddress
-    port: int = DNS_PORT
-
-    def __str__(self) -> str:
-        if self.address.version == 6:
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
-
-    @classmethod
-    def parse(cls, text: str, default_port: int = DNS_PORT) -> Endpoint:
-        """``ADDR``, ``ADDR:PORT``, ``[ADDR6]`` or ``[ADDR6]:PORT`` (as --listen takes it)."""
-        host, port = text.strip(), str(default_port)
-        if host.startswith("["):
-            host, bracket, rest = host[1:].partition("]")
-            if not bracket or (rest and not rest.startswith(":")):
-                raise ValueError(f"{text!r} is not ADDR:PORT or [ADDR6]:PORT")
-            if rest:
-                port = rest[1:]
-        elif host.count(":") == 1:
-            host, port = host.split(":")
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
-        if not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"{text!r}: port {port!r} is not a number from 0 to 65535")
-        return cls(address, int(port))
+from iptserver.schema.values import Endpoint, IPAddress
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +19,7 @@ class DnsProxyConfig:
     upstream: tuple[tuple[IPAddress, int], ...]
     timeout: float = 2.0  # seconds a query may spend on upstreams before SERVFAIL
     upstream_timeout: float = 1.0  # seconds one upstream gets before the next is tried
-    sink_timeout: float = 1.0  # seconds the router may take to program an answer
+    sink_timeout: float = 1.0  # seconds the learner may take to program an answer
     fail_closed: bool = False  # sink failed: SERVFAIL (True) or release the answer (False)
     fail_open_ttl: int = 30  # TTL cap of answers released although the sink failed
     max_tcp_clients: int = 64  # concurrent TCP connections; more are closed at once

@@ -1,6 +1,7 @@
-"""The proxy's one way out: hand each answer to the router before releasing it.
+"""The proxy's one way out: hand each answer to the learner before releasing it.
 
-The router (policy core + kernel dataplane) implements this; the proxy only calls it.
+The learner (iptserver.learning: policy core + kernel dataplane) implements this; the proxy
+only calls it.
 """
 
 from __future__ import annotations

@@ -21,15 +21,22 @@ from dataclasses import dataclass
 from dnslib import QTYPE, RCODE
 
 from iptserver.dns.answers import with_id
-from iptserver.dns.config import Endpoint
 from iptserver.dns.counters import DnsCounters
-from iptserver.dns.throttle import LogThrottle, suppressed
-from iptserver.dns.wire import Message, Question, WireError, parse_message
+from iptserver.dns.throttle import ThrottledLog
+from iptserver.dns.wire import (
+    TCP_LENGTH_SIZE,
+    Message,
+    Question,
+    WireError,
+    parse_message,
+    tcp_frame,
+    tcp_length,
+)
+from iptserver.schema.values import Endpoint
 
 log = logging.getLogger(__name__)
 
 _MAX_DATAGRAM = 65535
-_TCP_LENGTH = 2
 
 
 class Transport(enum.Enum):
@@ -63,7 +70,7 @@ class UpstreamClient:
         self._try_timeout = try_timeout
         self._counters = counters
         self._preferred = 0
-        self._throttle = LogThrottle()
+        self._log = ThrottledLog(log)
 
     async def query(
         self, wire: bytes, question: Question, *, tcp: bool, deadline: float
@@ -106,15 +113,12 @@ class UpstreamClient:
                 failures[-1].partition(": ")[2],
                 "no upstream left" if last else "trying the next one",
             )
-            text = "upstream resolver %s failed for %s %s (%s), %s"
-            if (count := self._throttle.allow(str(upstream))) is not None:
-                log.warning(
-                    text + ". Check that it runs and that this host reaches it%s",
-                    *args,
-                    suppressed(count),
-                )
-            else:
-                log.debug(text, *args)
+            self._log.warning(
+                str(upstream),
+                "upstream resolver %s failed for %s %s (%s), %s. Check that it runs and that "
+                "this host reaches it",
+                *args,
+            )
         raise UpstreamFailure("; ".join(failures))
 
     async def _try(
@@ -125,45 +129,39 @@ class UpstreamClient:
         wire = with_id(wire, query_id)
         transport = Transport.TCP if tcp else Transport.UDP
         async with asyncio.timeout_at(min(loop.time() + self._try_timeout, deadline)):
-            if tcp:
-                message, reply = await self._tcp(upstream, wire, query_id, question)
-            else:
-                message, reply = await self._udp(upstream, wire, query_id, question)
+            message, reply = await self._exchange(upstream, wire, query_id, question, transport)
         if message.header.truncated and not tcp:
             self._counters.upstream_tcp_retries += 1
             log.debug("upstream %s truncated %s; asking again over TCP", upstream, question.name)
             transport = Transport.TCP
             async with asyncio.timeout_at(min(loop.time() + self._try_timeout, deadline)):
-                message, reply = await self._tcp(upstream, wire, query_id, question)
+                message, reply = await self._exchange(upstream, wire, query_id, question, transport)
         if message.header.rcode == RCODE.REFUSED:
             raise _Refused
         return UpstreamAnswer(reply, message, upstream, transport)
 
-    async def _udp(
-        self, upstream: Endpoint, wire: bytes, query_id: int, question: Question
+    async def _exchange(
+        self,
+        upstream: Endpoint,
+        wire: bytes,
+        query_id: int,
+        question: Question,
+        transport: Transport,
     ) -> tuple[Message, bytes]:
+        """Send the query on a fresh connected socket; read replies until one matches."""
         loop = asyncio.get_running_loop()
-        with socket.socket(_family(upstream), socket.SOCK_DGRAM) as sock:
-            sock.setblocking(False)
-            sock.connect((str(upstream.address), upstream.port))
-            await loop.sock_sendall(sock, wire)
-            while True:
-                reply = await loop.sock_recv(sock, _MAX_DATAGRAM)
-                message = self._match(reply, query_id, question, upstream)
-                if message is not None:
-                    return message, reply
-
-    async def _tcp(
-        self, upstream: Endpoint, wire: bytes, query_id: int, question: Question
-    ) -> tuple[Message, bytes]:
-        loop = asyncio.get_running_loop()
-        with socket.socket(_family(upstream), socket.SOCK_STREAM) as sock:
+        tcp = transport is Transport.TCP
+        kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
+        with socket.socket(_family(upstream), kind) as sock:
             sock.setblocking(False)
             await loop.sock_connect(sock, (str(upstream.address), upstream.port))
-            await loop.sock_sendall(sock, len(wire).to_bytes(_TCP_LENGTH, "big") + wire)
+            await loop.sock_sendall(sock, tcp_frame(wire) if tcp else wire)
             while True:
-                length = int.from_bytes(await _recv_exactly(sock, _TCP_LENGTH), "big")
-                reply = await _recv_exactly(sock, length)
+                if tcp:
+                    length = tcp_length(await _recv_exactly(sock, TCP_LENGTH_SIZE))
+                    reply = await _recv_exactly(sock, length)
+                else:
+                    reply = await loop.sock_recv(sock, _MAX_DATAGRAM)
                 message = self._match(reply, query_id, question, upstream)
                 if message is not None:
                     return message, reply

@@ -26,6 +26,7 @@ _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, TTL, rdlength
 _QUESTION_FIXED = struct.Struct("!HH")
 _TTL_MAX = 0x7FFFFFFF  # RFC 2181 §8: a TTL with the top bit set means 0
+TCP_LENGTH_SIZE = 2  # RFC 1035 §4.2.2: over TCP each message follows its 16-bit length
 
 # label bytes that stand for themselves in a name's text (the rest are written \DDD)
 _PLAIN = frozenset(range(0x21, 0x7F)) - {ord("."), ord("\\")}
@@ -244,3 +245,13 @@ def rdata_name(wire: bytes, record: Record) -> str:
             f"{QTYPE.get(record.rtype)} record {record.name!r}: the name does not fill the data"
         )
     return name
+
+
+def tcp_frame(wire: bytes) -> bytes:
+    """``wire`` as it goes over TCP: after its length (RFC 1035 §4.2.2)."""
+    return len(wire).to_bytes(TCP_LENGTH_SIZE, "big") + wire
+
+
+def tcp_length(prefix: bytes) -> int:
+    """The message length a TCP length prefix announces."""
+    return int.from_bytes(prefix, "big")

@@ -54,6 +54,7 @@ UPLINKS = {
     "us": (("198.18.3.1", "198.18.3.2"), ("2001:db8:e003::1", "2001:db8:e003::2")),
 }
 UPLINK_PREFIX = (30, 64)
+UPLINK = "uplink"  # the interface name of a node's veth to internet; internet's is up-NODE
 
 # entry side, exit side of each tunnel
 TUNNELS = {

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from iptserver.errors import IptserverError
 
-class LabError(RuntimeError):
+
+class LabError(IptserverError):
     """The lab could not be built, used or torn down; the message says where and why."""
 
 

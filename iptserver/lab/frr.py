@@ -21,16 +21,18 @@ import logging
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from iptserver.lab.errors import LabError
 from iptserver.lab.processes import stop_children
 
 if TYPE_CHECKING:
     from iptserver.lab.topology import Lab
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("iptserver.lab")
 
@@ -230,20 +232,21 @@ class Frr:
 
     def wait_full(self, count: int, timeout: float = 20.0) -> list[Neighbor]:
         """Until ``count`` OSPF neighbours are Full; returns them."""
-        deadline = time.monotonic() + timeout
-        while True:
-            neighbors = self.neighbors()
-            full = [n for n in neighbors if n.state == "Full"]
-            if len(full) >= count:
-                return full
-            if not self.alive:
-                raise LabError(f"FRR {self.instance} died:\n{self.logs()}")
-            if time.monotonic() > deadline:
-                raise LabError(
-                    f"FRR {self.instance}: {len(full)} of {count} OSPF neighbours Full after "
-                    f"{timeout} s: {neighbors}"
-                )
-            time.sleep(0.1)
+        last: list[Neighbor] = []
+
+        def full() -> list[Neighbor] | None:
+            last[:] = self.neighbors()
+            found = [n for n in last if n.state == "Full"]
+            return found if len(found) >= count else None
+
+        return self._until(
+            full,
+            timeout,
+            lambda: (
+                f"{len([n for n in last if n.state == 'Full'])} of {count} OSPF neighbours "
+                f"Full after {timeout} s: {last}"
+            ),
+        )
 
     def rib(self) -> dict[str, list[dict[str, Any]]]:
         """``show ip route json``: prefix -> the routes zebra holds for it."""
@@ -263,17 +266,24 @@ class Frr:
     def wait_route(self, prefix: str, protocol: str = "ospf", timeout: float = 20.0) -> list[str]:
         """Until zebra has selected a ``protocol`` route to ``prefix``; its interfaces."""
         wanted = ipaddress.IPv4Network(prefix)
+        return self._until(
+            lambda: self.routes(protocol).get(wanted),
+            timeout,
+            lambda: f"no {protocol} route to {prefix} in {timeout} s",
+        )
+
+    def _until(self, found: Callable[[], _T | None], timeout: float, why: Callable[[], str]) -> _T:
+        """Poll ``found`` until it gives a value; fail at once if FRR dies, else at timeout
+        with ``why()`` (OSPF state is polled: zebra and ospfd send no event we can await)."""
         deadline = time.monotonic() + timeout
         while True:
-            found = self.routes(protocol).get(wanted)
-            if found is not None:
-                return found
+            value = found()
+            if value is not None:
+                return value
             if not self.alive:
                 raise LabError(f"FRR {self.instance} died:\n{self.logs()}")
             if time.monotonic() > deadline:
-                raise LabError(
-                    f"FRR {self.instance}: no {protocol} route to {prefix} in {timeout} s"
-                )
+                raise LabError(f"FRR {self.instance}: {why()}")
             time.sleep(0.1)
 
 

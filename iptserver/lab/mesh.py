@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from iptserver.dataplane.links import attributes, messages
-from iptserver.lab.addresses import EXIT_NAMES, TUNNELS, UPLINKS
+from iptserver.lab.addresses import EXIT_NAMES, TUNNELS, UPLINK, UPLINKS
+from iptserver.lab.commands import parallel, run_command
 from iptserver.lab.errors import LabError
 from iptserver.lab.frr import Frr
 from iptserver.lab.state import wg_socket
-from iptserver.lab.topology import NODES, POLL, UPLINK, Lab, _parallel
+from iptserver.lab.topology import NODES, POLL, Lab
 
 OFFICE_NODES = ("office", "officehost")
 OFFICE_UPLINK = ("198.18.9.1", "198.18.9.2")  # office side, internet side; /30
@@ -160,7 +161,7 @@ class MeshLab(Lab):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(config)
-        stripped = self._run(["wg-quick", "strip", str(path)], "the root namespace").stdout
+        stripped = run_command(["wg-quick", "strip", str(path)], "the root namespace").stdout
         self.run(node, ["wg", "setconf", interface, "/dev/stdin"], input=stripped)
         self.ip_batch(
             node,
@@ -219,7 +220,7 @@ class MeshLab(Lab):
     # -- building -------------------------------------------------------------------
 
     def _build(self) -> None:
-        _parallel(functools.partial(self._make_namespace, n) for n in self.nodes)
+        parallel(functools.partial(self._make_namespace, n) for n in self.nodes)
         servers = self._start_servers()
         for node in ("client", "officehost"):
             ready = self.workdir / f"whoami-{node}.ready"
@@ -240,10 +241,10 @@ class MeshLab(Lab):
         }
         self._wire()
         self._wire_office()
-        _parallel(functools.partial(self._configure, n) for n in self.nodes)
+        parallel(functools.partial(self._configure, n) for n in self.nodes)
         for iface, proc in wireguard.items():
             sock = wg_socket(iface)
-            self._wait_for(f"{sock} (wireguard-go)", sock.exists, [proc])
+            self.wait_for(f"{sock} (wireguard-go)", sock.exists, [proc])
         self._wait_servers(servers)
 
     def _sysctls(self, node: str) -> dict[str, int]:

@@ -17,49 +17,48 @@ Why it is built this way:
   readiness is polled, never slept for.
 - Teardown kills by PID, deletes the namespaces and removes sockets and keys, also on
   exceptions and Ctrl-C; a state file lets the next lab reap one left by a killed run.
+
+This module builds and tears down; what each node is given is in ``node_config`` (pure),
+the faults a test injects in ``faults`` and the probes from a node in ``node_probes``,
+both offered as ``Lab`` methods so callers need only the lab.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import ipaddress
 import logging
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Literal
 
 import iptserver
-from iptserver.lab import probes
+from iptserver.lab import node_config, probes
 from iptserver.lab.addresses import (
     CLIENT,
-    CLIENT_PREFIX,
     DNS_AUTHORITY,
     EXIT_NAMES,
-    LAB_COUNTRIES,
-    LAB_UNPLACED,
-    MESH,
-    SEEN_AS,
-    TUNNEL_PREFIX,
     TUNNELS,
-    UPLINK_PREFIX,
+    UPLINK,
     UPLINKS,
     WG_PORT,
 )
+from iptserver.lab.commands import interrupts_deferred, parallel, run_command, tail
 from iptserver.lab.errors import CommandError, LabError, ProbeError
-from iptserver.lab.netns import NETNS_DIR, socket_in
+from iptserver.lab.faults import Faults
+from iptserver.lab.netns import NETNS_DIR
+from iptserver.lab.node_config import INGRESS
+from iptserver.lab.node_probes import NodeProbes
 from iptserver.lab.processes import stop_children
 from iptserver.lab.state import (
     NS_PREFIX,
@@ -78,63 +77,9 @@ __all__ = ["NODES", "CommandError", "Lab", "LabError", "ProbeError"]
 log = logging.getLogger("iptserver.lab")
 
 NODES = ("client", "entry", *EXIT_NAMES, "internet")
-FORWARDERS = frozenset({"entry", *EXIT_NAMES, "internet"})
-UPLINK = "uplink"  # a node's veth to internet; internet's side is up-<node>
-INGRESS = "clients"  # entry's veth to the client (stands in for wg-clients)
-CLIENT_LAN = "lan"  # the client's side of it
 WHOAMI_PORTS = (80, 8080)
 STOP_GRACE = 3.0
 POLL = 0.01  # seconds between readiness checks
-
-
-def _parallel(calls: Iterable[Callable[[], object]]) -> None:
-    """Run independent steps at once (they wait on subprocesses, not on the GIL)."""
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        futures = [pool.submit(call) for call in calls]
-    errors = [exc for f in futures if (exc := f.exception()) is not None]
-    for extra in errors[1:]:
-        log.error("also failed: %s", extra)
-    if errors:
-        raise errors[0]
-
-
-@contextlib.contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Let a teardown finish even if Ctrl-C is pressed again; re-raise it afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pressed: list[int] = []
-
-    def note(signum: int, frame: FrameType | None) -> None:
-        pressed.append(signum)
-        log.warning("still tearing the lab down; interrupt noted")
-
-    previous = signal.signal(signal.SIGINT, note)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pressed:
-        raise KeyboardInterrupt
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return "(no log)"
-    return "\n".join(f"  | {line}" for line in text) or "  | (empty log)"
-
-
-def _far_side_routes() -> list[str]:
-    """AnyIP: every lab server address is local in internet, served by one socket each."""
-    nets = [n for country in LAB_COUNTRIES.values() for n in country] + list(LAB_UNPLACED)
-    collapsed = [
-        *ipaddress.collapse_addresses(n for n in nets if isinstance(n, ipaddress.IPv4Network)),
-        *ipaddress.collapse_addresses(n for n in nets if isinstance(n, ipaddress.IPv6Network)),
-    ]
-    return [f"route add local {net} dev lo" for net in collapsed]
 
 
 class Lab:
@@ -178,6 +123,8 @@ class Lab:
         self._pubkeys: dict[str, str] = {}
         self._wireguard: dict[str, subprocess.Popen[bytes]] = {}  # interface -> its process
         self.build_seconds = 0.0
+        self.faults = Faults(self)
+        self.probes = NodeProbes(self)
 
     # -- names ----------------------------------------------------------------------
 
@@ -232,33 +179,10 @@ class Lab:
 
     # -- commands ---------------------------------------------------------------------
 
-    def _check_running(self) -> None:
+    def check_running(self) -> None:
+        """LabError unless the lab is built and not yet torn down."""
         if self._state is None:
             raise LabError("the lab is not running (use `with Lab() as lab:`)")
-
-    def _run(
-        self,
-        argv: Sequence[str],
-        where: str,
-        *,
-        check: bool = True,
-        input: str | None = None,
-        timeout: float = 30.0,
-    ) -> subprocess.CompletedProcess[str]:
-        log.debug("%s: %s", where, " ".join(argv))
-        try:
-            done = subprocess.run(
-                list(argv), capture_output=True, text=True, input=input, timeout=timeout
-            )
-        except FileNotFoundError as exc:
-            raise LabError(f"in {where}: {argv[0]} is not installed (see APT_PACKAGES)") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise LabError(
-                f"in {where}: `{' '.join(argv)}` still running after {timeout} s"
-            ) from exc
-        if check and done.returncode:
-            raise CommandError(where, argv, done.returncode, done.stdout, done.stderr, input)
-        return done
 
     def run(
         self,
@@ -270,9 +194,9 @@ class Lab:
         timeout: float = 30.0,
     ) -> subprocess.CompletedProcess[str]:
         """Run a command in a node's namespace (text output); CommandError if it fails."""
-        self._check_running()
+        self.check_running()
         ns = self.ns(node)
-        return self._run(
+        return run_command(
             ["ip", "netns", "exec", ns, *argv],
             f"namespace {ns}",
             check=check,
@@ -283,7 +207,7 @@ class Lab:
     def ip_batch(self, node: str, commands: Sequence[str]) -> None:
         """Several `ip` commands in one process (``ip -n NS -batch -``)."""
         ns = self.ns(node)
-        self._run(["ip", "-n", ns, "-batch", "-"], f"namespace {ns}", input="\n".join(commands))
+        run_command(["ip", "-n", ns, "-batch", "-"], f"namespace {ns}", input="\n".join(commands))
 
     def spawn(
         self,
@@ -328,131 +252,78 @@ class Lab:
     def log_path(self, proc: subprocess.Popen[bytes]) -> Path:
         return self._logs[proc.pid]
 
+    def stop_process(self, proc: subprocess.Popen[bytes]) -> None:
+        """Stop one of the lab's processes now (SIGTERM, then SIGKILL after a grace)."""
+        stop_children([proc], STOP_GRACE, self._labels.__getitem__)
+
+    def has_link(self, node: str, iface: str) -> bool:
+        argv = ["ip", "-n", self.ns(node), "link", "show", "dev", iface]
+        return run_command(argv, "", check=False).returncode == 0
+
+    def wireguard_process(self, iface: str) -> subprocess.Popen[bytes] | None:
+        """The wireguard-go the lab started for a tunnel interface (None: never started)."""
+        return self._wireguard.get(iface)
+
+    def start_tunnel_end(self, exit_name: str) -> None:
+        """Start and configure the entry's end of an exit's tunnel, as building does."""
+        self._wireguard[self.wg_interface(exit_name)] = self._start_wireguard(exit_name, "entry")
+        self._tunnel(exit_name, "entry")
+
     def _exited(self, proc: subprocess.Popen[bytes], what: str) -> LabError:
         return LabError(
             f"{what}: {self._labels[proc.pid]} exited with {proc.returncode}\n"
-            f"log {self._logs[proc.pid]}:\n{_tail(self._logs[proc.pid])}"
+            f"log {self._logs[proc.pid]}:\n{tail(self._logs[proc.pid])}"
         )
 
-    # -- exit failures ----------------------------------------------------------------
-
-    def _cut(self, exit_name: str, action: Literal["-I", "-D"]) -> None:
-        """Drop (or stop dropping) everything in and out of an exit node's uplink, in one
-        ``iptables-restore`` per family (the first rule alone already kills the tunnel)."""
-        if exit_name not in EXIT_NAMES:
-            raise LabError(f"unknown exit {exit_name!r}; exits are {', '.join(EXIT_NAMES)}")
-        ways = (("INPUT", "-i"), ("OUTPUT", "-o"), ("FORWARD", "-i"), ("FORWARD", "-o"))
-        rules = "".join(f"{action} {chain} {way} {UPLINK} -j DROP\n" for chain, way in ways)
-        for tool in ("iptables-restore", "ip6tables-restore"):
-            self.run(exit_name, [tool, "-w", "--noflush"], input=f"*filter\n{rules}COMMIT\n")
+    # -- faults (faults.Faults) and probes (node_probes.NodeProbes) ----------------------
 
     def kill_exit(self, exit_name: str) -> None:
-        """The exit node dies for the rest of the lab: its uplink drops every packet (the
-        tunnel runs over it, so the tunnel dies too; no handshake, no traffic through)."""
-        self._cut(exit_name, "-I")
+        """The exit's uplink drops every packet (``Faults.kill_exit``)."""
+        self.faults.kill_exit(exit_name)
 
     def revive_exit(self, exit_name: str) -> None:
-        """Undo ``kill_exit``; the tunnel comes back with WireGuard's next handshake."""
-        self._cut(exit_name, "-D")
+        """Undo ``kill_exit``."""
+        self.faults.revive_exit(exit_name)
 
     def drop_tunnel(self, exit_name: str) -> None:
-        """Stop the entry's end of an exit's tunnel (its wireguard-go): the interface and
-        every route through it are gone, as when the tunnel's container stops."""
-        iface = self.wg_interface(exit_name)
-        proc = self._wireguard.get(iface)
-        if proc is None or proc.poll() is not None:
-            raise LabError(f"the tunnel {iface} is not running")
-        stop_children([proc], STOP_GRACE, self._labels.__getitem__)
-        self._wait_for(f"{iface} to disappear", lambda: not self._has_link("entry", iface), [])
+        """Stop the entry's end of an exit's tunnel (``Faults.drop_tunnel``)."""
+        self.faults.drop_tunnel(exit_name)
 
     def make_tunnel(self, exit_name: str) -> None:
-        """Start the entry's end of a dropped tunnel again, as the lab first made it (a new
-        interface, so a new index); returns once it has a handshake."""
-        iface = self.wg_interface(exit_name)
-        if self._has_link("entry", iface):
-            raise LabError(f"the tunnel {iface} is there already")
-        self._wireguard[iface] = self._start_wireguard(exit_name, "entry")
-        self._tunnel(exit_name, "entry", self._wireguard)
-        self.wait_handshakes()
+        """Start a dropped tunnel end again, until its handshake (``Faults.make_tunnel``)."""
+        self.faults.make_tunnel(exit_name)
 
     def tunnel_down(self, exit_name: str) -> None:
-        """``ip link set down`` the entry's end of an exit's tunnel: the kernel drops every
-        route through it (the interface stays)."""
-        self.ip_batch("entry", [f"link set {self.wg_interface(exit_name)} down"])
+        """``ip link set down`` the entry's end of a tunnel (``Faults.tunnel_down``)."""
+        self.faults.tunnel_down(exit_name)
 
     def tunnel_up(self, exit_name: str) -> None:
-        """Undo ``tunnel_down``, with the IPv6 address the kernel took away at down."""
-        iface = self.wg_interface(exit_name)
-        (entry4, _), (entry6, _) = TUNNELS[exit_name]
-        self.ip_batch(
-            "entry",
-            [
-                f"link set {iface} up",
-                f"addr replace {entry4}/{TUNNEL_PREFIX[0]} dev {iface}",
-                f"addr replace {entry6}/{TUNNEL_PREFIX[1]} dev {iface} nodad",
-            ],
-        )
-
-    def _has_link(self, node: str, iface: str) -> bool:
-        argv = ["ip", "-n", self.ns(node), "link", "show", "dev", iface]
-        return self._run(argv, "", check=False).returncode == 0
-
-    # -- probes -----------------------------------------------------------------------
+        """Undo ``tunnel_down``."""
+        self.faults.tunnel_up(exit_name)
 
     def socket(
         self, node: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM
     ) -> socket.socket:
         """A socket created inside a node's namespace (usable from any thread)."""
-        self._check_running()
-        return socket_in(self.ns(node), family, kind)
-
-    def _factory(self, node: str) -> probes.SocketFactory:
-        ns = self.ns(node)
-        return lambda family, kind: socket_in(ns, family, kind)
-
-    def _route_hint(self, node: str, address: str) -> str:
-        done = self._run(["ip", "-n", self.ns(node), "route", "get", address], "", check=False)
-        return (done.stdout or done.stderr).strip()
+        return self.probes.socket(node, family, kind)
 
     def seen(
         self, node: str, address: str, port: int = 80, *, timeout: float = 3.0
     ) -> dict[str, Any]:
-        """What the whoami server at ``address`` reports: ``{"seen": ..., "local": ...}``."""
-        self._check_running()
-        try:
-            return probes.whoami(self._factory(node), address, port, timeout)
-        except ProbeError as exc:
-            hint = self._route_hint(node, address)
-            raise LabError(f"from {node} ({self.ns(node)}): {exc}\n  ip route get: {hint}") from exc
+        """What the whoami server at ``address`` reports (``NodeProbes.seen``)."""
+        return self.probes.seen(node, address, port, timeout=timeout)
 
     def whoami(self, node: str, address: str, port: int = 80, *, timeout: float = 3.0) -> str:
-        """Which way a connection from ``node`` to ``address`` left: "uk", "ru", "us" or
-        "direct", by the source address the far side saw (``SEEN_AS``)."""
-        body = self.seen(node, address, port, timeout=timeout)
-        try:
-            return SEEN_AS[ipaddress.ip_address(body["seen"])]
-        except (KeyError, ValueError):
-            raise LabError(
-                f"from {node} to {address} port {port}: the far side saw {body['seen']}, "
-                f"which is no exit's uplink address ({', '.join(map(str, SEEN_AS))})"
-            ) from None
+        """Which way a connection from ``node`` left (``NodeProbes.whoami``)."""
+        return self.probes.whoami(node, address, port, timeout=timeout)
 
     def hold(
         self, node: str, address: str, seconds: int = 10, *, port: int = 80, timeout: float = 3.0
     ) -> probes.HeldConnection:
-        """A connection the whoami server keeps open, one line a second for ``seconds``.
-        ``exit_of(line)`` names the way each line came."""
-        self._check_running()
-        try:
-            return probes.HeldConnection(self._factory(node), address, seconds, port, timeout)
-        except ProbeError as exc:
-            hint = self._route_hint(node, address)
-            raise LabError(f"from {node} ({self.ns(node)}): {exc}\n  ip route get: {hint}") from exc
+        """A connection kept open by the whoami server (``NodeProbes.hold``)."""
+        return self.probes.hold(node, address, seconds, port=port, timeout=timeout)
 
-    @staticmethod
-    def exit_of(line: dict[str, Any]) -> str | None:
-        """The exit a whoami line was seen through (None: not an exit's address)."""
-        return SEEN_AS.get(ipaddress.ip_address(line["seen"]))
+    exit_of = staticmethod(NodeProbes.exit_of)
 
     def query(
         self,
@@ -466,19 +337,9 @@ class Lab:
         edns: int | None = None,
         timeout: float = 2.0,
     ) -> probes.DnsAnswer:
-        """A real DNS query from a node: UDP, then TCP if truncated (or TCP only)."""
-        self._check_running()
-        where = f" from {node} ({self.ns(node)})"
-        return probes.dns_query(
-            self._factory(node),
-            server,
-            name,
-            rtype,
-            port=port,
-            tcp=tcp,
-            edns=edns,
-            timeout=timeout,
-            where=where,
+        """A real DNS query from a node (``NodeProbes.query``)."""
+        return self.probes.query(
+            node, name, rtype, server=server, port=port, tcp=tcp, edns=edns, timeout=timeout
         )
 
     def resolve(
@@ -558,57 +419,41 @@ class Lab:
         )
 
     def _build(self) -> None:
-        _parallel([*(functools.partial(self._make_namespace, n) for n in NODES), self._make_keys])
+        parallel([*(functools.partial(self._make_namespace, n) for n in NODES), self._make_keys])
         servers = self._start_servers()  # Python start-up overlaps with the rest
-        wireguard = self._wireguard
         for e in EXIT_NAMES:
             for side in ("entry", "exit"):
-                wireguard[self.wg_interface(e, side)] = self._start_wireguard(e, side)
+                self._wireguard[self.wg_interface(e, side)] = self._start_wireguard(e, side)
         self._wire()
-        _parallel(functools.partial(self._configure, n) for n in NODES)
+        parallel(functools.partial(self._configure, n) for n in NODES)
         # Exits first: an initiation reaching an unconfigured peer is retried only after
         # wireguard-go's 5 s REKEY_TIMEOUT.
-        _parallel(functools.partial(self._tunnel, e, "exit", wireguard) for e in EXIT_NAMES)
-        _parallel(functools.partial(self._tunnel, e, "entry", wireguard) for e in EXIT_NAMES)
+        parallel(functools.partial(self._tunnel, e, "exit") for e in EXIT_NAMES)
+        parallel(functools.partial(self._tunnel, e, "entry") for e in EXIT_NAMES)
         self._wait_servers(servers)
         self.wait_handshakes()
 
     def _sysctls(self, node: str) -> dict[str, int]:
-        values = {
-            # Addresses are usable at once: no 1-2 s of duplicate address detection.
-            "net/ipv6/conf/all/accept_dad": 0,
-            "net/ipv6/conf/default/accept_dad": 0,
-            "net/ipv4/conf/all/rp_filter": self.rp_filter,
-            "net/ipv4/conf/default/rp_filter": self.rp_filter,
-        }
-        if node in FORWARDERS:  # Fact: a new namespace starts with forwarding off.
-            values |= {
-                "net/ipv4/ip_forward": 1,
-                "net/ipv6/conf/all/forwarding": 1,
-                "net/ipv6/conf/default/forwarding": 1,
-            }
-        return values
+        return node_config.sysctls(node, self.rp_filter)
 
     def _make_namespace(self, node: str) -> None:
         ns = self.ns(node)
-        self._run(["ip", "netns", "add", ns], "the root namespace")
+        run_command(["ip", "netns", "add", ns], "the root namespace")
         # Before any interface exists, so "default" applies to every veth made later.
-        script = "set -e\n" + "".join(
-            f"echo {v} > /proc/sys/{k}\n" for k, v in self._sysctls(node).items()
-        )
-        self._run(["ip", "netns", "exec", ns, "sh", "-c", script], f"namespace {ns}")
+        script = node_config.sysctl_script(self._sysctls(node))
+        run_command(["ip", "netns", "exec", ns, "sh", "-c", script], f"namespace {ns}")
 
     def _make_keys(self) -> None:
         def one(iface: str) -> None:
-            private = self._run(["wg", "genkey"], "the root namespace").stdout
+            private = run_command(["wg", "genkey"], "the root namespace").stdout
             path = self.workdir / "keys" / iface
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as out:
                 out.write(private)
-            public = self._run(["wg", "pubkey"], "the root namespace", input=private).stdout
+            public = run_command(["wg", "pubkey"], "the root namespace", input=private).stdout
             self._pubkeys[iface] = public.strip()
 
-        _parallel(functools.partial(one, i) for i in self.wg_interfaces)
+        parallel(functools.partial(one, i) for i in self.wg_interfaces)
 
     def _env(self) -> dict[str, str]:
         """The servers import iptserver even from a checkout that is not installed."""
@@ -638,64 +483,25 @@ class Lab:
 
     def _wire(self) -> None:
         """The veths, made inside the lab's namespaces (never in the root one)."""
-        self.ip_batch(
-            "internet",
-            [
-                f"link add up-{node} type veth peer name {UPLINK} netns {self.ns(node)}"
-                for node in UPLINKS
-            ],
-        )
-        self.ip_batch(
-            "entry",
-            [f"link add {INGRESS} type veth peer name {CLIENT_LAN} netns {self.ns('client')}"],
-        )
+        for node, commands in node_config.veths({n: self.ns(n) for n in self.nodes}).items():
+            self.ip_batch(node, commands)
 
     def _configure(self, node: str) -> None:
-        commands = ["link set lo up"]
-        if node == "internet":
-            for peer, ((_, v4), (_, v6)) in UPLINKS.items():
-                commands += [
-                    f"link set up-{peer} up",
-                    f"addr add {v4}/{UPLINK_PREFIX[0]} dev up-{peer}",
-                    f"addr add {v6}/{UPLINK_PREFIX[1]} dev up-{peer} nodad",
-                ]
-            commands += _far_side_routes()
-        elif node == "client":
-            (client4, entry4), (client6, entry6) = CLIENT
-            commands += [
-                f"link set {CLIENT_LAN} up",
-                f"addr add {client4}/{CLIENT_PREFIX[0]} dev {CLIENT_LAN}",
-                f"addr add {client6}/{CLIENT_PREFIX[1]} dev {CLIENT_LAN} nodad",
-                f"route add default via {entry4}",
-                f"route add default via {entry6}",
-            ]
-        else:
-            (mine4, gw4), (mine6, gw6) = UPLINKS[node]
-            commands += [
-                f"link set {UPLINK} up",
-                f"addr add {mine4}/{UPLINK_PREFIX[0]} dev {UPLINK}",
-                f"addr add {mine6}/{UPLINK_PREFIX[1]} dev {UPLINK} nodad",
-                f"route add default via {gw4}",
-                f"route add default via {gw6}",
-            ]
-        if node == "entry":
-            (_, entry4), (_, entry6) = CLIENT
-            commands += [
-                f"link set {INGRESS} up",
-                f"addr add {entry4}/{CLIENT_PREFIX[0]} dev {INGRESS}",
-                f"addr add {entry6}/{CLIENT_PREFIX[1]} dev {INGRESS} nodad",
-            ]
-        self.ip_batch(node, commands)
-        if node == "entry" or node in EXIT_NAMES:
-            # Masquerade with the uplink address: how the far side tells the ways apart.
+        self.ip_batch(node, node_config.addressing(node))
+        if node_config.masquerades(node):
             # Fact: `iptables` is the nf_tables variant here; -w matters for the legacy one.
             for tool in ("iptables", "ip6tables"):
                 rule = ["-w", "-t", "nat", "-A", "POSTROUTING", "-o", UPLINK, "-j", "MASQUERADE"]
                 self.run(node, [tool, *rule])
 
-    def _wait_for(
-        self, what: str, ready: Callable[[], bool], procs: Sequence[subprocess.Popen[bytes]]
+    def wait_for(
+        self,
+        what: str,
+        ready: Callable[[], bool],
+        procs: Sequence[subprocess.Popen[bytes]] = (),
     ) -> None:
+        """Poll ``ready`` until true; LabError with their logs if one of ``procs`` exits or
+        ``ready_timeout`` passes."""
         deadline = time.monotonic() + self.ready_timeout
         while not ready():
             for proc in procs:
@@ -703,22 +509,19 @@ class Lab:
                     raise self._exited(proc, f"while waiting for {what}")
             if time.monotonic() > deadline:
                 logs = "\n".join(
-                    f"log {self._logs[p.pid]}:\n{_tail(self._logs[p.pid])}" for p in procs
+                    f"log {self._logs[p.pid]}:\n{tail(self._logs[p.pid])}" for p in procs
                 )
                 raise LabError(f"timed out after {self.ready_timeout} s waiting for {what}\n{logs}")
             time.sleep(POLL)
 
-    def _tunnel(
-        self,
-        exit_name: str,
-        side: Literal["entry", "exit"],
-        wireguard: dict[str, subprocess.Popen[bytes]],
-    ) -> None:
+    def _tunnel(self, exit_name: str, side: Literal["entry", "exit"]) -> None:
         iface = self.wg_interface(exit_name, side)
         other = self.wg_interface(exit_name, "exit" if side == "entry" else "entry")
         node = "entry" if side == "entry" else exit_name
         sock = wg_socket(iface)
-        self._wait_for(f"{sock} (wireguard-go in {self.ns(node)})", sock.exists, [wireguard[iface]])
+        self.wait_for(
+            f"{sock} (wireguard-go in {self.ns(node)})", sock.exists, [self._wireguard[iface]]
+        )
         peer = ["peer", self._pubkeys[other], "allowed-ips", "0.0.0.0/0,::/0"]
         if side == "entry":
             endpoint = UPLINKS[exit_name][0][0]
@@ -728,23 +531,11 @@ class Lab:
         self.run(
             node, ["wg", "set", iface, "private-key", str(self.workdir / "keys" / iface), *peer]
         )
-        (entry4, exit4), (entry6, exit6) = TUNNELS[exit_name]
-        mine4, mine6 = (entry4, entry6) if side == "entry" else (exit4, exit6)
-        commands = [
-            # No kernel-made (random) link-local address: a tunnel made anew
-            # (make_tunnel) leaves the entry's kernel state as it was.
-            f"link set {iface} addrgenmode none",
-            f"addr add {mine4}/{TUNNEL_PREFIX[0]} dev {iface}",
-            f"addr add {mine6}/{TUNNEL_PREFIX[1]} dev {iface} nodad",
-            f"link set {iface} up",
-        ]
-        if side == "exit":  # the way back to the clients and the mesh
-            commands += [f"route add {net} dev {iface}" for net in MESH]
-        self.ip_batch(node, commands)
+        self.ip_batch(node, node_config.tunnel_addressing(exit_name, side, iface))
 
     def _wait_servers(self, servers: dict[Path, subprocess.Popen[bytes]]) -> None:
         for ready, proc in servers.items():
-            self._wait_for(f"{ready.stem} server in {self.ns('internet')}", ready.exists, [proc])
+            self.wait_for(f"{ready.stem} server in {self.ns('internet')}", ready.exists, [proc])
 
     def handshakes(self) -> dict[str, int]:
         """Seconds since the epoch of each entry-side tunnel's latest handshake (0: none)."""
@@ -768,7 +559,7 @@ class Lab:
             if time.monotonic() > deadline:
                 missing = [e for e, t in latest.items() if not t]
                 logs = "\n".join(
-                    f"log {self._logs[p.pid]}:\n{_tail(self._logs[p.pid])}"
+                    f"log {self._logs[p.pid]}:\n{tail(self._logs[p.pid])}"
                     for p in self._procs
                     if any(self._logs[p.pid].name.endswith(f"{e}.log") for e in missing)
                 )
@@ -784,7 +575,7 @@ class Lab:
         if self._state is None:
             return []
         problems: list[str] = []
-        with _interrupts_deferred():
+        with interrupts_deferred():
             with self._lock:
                 self._closing = True
             self._stop_processes()

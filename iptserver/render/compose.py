@@ -43,6 +43,7 @@ PROXY = "127.0.0.1:5353"  # the daemon's own DNS proxy: loopback, so no port 53 
 SIDECARS = ("iptserver", "iptserver-recursor", "iptserver-frr")
 HEALTH = {"interval": "10s", "timeout": "5s", "retries": 3, "start_period": "20s"}
 RESTART = "unless-stopped"
+DNS_LISTEN = Endpoint(ipaddress.IPv4Address("0.0.0.0"), 53)  # the recursor, for the clients
 
 
 class ComposeError(IptserverError):
@@ -59,7 +60,7 @@ class ComposeSettings:
     frr_dir: Path  # FRR's configuration directory on the host (frr.conf)
     image: str = DEFAULT_IMAGE
     geoip: Path | None = None  # a country database on the host, if any
-    dns_listen: Endpoint = (ipaddress.IPv4Address("0.0.0.0"), 53)
+    dns_listen: Endpoint = DNS_LISTEN
     forward: tuple[Endpoint, ...] = ()  # recursors to forward to (default: recurse)
     allow_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default_factory=tuple
@@ -131,10 +132,26 @@ def render_override(
 
 
 def _sidecars(settings: ComposeSettings) -> dict[str, Any]:
-    namespace = f"service:{settings.service}"
-    schema_mount = f"{settings.schema}:{SCHEMA_PATH}:ro"
-    state_mount = f"{settings.state_dir}:{STATE_PATH}"
-    daemon = [
+    """The three sidecars, each in the service's network namespace."""
+    common = {
+        "image": settings.image,
+        "network_mode": f"service:{settings.service}",
+        "restart": RESTART,
+    }
+    return {
+        "iptserver": {**common, **_daemon(settings)},
+        "iptserver-recursor": {**common, **_recursor(settings)},
+        "iptserver-frr": {**common, **_frr(settings)},
+    }
+
+
+def _health(sidecar: str) -> dict[str, Any]:
+    return {"test": ["CMD", "iptserver-sidecar", "health", sidecar], **HEALTH}
+
+
+def _daemon(settings: ComposeSettings) -> dict[str, Any]:
+    """iptserver run: its DNS proxy on loopback, forwarding to the recursor beside it."""
+    command = [
         "iptserver-sidecar",  # iptserver beside the namespace watchdog
         "iptserver",
         "--log-level",
@@ -151,48 +168,46 @@ def _sidecars(settings: ComposeSettings) -> dict[str, Any]:
         "--upstream",
         format_endpoint(_reachable(settings.dns_listen)),
     ]
-    volumes = [schema_mount, state_mount]
+    volumes = [f"{settings.schema}:{SCHEMA_PATH}:ro", f"{settings.state_dir}:{STATE_PATH}"]
     if settings.geoip is not None:
-        daemon += ["--geoip", GEOIP_PATH]
+        command += ["--geoip", GEOIP_PATH]
         volumes.append(f"{settings.geoip}:{GEOIP_PATH}:ro")
-    common = {
-        "image": settings.image,
-        "network_mode": namespace,
-        "restart": RESTART,
+    return {
+        "command": command,
+        "cap_add": ["NET_ADMIN", "NET_RAW"],
+        "devices": ["/dev/net/tun:/dev/net/tun"],
+        "volumes": volumes,
+        "environment": {"IPTSERVER_API": API},
+        "depends_on": [settings.service],
+        "healthcheck": _health("iptserver"),
     }
-    recursor_env = {
+
+
+def _recursor(settings: ComposeSettings) -> dict[str, Any]:
+    """PowerDNS Recursor with the plugin, answering the clients."""
+    environment = {
         "IPTSERVER_API": API,
         "RECURSOR_LISTEN": format_endpoint(settings.dns_listen),
         "RECURSOR_FORWARD": ";".join(format_endpoint(e) for e in settings.forward),
         "RECURSOR_ALLOW_FROM": ", ".join(str(n) for n in settings.allow_from),
     }
     return {
-        "iptserver": {
-            **common,
-            "command": daemon,
-            "cap_add": ["NET_ADMIN", "NET_RAW"],
-            "devices": ["/dev/net/tun:/dev/net/tun"],
-            "volumes": volumes,
-            "environment": {"IPTSERVER_API": API},
-            "depends_on": [settings.service],
-            "healthcheck": {"test": ["CMD", "iptserver-sidecar", "health", "iptserver"], **HEALTH},
-        },
-        "iptserver-recursor": {
-            **common,
-            "command": ["iptserver-sidecar", "recursor"],
-            "environment": recursor_env,
-            "depends_on": [settings.service, "iptserver"],
-            "healthcheck": {"test": ["CMD", "iptserver-sidecar", "health", "recursor"], **HEALTH},
-        },
-        "iptserver-frr": {
-            **common,
-            "command": ["iptserver-sidecar", "frr"],
-            "cap_add": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"],
-            "devices": ["/dev/net/tun:/dev/net/tun"],
-            "volumes": [f"{settings.frr_dir}:{FRR_PATH}"],
-            "depends_on": [settings.service],
-            "healthcheck": {"test": ["CMD", "iptserver-sidecar", "health", "frr"], **HEALTH},
-        },
+        "command": ["iptserver-sidecar", "recursor"],
+        "environment": environment,
+        "depends_on": [settings.service, "iptserver"],
+        "healthcheck": _health("recursor"),
+    }
+
+
+def _frr(settings: ComposeSettings) -> dict[str, Any]:
+    """zebra and ospfd, configured from the host's FRR directory."""
+    return {
+        "command": ["iptserver-sidecar", "frr"],
+        "cap_add": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"],
+        "devices": ["/dev/net/tun:/dev/net/tun"],
+        "volumes": [f"{settings.frr_dir}:{FRR_PATH}"],
+        "depends_on": [settings.service],
+        "healthcheck": _health("frr"),
     }
 
 
@@ -201,5 +216,5 @@ def _reachable(listen: Endpoint) -> Endpoint:
     address, port = listen
     if address.is_unspecified:
         loopback = "127.0.0.1" if address.version == 4 else "::1"
-        return (ipaddress.ip_address(loopback), port)
+        return Endpoint(ipaddress.ip_address(loopback), port)
     return listen

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from iptserver.mesh.topology import Mesh, Node
+from iptserver.mesh.topology import Link, Mesh, Node
 from iptserver.render.files import Rendered
 from iptserver.render.wireguard import RenderError
 from iptserver.schema.model import Schema
@@ -79,43 +79,64 @@ def frr_conf(mesh: Mesh, node: Node, *, export_table: int | None, refuse_tag: in
         "!",
     ]
     if export_table is not None:
-        lines += [
-            "! The host routes iptserver learned from DNS answers (kernel.export_table).",
-            f"ip import-table {export_table}",
-            f"route-map {LEARNED} permit 10",
-            f" set tag {export_table}",
-            "exit",
-            "!",
-        ]
+        lines += _export(export_table)
     if refuse_tag is not None:
-        lines += [
-            "! Routes the entry learned from DNS point at this exit: taking them would send",
-            "! that traffic back to the entry.",
-            f"route-map {NOT_LEARNED} deny 10",
-            f" match tag {refuse_tag}",
-            "exit",
-            f"route-map {NOT_LEARNED} permit 20",
-            "exit",
-            f"ip protocol ospf route-map {NOT_LEARNED}",
-            "!",
-        ]
+        lines += _refuse(refuse_tag)
     for link in node.links:
-        lines += [
-            f"interface {link.interface}",
-            f" description tunnel {link.tunnel} to {link.peer_node}",
-            " ip ospf network point-to-point",
-            f" ip ospf hello-interval {HELLO}",
-            f" ip ospf dead-interval {DEAD}",
-        ]
-        if link.ospf_cost is not None:
-            lines.append(f" ip ospf cost {link.ospf_cost}")
-        peer = mesh.nodes.get(link.peer_node)
-        if peer is None or peer.ospf:
-            lines.append(" no ip ospf passive")
-        else:  # announced, but no hellos to a peer that runs no OSPF
-            lines.append(f" ! passive: {link.peer_node} runs no OSPF")
-        lines += ["exit", "!"]
-    lines.append("router ospf")
+        lines += _interface(mesh, link)
+    lines += _router(mesh, node, export_table)
+    return "\n".join(lines) + "\n"
+
+
+def _export(table: int) -> list[str]:
+    """Import the learned routes' table into zebra, tagged for the route-map."""
+    return [
+        "! The host routes iptserver learned from DNS answers (kernel.export_table).",
+        f"ip import-table {table}",
+        f"route-map {LEARNED} permit 10",
+        f" set tag {table}",
+        "exit",
+        "!",
+    ]
+
+
+def _refuse(tag: int) -> list[str]:
+    """Keep OSPF routes with ``tag`` out of this node's kernel."""
+    return [
+        "! Routes the entry learned from DNS point at this exit: taking them would send",
+        "! that traffic back to the entry.",
+        f"route-map {NOT_LEARNED} deny 10",
+        f" match tag {tag}",
+        "exit",
+        f"route-map {NOT_LEARNED} permit 20",
+        "exit",
+        f"ip protocol ospf route-map {NOT_LEARNED}",
+        "!",
+    ]
+
+
+def _interface(mesh: Mesh, link: Link) -> list[str]:
+    """A tunnel as a point-to-point OSPF link with fast timers."""
+    lines = [
+        f"interface {link.interface}",
+        f" description tunnel {link.tunnel} to {link.peer_node}",
+        " ip ospf network point-to-point",
+        f" ip ospf hello-interval {HELLO}",
+        f" ip ospf dead-interval {DEAD}",
+    ]
+    if link.ospf_cost is not None:
+        lines.append(f" ip ospf cost {link.ospf_cost}")
+    peer = mesh.nodes.get(link.peer_node)
+    if peer is None or peer.ospf:
+        lines.append(" no ip ospf passive")
+    else:  # announced, but no hellos to a peer that runs no OSPF
+        lines.append(f" ! passive: {link.peer_node} runs no OSPF")
+    return [*lines, "exit", "!"]
+
+
+def _router(mesh: Mesh, node: Node, export_table: int | None) -> list[str]:
+    """The OSPF process: throttling at its minimum, the node's networks in area 0."""
+    lines = ["router ospf"]
     if node.router_id is not None:
         lines.append(f" ospf router-id {node.router_id}")
     delay, initial, maximum = SPF_THROTTLE
@@ -128,8 +149,7 @@ def frr_conf(mesh: Mesh, node: Node, *, export_table: int | None, refuse_tag: in
     lines += [f" network {net} area 0" for net in _announced(mesh, node)]
     if export_table is not None:
         lines.append(f" redistribute table {export_table} route-map {LEARNED}")
-    lines += ["exit", "!"]
-    return "\n".join(lines) + "\n"
+    return [*lines, "exit", "!"]
 
 
 def daemons_file(node: Node) -> str:

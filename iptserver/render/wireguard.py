@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from iptserver.errors import IptserverError
 from iptserver.mesh.keys import public_of
 from iptserver.mesh.topology import ClientPeer, Clients, Link, Mesh, Node
 from iptserver.render.files import Rendered, Secret
@@ -38,7 +39,7 @@ class KeySource(Protocol):
     def preshared(self, tunnel: str) -> str: ...
 
 
-class RenderError(Exception):
+class RenderError(IptserverError):
     """A render that cannot be done as asked (unknown node or client, nothing to render)."""
 
 

@@ -189,71 +189,86 @@ class Clients(_Model):
     peers: dict[NodeName, ClientPeer] = Field(default_factory=dict)
 
 
+Problems = list[tuple[Path, str]]
+
+
 def mesh_problems(
     nodes: dict[str, Node], tunnels: dict[str, Tunnel], clients: Clients | None
-) -> list[tuple[Path, str]]:
+) -> Problems:
     """What the model alone cannot see: references between sections, address fit."""
-    problems: list[tuple[Path, str]] = []
-    defined = set(nodes)
-    entries = [name for name, node in nodes.items() if node.entry]
-    for extra in entries[1:]:
-        problems.append(
-            (("nodes", extra, "entry"), f"only one node can be the entry ({entries[0]!r} is)")
-        )
-
-    def unknown(path: Path, name: str) -> None:
-        if nodes and name not in defined:
-            hint = _did_you_mean(name, defined)
-            problems.append((path, f"node {name!r} is not defined under nodes{hint}"))
-
-    used: dict[tuple[str, str | int], Path] = {}  # (node, interface or UDP port) -> first user
-
-    def once(node: str, thing: str | int, path: Path) -> None:
-        if (node, thing) in used:
-            first = ".".join(str(p) for p in used[node, thing])
-            problems.append(
-                (path, f"interface {thing!r} is already used on node {node!r} by {first}")
-                if isinstance(thing, str)
-                else (path, f"UDP port {thing} is already listened on by node {node!r} ({first})")
-            )
-        used.setdefault((node, thing), path)
-
+    problems = _entry_problems(nodes)
+    claims = _Claims()  # shared: a tunnel and the clients must not take the same port
     for position, (name, tunnel) in enumerate(tunnels.items(), start=1):
-        base: Path = ("tunnels", name)
-        if len(tunnel.hosts) != 2:
-            problems.append(
-                (
-                    (*base, "hosts"),
-                    f"a tunnel joins exactly two hosts, this one lists {len(tunnel.hosts)}",
-                )
-            )
-        if _host_count(tunnel.subnet) < 2:
-            problems.append(
-                (
-                    (*base, "subnet"),
-                    f"{tunnel.subnet} has fewer than two host addresses "
-                    "(use a /30 or /31, or a /126 or /127)",
-                )
-            )
-        for host, side in tunnel.hosts.items():
-            unknown((*base, "hosts", host), host)
-            once(host, side.interface or name, (*base, "hosts", host))
-            if side.private_key_file and side.public_key:
-                problems.append(
-                    (
-                        (*base, "hosts", host, "public_key"),
-                        "give private_key_file or public_key, not both",
-                    )
-                )
-            port = TUNNEL_PORT_BASE + position if side.expose is True else side.expose
-            if port:
-                once(host, int(port), (*base, "hosts", host, "expose"))
+        problems += _tunnel_problems(name, position, tunnel, nodes, claims)
     if clients is not None:
-        base = ("clients",)
-        once(clients.node, clients.port, (*base, "port"))
-        unknown((*base, "node"), clients.node)
-        once(clients.node, clients.interface, (*base, "interface"))
+        base: Path = ("clients",)
+        problems += claims.claim(clients.node, clients.port, (*base, "port"))
+        problems += _unknown_node(nodes, clients.node, (*base, "node"))
+        problems += claims.claim(clients.node, clients.interface, (*base, "interface"))
         problems += _client_addresses(clients)
+    return problems
+
+
+class _Claims:
+    """Interface names and UDP ports per node, each with the path that took it first."""
+
+    def __init__(self) -> None:
+        self._first: dict[tuple[str, str | int], Path] = {}
+
+    def claim(self, node: str, thing: str | int, path: Path) -> Problems:
+        """Nothing when ``thing`` is free on ``node``; else the clash, naming the first."""
+        if (node, thing) not in self._first:
+            self._first[node, thing] = path
+            return []
+        where = ".".join(str(p) for p in self._first[node, thing])
+        if isinstance(thing, str):
+            return [(path, f"interface {thing!r} is already used on node {node!r} by {where}")]
+        return [(path, f"UDP port {thing} is already listened on by node {node!r} ({where})")]
+
+
+def _entry_problems(nodes: dict[str, Node]) -> Problems:
+    entries = [name for name, node in nodes.items() if node.entry]
+    return [
+        (("nodes", extra, "entry"), f"only one node can be the entry ({entries[0]!r} is)")
+        for extra in entries[1:]
+    ]
+
+
+def _unknown_node(nodes: dict[str, Node], name: str, path: Path) -> Problems:
+    """A reference to a node that is not defined (none are: the mesh is not described)."""
+    if not nodes or name in nodes:
+        return []
+    return [(path, f"node {name!r} is not defined under nodes{_did_you_mean(name, set(nodes))}")]
+
+
+def _tunnel_problems(
+    name: str, position: int, tunnel: Tunnel, nodes: dict[str, Node], claims: _Claims
+) -> Problems:
+    """Two hosts, room for their addresses, defined nodes, unique interfaces and ports."""
+    base: Path = ("tunnels", name)
+    problems: Problems = []
+    if len(tunnel.hosts) != 2:
+        count = f"a tunnel joins exactly two hosts, this one lists {len(tunnel.hosts)}"
+        problems.append(((*base, "hosts"), count))
+    if _host_count(tunnel.subnet) < 2:
+        problems.append(
+            (
+                (*base, "subnet"),
+                f"{tunnel.subnet} has fewer than two host addresses "
+                "(use a /30 or /31, or a /126 or /127)",
+            )
+        )
+    for host, side in tunnel.hosts.items():
+        path: Path = (*base, "hosts", host)
+        problems += _unknown_node(nodes, host, path)
+        problems += claims.claim(host, side.interface or name, path)
+        if side.private_key_file and side.public_key:
+            problems.append(
+                ((*path, "public_key"), "give private_key_file or public_key, not both")
+            )
+        port = TUNNEL_PORT_BASE + position if side.expose is True else side.expose
+        if port:
+            problems += claims.claim(host, int(port), (*path, "expose"))
     return problems
 
 
@@ -261,8 +276,8 @@ def _host_count(net: IPNetwork) -> int:
     return net.num_addresses if net.prefixlen >= net.max_prefixlen - 1 else net.num_addresses - 2
 
 
-def _client_addresses(clients: Clients) -> list[tuple[Path, str]]:
-    problems: list[tuple[Path, str]] = []
+def _client_addresses(clients: Clients) -> Problems:
+    problems: Problems = []
     subnet = clients.subnet
     first = next(iter(subnet.hosts()), None)
     taken: dict[IPAddress, str] = {}

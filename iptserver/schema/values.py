@@ -1,4 +1,4 @@
-"""Value types of the schema: domain patterns, country codes, networks, addresses.
+"""Value types of the schema: domain patterns, country codes, networks, addresses, endpoints.
 
 Each parser raises ``ValueError`` with a message that names the bad value and says
 what would be right; the loader puts the file position in front of it.
@@ -10,9 +10,17 @@ import enum
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
-from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
+from pydantic import (
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
 from iptserver.schema.countries import COMMON_MISTAKES, COUNTRY_CODES
 
@@ -125,8 +133,12 @@ def parse_network(raw: Any) -> IPNetwork:
         raise ValueError(f"{text!r} has host bits set; did you mean {proper}?") from None
 
 
-def parse_endpoint(raw: Any) -> tuple[IPAddress, int]:
-    """``ADDR:PORT`` or ``[V6ADDR]:PORT``."""
+DNS_PORT = 53
+
+
+def parse_endpoint(raw: Any) -> Endpoint:
+    """``ADDR:PORT`` or ``[V6ADDR]:PORT``, the port written out (1-65535): as a schema and
+    the command line take it."""
     if not isinstance(raw, str):
         raise ValueError(f"an address must be written ADDR:PORT, not {type(raw).__name__}")
     host, sep, port = raw.strip().rpartition(":")
@@ -136,12 +148,64 @@ def parse_endpoint(raw: Any) -> tuple[IPAddress, int]:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         raise ValueError(f"{raw!r} is not ADDR:PORT: {host!r} is not an IP address") from None
-    return address, int(port)
+    return Endpoint(address, int(port))
 
 
 def format_endpoint(endpoint: tuple[IPAddress, int]) -> str:
     address, port = endpoint
     return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+class Endpoint(NamedTuple):
+    """An address and a port: where something listens, or is reached.
+
+    The one endpoint type of the project. A plain ``(address, port)`` tuple compares equal
+    and works wherever one is asked; a schema field of this type takes ``ADDR:PORT``
+    (:func:`parse_endpoint`) and writes it back the same way.
+    """
+
+    address: IPAddress
+    port: int = DNS_PORT
+
+    def __str__(self) -> str:
+        return format_endpoint(self)
+
+    @classmethod
+    def parse(cls, text: str, default_port: int = DNS_PORT) -> Endpoint:
+        """``ADDR``, ``ADDR:PORT``, ``[ADDR6]`` or ``[ADDR6]:PORT``, port 0-65535: the
+        lenient form a DNS proxy's settings take (a missing port is ``default_port``)."""
+        host, port = text.strip(), str(default_port)
+        if host.startswith("["):
+            host, bracket, rest = host[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError(f"{text!r} is not ADDR:PORT or [ADDR6]:PORT")
+            if rest:
+                port = rest[1:]
+        elif host.count(":") == 1:
+            host, port = host.split(":")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
+        if not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{text!r}: port {port!r} is not a number from 0 to 65535")
+        return cls(address, int(port))
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        """Validated by :func:`parse_endpoint`, written back as ``ADDR:PORT``."""
+        return core_schema.no_info_plain_validator_function(
+            parse_endpoint,
+            serialization=core_schema.plain_serializer_function_ser_schema(format_endpoint),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {"type": "string", "description": "ADDR:PORT, e.g. 127.0.0.1:53"}
 
 
 Domain = Annotated[
@@ -173,10 +237,4 @@ Network = Annotated[
     PlainValidator(parse_network),
     PlainSerializer(str),
     WithJsonSchema({"type": "string", "description": "CIDR, e.g. 203.0.113.0/24 or 2001:db8::/32"}),
-]
-Endpoint = Annotated[
-    tuple[IPAddress, int],
-    PlainValidator(parse_endpoint),
-    PlainSerializer(format_endpoint),
-    WithJsonSchema({"type": "string", "description": "ADDR:PORT, e.g. 127.0.0.1:53"}),
 ]

@@ -17,8 +17,8 @@ from iptserver.api import ApiConfig
 from iptserver.dataplane.plan import plan
 from iptserver.health.monitor import Monitor
 from iptserver.health.probe import RoundResult
+from iptserver.learning import Learner, State
 from iptserver.policy import Policy
-from iptserver.router import Router, State
 from iptserver.schema import parse_schema
 from iptserver.schema.health import Health
 from tests.api.test_status_page import _discard, _rendered, _rows, _section, _start, _stop
@@ -57,7 +57,7 @@ def test_down_exits_show_their_failover_or_block(tmp_path: Path) -> None:
     monitor = Monitor(loaded.schema, _routes, probe=_dead)
     # wg-de is missing (its traffic dropped); the real reading is tested in the lab
     config = ApiConfig(
-        router=Router(state, _discard), monitor=monitor, link_up=lambda i: i != "wg-de"
+        learner=Learner(state, _discard), monitor=monitor, link_up=lambda i: i != "wg-de"
     )
     server, thread = _start(config)
     try:

@@ -1,6 +1,6 @@
 """The status page at ``GET /``, rendered by a real headless Chromium.
 
-The real app (Router, Policy, API) serves on 127.0.0.1 from a background thread with its
+The real app (Learner, Policy, API) serves on 127.0.0.1 from a background thread with its
 own event loop, answers go in through ``POST /v1/answers``, and Chromium (a subprocess)
 loads the page; the tests read the DOM it rendered, as a person would read the page.
 Chromium is only pointed at 127.0.0.1 and the page loads nothing external.
@@ -24,11 +24,10 @@ import pytest
 from aiohttp import web
 
 from iptserver.api import ApiConfig, make_app
-from iptserver.dataplane.kernel import Learned
-from iptserver.dataplane.plan import plan
+from iptserver.dataplane.plan import LearnedEntry, plan
 from iptserver.dns.counters import DnsCounters
+from iptserver.learning import Learner, State
 from iptserver.policy import Policy
-from iptserver.router import Router, State
 from iptserver.schema import parse_schema
 
 SCHEMA = """\
@@ -64,7 +63,7 @@ CHROMIUM_FLAGS = [
 ]
 
 
-async def _discard(entries: list[Learned]) -> None:
+async def _discard(entries: list[LearnedEntry]) -> None:
     """The kernel stand-in: accepts every learned entry."""
 
 
@@ -81,7 +80,7 @@ def _make_config() -> ApiConfig:
     loaded = parse_schema(SCHEMA, "status-test.yaml")
     state = State(Policy(loaded.schema), plan(loaded.schema, {}), loaded)
     counters = DnsCounters(queries=7, answers=6)
-    return ApiConfig(router=Router(state, _discard), counters=counters, token=TOKEN)
+    return ApiConfig(learner=Learner(state, _discard), counters=counters, token=TOKEN)
 
 
 def _start(config: ApiConfig) -> tuple[Server, threading.Thread]:

@@ -20,17 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from iptserver.dataplane.kernel import Dataplane, Learned
-from iptserver.dataplane.plan import KernelPlan, plan
+from iptserver.dataplane.kernel import Dataplane
+from iptserver.dataplane.plan import KernelPlan, LearnedEntry, plan
 from iptserver.schema import load_schema
 
 
-def learned(current: KernelPlan, items: list[list[Any]]) -> list[Learned]:
+def learned(current: KernelPlan, items: list[list[Any]]) -> list[LearnedEntry]:
     entries = []
     for ip, exit_name, seconds in items:
         network = ipaddress.ip_network(ip)
         set_name = current.learned_set(0, network.version)
-        entries.append(Learned(set_name, network, current.exit(exit_name).mark, seconds))
+        entries.append(LearnedEntry(set_name, network, current.exit(exit_name).mark, seconds))
     return entries
 
 

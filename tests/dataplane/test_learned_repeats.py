@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from iptserver.lab.netns import socket_in
-from iptserver.router import HOLD_MARGIN
+from iptserver.learning import HOLD_MARGIN
 from tests.conftest import REPO
 
 API_PORT = 18053

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from iptserver.dns import DnsProxy, DnsProxyConfig, Endpoint
+from iptserver.lab.authority import serve_forever
+from iptserver.lab.canned import many
 from iptserver.schema.values import IPAddress
-from tests.dns.authority import many, serve_forever
 from tests.dns.client import query, udp_socket
 
 AUTHORITY = "127.0.0.2"

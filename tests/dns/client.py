@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from dnslib import EDNS0, QTYPE, DNSRecord, EDNSOption
 
-from iptserver.dns.config import Endpoint
+from iptserver.schema.values import Endpoint
 
 TIMEOUT = 3.0
 

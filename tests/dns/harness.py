@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from iptserver.dns import DnsProxy, DnsProxyConfig, Endpoint, Transport
-from tests.dns.authority import Authority, Mode
+from iptserver.lab.authority import Authority, Mode
 from tests.dns.sinks import RecordingSink
 
 T = TypeVar("T")

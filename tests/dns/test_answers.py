@@ -22,7 +22,7 @@ from iptserver.dns.answers import (
     with_id,
 )
 from iptserver.dns.wire import Section, WireError, parse_message
-from tests.dns.authority import HTTPS_RDATA, hints, svcb_rdata
+from iptserver.lab.canned import HTTPS_RDATA, hints, svcb_rdata
 
 
 def answer(qname: str, qtype: str, *zone_lines: str, edns: int | None = None) -> bytes:

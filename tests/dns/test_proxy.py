@@ -11,8 +11,9 @@ import pytest
 from dnslib import QTYPE, RCODE
 
 from iptserver.dns import DnsListenError, DnsProxy, DnsProxyConfig, Endpoint, Transport
+from iptserver.lab.authority import ECHO_OPTION, Authority, Mode
+from iptserver.lab.canned import BIG_COUNT, HUGE_COUNT, many
 from tests.dns import client
-from tests.dns.authority import BIG_COUNT, ECHO_OPTION, HUGE_COUNT, Authority, Mode, many
 from tests.dns.client import parse, query, tcp_exchange, udp_exchange
 from tests.dns.harness import PROXY_HOST, Lab, lab, run
 from tests.dns.sinks import RecordingSink

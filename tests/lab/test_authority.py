@@ -1,10 +1,14 @@
-"""The lab DNS authority's answers, without a network: ``respond`` and ``udp_payload``."""
+"""The DNS authority: the lab zone's answers without a network (``respond``,
+``udp_payload``), then the server itself on loopback."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
-from iptserver.lab.authority import respond, tcp_payload, udp_payload
+from iptserver.lab.authority import LAB_ZONE, Authority, respond, tcp_payload, udp_payload
 from iptserver.lab.zones import DEFAULT_TTL, NEGATIVE_TTL, ZONE, synthetic
 
 
@@ -101,3 +105,35 @@ def test_the_bench_zone_is_nodata_for_aaaa_and_its_apex_and_leaves_zone_alone() 
         assert reply.header.rcode == RCODE.NOERROR and not reply.rr, name
     assert respond(_ask("nothing.ru")).header.rcode == RCODE.NXDOMAIN
     assert not any(name.endswith("bench.ru") for name in ZONE)
+
+
+def _exchange(authority: Authority, query: DNSRecord, kind: socket.SocketKind) -> DNSRecord:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.settimeout(2)
+        sock.connect((str(authority.endpoint.address), authority.endpoint.port))
+        if kind == socket.SOCK_DGRAM:
+            sock.send(query.pack())
+            return DNSRecord.parse(sock.recv(65535))
+        data = query.pack()
+        sock.sendall(len(data).to_bytes(2, "big") + data)
+        length = int.from_bytes(sock.recv(2), "big")
+        body = b""
+        while len(body) < length:
+            body += sock.recv(length - len(body))
+        return DNSRecord.parse(body)
+
+
+def test_the_server_answers_the_lab_zone_over_udp_and_tcp_and_remembers_queries() -> None:
+    async def scenario() -> None:
+        async with Authority("127.0.0.1", zone=LAB_ZONE) as authority:
+            query = _ask("big.example.org")
+            udp = await asyncio.to_thread(_exchange, authority, query, socket.SOCK_DGRAM)
+            tcp = await asyncio.to_thread(_exchange, authority, query, socket.SOCK_STREAM)
+            assert udp.header.tc and not udp.rr
+            assert len(tcp.rr) == len(ZONE["big.example.org"]) and not tcp.header.tc
+            assert [(s.transport, s.name) for s in authority.seen] == [
+                ("udp", "big.example.org"),
+                ("tcp", "big.example.org"),
+            ]
+
+    asyncio.run(scenario())

@@ -1,0 +1,167 @@
+"""The read side of the API: health, the running exits, what is routed, recent
+decisions, counts for the status page, and ``explain`` for the running policy.
+
+A thin adapter over ``Learner`` (the same object the DNS proxy feeds); what a client
+sends in a query string is checked before it reaches anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from iptserver.api.answers import BadRequest, check_address
+from iptserver.api.config import CONFIG, ApiConfig
+from iptserver.api.http import error
+from iptserver.errors import DataplaneError, GeoIPError
+from iptserver.policy.explain import explain, parse_query
+from iptserver.schema.values import IPAddress
+
+MAX_QUERIES = 64  # explain queries per request
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def exits(request: web.Request) -> web.Response:
+    """The running exits, each with its health ``state`` (up, down, unknown), ``via``:
+    the exit its traffic leaves by now (itself, a failover exit) or "blocked", and
+    ``link``: whether its tunnel interface is up (see ``ApiConfig.link``)."""
+    config = request.app[CONFIG]
+    plan = config.learner.state.plan
+    return web.json_response(
+        [
+            {
+                "name": e.name,
+                "interface": e.interface,
+                "mark": e.mark,
+                "table": e.table,
+                "route": e.route.value,
+                "state": config.exit_state(e.name).value,
+                "via": config.routed_by(e.name),
+                "link": config.link(e),
+            }
+            for e in plan.exits
+        ]
+    )
+
+
+ROUTE_KINDS = ("learned", "net", "country")
+
+
+async def routes(request: web.Request) -> web.Response:
+    """What is routed now: the DNS-learned entries the kernel holds (with the seconds
+    left), then each rule's nets and countries. ``?exit=NAME`` (repeatable), ``?kind=``
+    learned|net|country and ``?ip=ADDR`` (the routes that cover it) narrow the list."""
+    config = request.app[CONFIG]
+    wanted = set(request.query.getall("exit", []))
+    kinds = set(request.query.getall("kind", [])) or set(ROUTE_KINDS)
+    if unknown := kinds - set(ROUTE_KINDS):
+        raise BadRequest(f"kind must be one of {', '.join(ROUTE_KINDS)}, not {sorted(unknown)}")
+    ip = check_address(request.query["ip"], "ip") if "ip" in request.query else None
+    state = config.learner.state
+    rules = state.policy.schema.rules
+    result: list[dict[str, Any]] = []
+    if "learned" in kinds and config.installed is not None:
+        try:
+            installed = await config.installed()
+        except DataplaneError as e:
+            return error(503, f"cannot read the kernel's sets: {e}")
+        exit_of = {e.mark: e.name for e in state.plan.exits}
+        known = config.learner.learned_by()
+        installed.sort(key=lambda item: (-item[0], item[1].network.version, item[1].network))
+        for weight, entry in installed:
+            if ip is not None and ip not in entry.network:
+                continue
+            names, learned_by = known.get(entry.network.network_address, ((), None))
+            result.append(
+                {
+                    "kind": "learned",
+                    "net": str(entry.network),
+                    "exit": exit_of.get(entry.mark) if entry.mark is not None else None,
+                    "weight": weight,
+                    "expires_in": entry.timeout,
+                    "rule": learned_by,
+                    "names": list(names),
+                }
+            )
+    country = _country(config, ip) if ip is not None else None
+    for index, rule in enumerate(rules):
+        base = {"exit": rule.exit, "weight": rule.weight, "rule": index}
+        if "net" in kinds:
+            for net in rule.nets:
+                if ip is None or ip in net:
+                    result.append({"kind": "net", "net": str(net), **base})
+        if "country" in kinds:
+            for code in rule.countries:
+                if ip is None or code == country:
+                    result.append({"kind": "country", "country": code, **base})
+    return web.json_response([r for r in result if not wanted or r["exit"] in wanted])
+
+
+def _country(config: ApiConfig, ip: IPAddress) -> str | None:
+    if config.geo is None:
+        return None
+    try:
+        found = config.geo.lookup(ip)
+    except GeoIPError:
+        return None
+    return found[0] if found is not None else None
+
+
+async def decisions(request: web.Request) -> web.Response:
+    """The learner's recent decisions, oldest first; ``?exit=NAME`` keeps one exit's."""
+    wanted = request.query.getall("exit", [])
+    result = []
+    for names, decision in request.app[CONFIG].learner.recent:
+        if wanted and decision.exit not in wanted:
+            continue
+        result.append(
+            {
+                "names": list(names),
+                "ip": str(decision.ip) if decision.ip is not None else None,
+                "exit": decision.exit,
+                "rule": decision.rule,
+                "kind": decision.kind.value if decision.kind is not None else None,
+                "reason": decision.reason.value,
+            }
+        )
+    return web.json_response(result)
+
+
+async def status(request: web.Request) -> web.Response:
+    """Counts for the status page: answers, learned IPs per exit, DNS and reloads."""
+    config = request.app[CONFIG]
+    learner = config.learner
+    names = [e.name for e in learner.state.plan.exits]
+    names += sorted(set(learner.learned) - set(names))
+    return web.json_response(
+        {
+            "answers": learner.answers,
+            "learned": {name: learner.learned[name] for name in names},
+            "dns": config.counters.snapshot() if config.counters is not None else None,
+            "reloads": {result: config.reloads.get(result, 0) for result in ("ok", "rejected")},
+        }
+    )
+
+
+async def explain_view(request: web.Request) -> web.Response:
+    """What ``iptserver explain --json`` prints, for the running policy."""
+    config = request.app[CONFIG]
+    texts = request.query.getall("q", [])
+    if not texts:
+        raise BadRequest("give at least one query: ?q=NAME, ?q=IP or ?q=NAME=IP")
+    if len(texts) > MAX_QUERIES:
+        raise BadRequest(f"at most {MAX_QUERIES} queries per request")
+    try:
+        queries = [parse_query(text) for text in texts]
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    state = config.learner.state
+    if state.loaded is None:
+        return error(503, "the running policy does not know its file: explain is unavailable")
+    return web.json_response(
+        [explain(state.loaded, state.policy, query, config.geo).to_json() for query in queries]
+    )

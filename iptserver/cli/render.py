@@ -1,0 +1,159 @@
+"""``iptserver render ...``: configuration for the programs around iptserver.
+
+This module registers the group and renders what is not the mesh (the PowerDNS Recursor
+plugin's settings, the compose override); the mesh's configs (WireGuard, RouterOS, FRR)
+are in :mod:`iptserver.cli.render_mesh`. The renderers themselves are pure, in
+:mod:`iptserver.render`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from iptserver.cli import render_mesh
+from iptserver.cli.command import (
+    EXIT_OK,
+    Commands,
+    add_command,
+    add_endpoints_option,
+    endpoint,
+    network,
+)
+from iptserver.cli.output import write_or_print
+
+
+def register(commands: Commands) -> None:
+    render = commands.add_parser("render", help="configuration for the programs around iptserver")
+    actions = render.add_subparsers(dest="render_command", required=True, metavar="ACTION")
+    _register_recursor(actions)
+    render_mesh.register(actions)
+    _register_compose(actions)
+
+
+def _register_recursor(actions: Commands) -> None:
+    recursor = add_command(actions, "recursor", _recursor, "PowerDNS Recursor: load the plugin")
+    recursor.add_argument(
+        "--api",
+        metavar="ADDR:PORT",
+        type=endpoint,
+        default="127.0.0.1:8053",
+        help="iptserver's HTTP API (default: 127.0.0.1:8053)",
+    )
+    recursor.add_argument(
+        "--fail-closed", action="store_true", help="SERVFAIL when iptserver cannot be asked"
+    )
+    recursor.add_argument(
+        "--transport",
+        choices=["udp", "http", "ffi"],
+        default="udp",
+        help="udp: a datagram to the API's port, the waiting query parked, not the thread "
+        "(default); ffi: the same datagram from the plugin's own socket, blocking the "
+        "recursor's thread (not with kernel.export_table); http: POST /v1/answers, blocking "
+        "the recursor's thread",
+    )
+    recursor.add_argument(
+        "--timeout", type=float, help="http, ffi: seconds (default: http 0.5, ffi 0.2)"
+    )
+    recursor.add_argument("--api-token-file", metavar="FILE", type=Path)
+    recursor.add_argument("--plugin", metavar="LUA", type=Path, help="the plugin's path")
+    recursor.add_argument(
+        "--out-dir", metavar="DIR", type=Path, help="write the files here (default: print)"
+    )
+
+
+def _recursor(args: argparse.Namespace) -> int:
+    from iptserver.render.recursor import (
+        DEFAULT_DIR,
+        DEFAULT_PLUGIN,
+        RecursorSettings,
+        render_recursor,
+    )
+
+    settings = RecursorSettings(
+        api=args.api,
+        plugin=(args.plugin or DEFAULT_PLUGIN).resolve(),
+        directory=(args.out_dir or DEFAULT_DIR).resolve(),
+        fail_closed=args.fail_closed,
+        timeout=args.timeout,
+        token_file=args.api_token_file.resolve() if args.api_token_file else None,
+        transport=args.transport,
+    )
+    files = render_recursor(settings)
+    if args.out_dir is None:
+        for name, text in files.items():
+            print(f"# --- {settings.directory / name} ---\n{text}")
+        return EXIT_OK
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        write_or_print(text, args.out_dir / name)
+        print(args.out_dir / name)
+    return EXIT_OK
+
+
+def _register_compose(actions: Commands) -> None:
+    compose = add_command(
+        actions, "compose", _compose, "docker compose override: iptserver as sidecars of a service"
+    )
+    compose.add_argument("--compose-file", required=True, metavar="FILE", type=Path)
+    compose.add_argument(
+        "--service", required=True, metavar="NAME", help="the service whose network to join"
+    )
+    compose.add_argument(
+        "--config", metavar="SCHEMA", type=Path, default=Path("iptserver.yaml"), help="schema"
+    )
+    compose.add_argument("--state-dir", metavar="DIR", type=Path, default=Path("iptserver-state"))
+    compose.add_argument("--frr-dir", metavar="DIR", type=Path, default=Path("frr"))
+    compose.add_argument("--geoip", metavar="MMDB", type=Path, help="country database to mount")
+    compose.add_argument("--image", default="iptserver:latest", help="the sidecar image")
+    compose.add_argument(
+        "--dns-listen",
+        metavar="ADDR:PORT",
+        type=endpoint,
+        default="0.0.0.0:53",
+        help="where the recursor answers the clients (default: 0.0.0.0:53)",
+    )
+    add_endpoints_option(
+        compose,
+        "--forward",
+        "the recursor forwards every query here (repeatable; default: it recurses)",
+    )
+    compose.add_argument(
+        "--allow-from",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        type=network,
+        help="clients the recursor answers (repeatable; default: the recursor's own)",
+    )
+    compose.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+
+
+def _compose(args: argparse.Namespace) -> int:
+    from iptserver.mesh.topology import mesh_of
+    from iptserver.render.compose import (
+        ComposeError,
+        ComposeSettings,
+        exposed_ports,
+        read_compose,
+        render_override,
+    )
+    from iptserver.schema import load_schema
+
+    settings = ComposeSettings(
+        service=args.service,
+        schema=args.config.resolve(),
+        state_dir=args.state_dir.resolve(),
+        frr_dir=args.frr_dir.resolve(),
+        image=args.image,
+        geoip=args.geoip.resolve() if args.geoip else None,
+        dns_listen=args.dns_listen,
+        forward=tuple(args.forward),
+        allow_from=tuple(args.allow_from),
+    )
+    if args.output is not None and args.output.resolve() == args.compose_file.resolve():
+        raise ComposeError(f"{args.output}: the override must not replace the compose file")
+    user = read_compose(args.compose_file)
+    ports = exposed_ports(mesh_of(load_schema(args.config).schema), args.service)
+    write_or_print(render_override(user, settings, str(args.compose_file), ports), args.output)
+    return EXIT_OK

@@ -1,0 +1,69 @@
+"""``iptserver run``: the daemon, with the command line's overrides of the schema."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from iptserver.cli.command import (
+    Commands,
+    add_command,
+    add_endpoints_option,
+    add_geoip_option,
+    endpoint,
+)
+
+
+def register(commands: Commands) -> None:
+    run = add_command(commands, "run", _run, "run the dataplane and the DNS proxy (root)")
+    run.add_argument("--config", required=True, metavar="SCHEMA", type=Path)
+    add_geoip_option(run)
+    add_endpoints_option(run, "--listen", "DNS proxy address (repeatable; overrides dns.listen)")
+    add_endpoints_option(run, "--upstream", "recursor (repeatable; overrides dns.upstream)")
+    run.add_argument(
+        "--api",
+        metavar="ADDR:PORT",
+        type=endpoint,
+        help="HTTP API address (overrides api.listen; keep it on loopback)",
+    )
+    run.add_argument(
+        "--api-token-file",
+        metavar="FILE",
+        type=Path,
+        help="file holding the bearer token the API's POST endpoints require",
+    )
+    run.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="leave sets, rules and routes in place on exit (for a restart)",
+    )
+    run.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        type=Path,
+        help="remember the exits' marks and tables here, for restarts with --keep-state",
+    )
+    run.add_argument(
+        "--fail-closed",
+        action="store_true",
+        help="answer SERVFAIL when the kernel cannot be programmed",
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from iptserver.daemon import Daemon, Options
+
+    options = Options(
+        config=args.config,
+        geoip=args.geoip,
+        listen=tuple(args.listen),
+        upstream=tuple(args.upstream),
+        keep_state=args.keep_state,
+        fail_closed=args.fail_closed,
+        state_dir=args.state_dir,
+        api=args.api,
+        api_token_file=args.api_token_file,
+    )
+    return asyncio.run(Daemon(options).run())

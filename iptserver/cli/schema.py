@@ -1,0 +1,104 @@
+"""Commands on a schema file: ``check``, ``convert``, ``json-schema``, ``explain``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from iptserver.cli.command import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Commands,
+    add_command,
+    add_geoip_option,
+)
+from iptserver.cli.output import write_or_print
+from iptserver.errors import SchemaError, UsageError
+from iptserver.geoip import DEFAULT_DATABASE, open_geoip
+
+
+def register(commands: Commands) -> None:
+    check = add_command(commands, "check", _check, "validate routing schemas (native or MRVPN2)")
+    check.add_argument("schemas", nargs="+", metavar="SCHEMA", type=Path)
+
+    convert = add_command(
+        commands, "convert", _convert, "write a schema (e.g. MRVPN2) in native format"
+    )
+    convert.add_argument("schema", metavar="SCHEMA", type=Path)
+    convert.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+
+    add_command(commands, "json-schema", _json_schema, "print the JSON Schema of the format")
+
+    explain = add_command(commands, "explain", _explain, "which exit a name or IP takes, and why")
+    explain.add_argument("schema", metavar="SCHEMA", type=Path)
+    explain.add_argument(
+        "queries", nargs="+", metavar="QUERY", help="NAME, IP, or NAME[,CNAME...]=IP"
+    )
+    add_geoip_option(explain)
+    explain.add_argument("--json", action="store_true", help="print a JSON list")
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Every file is checked; each bad one is reported, file:line:column first."""
+    from iptserver.schema import load_schema
+
+    failed = 0
+    for path in args.schemas:
+        try:
+            loaded = load_schema(path)
+        except SchemaError as e:  # a finding of the check, not the command's failure
+            print(e, file=sys.stderr)
+            failed += 1
+            continue
+        for note in loaded.notes:
+            print(f"{note} (note)", file=sys.stderr)
+        s = loaded.schema
+        print(f"{path}: ok ({loaded.format.value}: {len(s.exits)} exits, {len(s.rules)} rules)")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from iptserver.schema import load_schema
+    from iptserver.schema.dump import to_yaml
+
+    loaded = load_schema(args.schema)
+    for note in loaded.notes:
+        print(f"{note} (dropped)", file=sys.stderr)
+    text = to_yaml(loaded.schema, f"converted from {args.schema} ({loaded.format.value})")
+    write_or_print(text, args.output)
+    return EXIT_OK
+
+
+def _json_schema(args: argparse.Namespace) -> int:
+    from iptserver.schema.jsonschema import json_schema_text
+
+    sys.stdout.write(json_schema_text())
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from iptserver.policy import Policy
+    from iptserver.policy.explain import explain, format_text, parse_query
+    from iptserver.schema import load_schema
+
+    loaded = load_schema(args.schema)
+    try:
+        queries = [parse_query(q) for q in args.queries]
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    geo = open_geoip(args.geoip)
+    if geo is None and any(rule.countries for rule in loaded.schema.rules):
+        print(
+            f"iptserver explain: no GeoIP database ({DEFAULT_DATABASE} is missing; "
+            "pass --geoip): country rules are not evaluated",
+            file=sys.stderr,
+        )
+    policy = Policy(loaded.schema, geo)
+    results = [explain(loaded, policy, q, geo) for q in queries]
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        print("\n\n".join(format_text(r) for r in results))
+    return EXIT_OK

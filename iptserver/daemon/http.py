@@ -1,0 +1,58 @@
+"""The daemon's HTTP API and, on the same port number over UDP, the recursor plugin's
+datagram endpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from iptserver.api import ApiConfig, PluginEndpoint, make_app, start_plugin_endpoint
+from iptserver.errors import IptserverError
+from iptserver.schema.values import Endpoint, format_endpoint
+
+log = logging.getLogger(__name__)
+
+
+def read_token(path: Path | None) -> str | None:
+    """The bearer token the POST endpoints need (None: no file, no token)."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise IptserverError(f"cannot read the API token: {e}") from e
+    if not token:
+        raise IptserverError(f"the API token file {path} is empty")
+    return token
+
+
+@contextlib.asynccontextmanager
+async def serve_api(config: ApiConfig, endpoint: Endpoint) -> AsyncIterator[int]:
+    """Serve the API on ``endpoint`` until the block ends; yields the port bound (the
+    endpoint's, or the one picked for port 0). Raises IptserverError."""
+    address, port = endpoint
+    if config.token is None and not address.is_loopback:
+        log.warning("the HTTP API on %s has no token: anyone who reaches it can POST", address)
+    plugin: PluginEndpoint | None = None
+    config.plugin = lambda: plugin
+    runner = web.AppRunner(make_app(config), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, str(address), port).start()
+        bound: int = runner.addresses[0][1]
+        plugin = await start_plugin_endpoint(config.learner, address, bound, config.token)
+    except OSError as e:
+        await runner.cleanup()
+        raise IptserverError(
+            f"the HTTP API cannot listen on {format_endpoint(endpoint)}: {e}"
+        ) from e
+    log.info("HTTP API on %s", format_endpoint((address, bound)))
+    try:
+        yield bound
+    finally:
+        plugin.close()
+        await runner.cleanup()

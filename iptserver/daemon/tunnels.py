@@ -1,0 +1,106 @@
+"""Tunnel interfaces that go down, are made anew or appear after start.
+
+The kernel drops an interface's routes with it; when the interface is up again the exit
+tables and exported host routes through it go back in at once (no reload, no health
+needed), and the log says whose traffic was dropped meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from iptserver.dataplane.links import LinkWatcher, link_state
+from iptserver.dataplane.plan import KernelPlan
+from iptserver.schema.model import Route
+
+log = logging.getLogger(__name__)
+
+Relink = Callable[[str], Awaitable[list[str]]]  # interface -> problems
+ExitsThrough = Callable[[str], list[str]]  # interface -> the exits whose traffic it carries
+
+
+class TunnelFollower:
+    """Follows the tunnel interfaces of the plans it is shown.
+
+    Made before the kernel is first programmed: link events from then on queue in the
+    watcher's socket, and ``start`` begins reading them.
+    """
+
+    def __init__(self) -> None:
+        # Tunnel interface -> its index while up, None while down or gone.
+        self._links: dict[str, int | None] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._relink: Relink | None = None
+        self._exits_through: ExitsThrough | None = None
+        try:
+            self._watcher: LinkWatcher | None = LinkWatcher(self._on_link, self._on_links_lost)
+        except OSError as e:
+            log.error(
+                "cannot follow interface events (%s): an exit tunnel made anew or brought "
+                "up again carries no traffic until a reload",
+                e,
+            )
+            self._watcher = None
+
+    def read(self, plan: KernelPlan) -> None:
+        """The states of ``plan``'s tunnels, read before it is applied (the ones already
+        followed keep theirs)."""
+        for exit_ in plan.exits:
+            if exit_.route is Route.INTERFACE and exit_.interface not in self._links:
+                self._links[exit_.interface] = link_state(exit_.interface)
+
+    def start(self, relink: Relink, exits_through: ExitsThrough) -> None:
+        self._relink, self._exits_through = relink, exits_through
+        if self._watcher is not None:
+            self._watcher.start()
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_link(self, interface: str, index: int | None) -> None:
+        """When a tunnel interface is up again (or made anew), its routes go back in;
+        when it goes down, say whose traffic is dropped meanwhile."""
+        if interface not in self._links or index == self._links[interface]:
+            return
+        assert self._exits_through is not None
+        self._links[interface] = index
+        exits = self._exits_through(interface)
+        if index is not None:
+            self._spawn(self._relinked(interface, exits))
+        elif exits:
+            log.warning(
+                "interface %s is down or gone: traffic of exit %s is dropped until it is up",
+                interface,
+                ", ".join(exits),
+            )
+
+    def _on_links_lost(self) -> None:
+        """The kernel dropped link events: put back the routes of every tunnel there is."""
+        assert self._exits_through is not None
+        log.warning("interface events were lost (too many at once): every tunnel is relinked")
+        for interface in self._links:
+            if (index := link_state(interface)) is not None:
+                self._spawn(self._relinked(interface, self._exits_through(interface)))
+            self._links[interface] = index
+
+    async def _relinked(self, interface: str, exits: list[str]) -> None:
+        assert self._relink is not None
+        problems = await self._relink(interface)
+        for problem in problems:
+            log.error("%s", problem)
+        if exits and not problems:
+            log.info(
+                "interface %s is up: traffic of exit %s goes through it again",
+                interface,
+                ", ".join(exits),
+            )

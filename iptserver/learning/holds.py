@@ -1,0 +1,172 @@
+"""How long an answer's addresses stay routed, and when a repeat answer is written again.
+
+Pure: the policy's decisions for one answer go in, the kernel entries it needs and the TTL
+clients may keep it come out. No clock is read here; callers pass ``now``
+(``time.monotonic()`` seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
+
+from iptserver.dataplane.plan import KernelPlan, LearnedEntry
+from iptserver.policy import Decision, MatchKind
+from iptserver.schema.model import Schema, Ttl
+from iptserver.schema.values import IPAddress
+
+# Seconds an entry outlives the TTL handed out: its timeout starts before the client
+# receives the answer, and a client may round its cache time up.
+HOLD_MARGIN = 2
+# A repeat answer is not written again while the entry it would write has at least this
+# share of its hold left (and the same mark): its TTL is capped to what is left instead.
+REWRITE_AT = 0.5
+PRUNE_AT = 4096  # remembered entries before the expired ones are swept out
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTarget:
+    """Where a domain rule's learned entries go: worked out once per schema load."""
+
+    hold: int  # seconds
+    mark: int
+    sets: tuple[str, str]  # the learned sets of its weight: IPv4, IPv6
+
+
+def rule_targets(schema: Schema, plan: KernelPlan) -> dict[int, RuleTarget]:
+    """Each domain rule's target, by rule index."""
+    return {
+        index: RuleTarget(
+            rule.hold or schema.ttl.hold,
+            plan.exit(rule.exit).mark,
+            (plan.learned_set(rule.weight, 4), plan.learned_set(rule.weight, 6)),
+        )
+        for index, rule in enumerate(schema.rules)
+        if rule.domains
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A learned entry the kernel was given: by which answer, until when."""
+
+    mark: int
+    ends: float  # when its timeout ends
+    names: tuple[str, ...]  # the answer's qname and CNAME chain
+    rule: int  # the domain rule that won it
+
+
+@dataclass(slots=True)
+class Routed:
+    """One answer as decided: what it writes, and the TTL clients may keep it."""
+
+    ttl: int
+    entries: list[LearnedEntry]  # repeats left out
+    exits: list[str]  # the exit of each domain decision: counted once written
+    shortest: int | None  # the shortest hold among ``entries``
+    generation: int  # the remembered entries' generation when decided
+    now: float  # when decided
+    pending: bool = True  # entries still to write
+    names: tuple[str, ...] = ()
+    rules: list[int] = field(default_factory=list)  # the domain rule of each entry
+
+
+def client_ttl(ttl: int, caps: Ttl) -> int:
+    """The answer's TTL capped by the schema: no client keeps an address past its hold."""
+    return min(ttl, caps.client_max or caps.hold)
+
+
+def repeat_ttl(written: Written | None, target: RuleTarget, now: float) -> int | None:
+    """The TTL a repeat answer gets when the entry it would write is still held long
+    enough with the same mark; None when it must be written again."""
+    if written is None or written.mark != target.mark:
+        return None
+    left = int(written.ends - now) - HOLD_MARGIN
+    if left < target.hold * REWRITE_AT:
+        return None
+    return min(target.hold, left)
+
+
+def host_entry(ip: IPAddress, target: RuleTarget) -> LearnedEntry:
+    network = (IPv4Network if ip.version == 4 else IPv6Network)((int(ip), ip.max_prefixlen))
+    return LearnedEntry(
+        target.sets[ip.version == 6], network, target.mark, target.hold + HOLD_MARGIN
+    )
+
+
+class WrittenEntries:
+    """Per learned set and address, what was last written there.
+
+    Swept of expired entries once it doubles past ``PRUNE_AT``; ``forget`` (after a reload
+    or a failed kernel write) starts a new generation, so answers decided before it are
+    not remembered when their write completes.
+    """
+
+    def __init__(self) -> None:
+        self._written: dict[tuple[str, IPAddress], Written] = {}
+        self._prune_at = PRUNE_AT
+        self.generation = 0
+
+    def __len__(self) -> int:
+        return len(self._written)
+
+    def get(self, set_name: str, address: IPAddress) -> Written | None:
+        return self._written.get((set_name, address))
+
+    def forget(self) -> None:
+        self._written.clear()
+        self._prune_at = PRUNE_AT
+        self.generation += 1
+
+    def remember(self, routed: Routed) -> None:
+        """``routed``'s entries are in the kernel (unless decided before ``forget``)."""
+        if routed.generation != self.generation:
+            return
+        written = self._written
+        for entry, rule in zip(routed.entries, routed.rules, strict=True):
+            written[(entry.set_name, entry.network.network_address)] = Written(
+                entry.mark, routed.now + entry.timeout, routed.names, rule
+            )
+        if len(written) >= self._prune_at:
+            self._prune(routed.now)
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k, w in self._written.items() if w.ends <= now]:
+            del self._written[key]
+        self._prune_at = max(PRUNE_AT, 2 * len(self._written))
+
+    def by_address(self) -> dict[IPAddress, tuple[tuple[str, ...], int]]:
+        """Address -> the names and domain rule of the answer that last wrote it."""
+        return {address: (w.names, w.rule) for (_, address), w in self._written.items()}
+
+
+def route_answer(
+    decisions: Iterable[Decision],
+    targets: dict[int, RuleTarget],
+    written: WrittenEntries,
+    ttl: int,
+    names: Sequence[str],
+    now: float,
+) -> Routed:
+    """The entries an answer's domain decisions need, repeats left out, and its TTL
+    (``ttl`` already capped by ``client_ttl``)."""
+    routed = Routed(ttl, [], [], None, written.generation, now, names=tuple(names))
+    for decision in decisions:
+        if decision.kind is not MatchKind.DOMAIN or decision.rule is None:
+            continue
+        ip = decision.ip
+        assert ip is not None and decision.exit is not None
+        target = targets[decision.rule]
+        routed.exits.append(decision.exit)
+        left = repeat_ttl(written.get(target.sets[ip.version == 6], ip), target, now)
+        if left is not None:
+            routed.ttl = min(routed.ttl, left)
+            continue
+        routed.entries.append(host_entry(ip, target))
+        routed.rules.append(decision.rule)
+        routed.ttl = min(routed.ttl, target.hold)
+        routed.shortest = (
+            target.hold if routed.shortest is None else min(routed.shortest, target.hold)
+        )
+    return routed
