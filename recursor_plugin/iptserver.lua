@@ -9,7 +9,7 @@
 -- logged) or fail-closed (SERVFAIL).
 --
 -- Three transports, same routing:
---   "udp" (default): one datagram to the API's port over UDP (iptserver/plugin_udp.py
+--   "udp" (default): one datagram to the API's port over UDP (iptserver/api/plugin.py
 --     has the format), sent by the recursor's own udpQueryResponse follow-up, which
 --     parks only this query while it waits (at most the recursor's network-timeout),
 --     as for an authority; the worker thread keeps serving other queries.

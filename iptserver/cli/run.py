@@ -53,6 +53,8 @@ def register(commands: Commands) -> None:
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
+    import uvloop
+
     from iptserver.daemon import Daemon, Options
 
     options = Options(
@@ -66,4 +68,6 @@ def _run(args: argparse.Namespace) -> int:
         api=args.api,
         api_token_file=args.api_token_file,
     )
-    return asyncio.run(Daemon(options).run())
+    # uvloop: the proxy's sockets and timers cost a fraction of asyncio's own.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(Daemon(options).run())

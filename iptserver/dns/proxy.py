@@ -25,7 +25,7 @@ from iptserver.dns.queries import DOH_CANARY, BadQuery, own_reply, read_query
 from iptserver.dns.sink import AnswerSink
 from iptserver.dns.throttle import ThrottledLog
 from iptserver.dns.upstream import Transport, UpstreamAnswer, UpstreamClient, UpstreamFailure
-from iptserver.dns.wire import Message, WireError
+from iptserver.dns.wire import Message, Question, WireError
 from iptserver.errors import DataplaneError
 from iptserver.schema.values import Endpoint
 
@@ -75,6 +75,7 @@ class DnsProxy:
         was_running = self._running
         self._running = False
         await self._listeners.close()
+        self._upstream.close()
         if was_running:
             log.info("DNS proxy stopped")
 
@@ -106,7 +107,6 @@ class DnsProxy:
             log.debug("%s asked for the DoH canary %s: NXDOMAIN", client, DOH_CANARY)
             return self._reply(own_reply(wire, RCODE.NXDOMAIN, query.header, query))
         loop = asyncio.get_running_loop()
-        what = f"{question.name or '.'} {QTYPE.get(question.qtype, question.qtype)}"
         try:
             upstream = await self._upstream.query(
                 wire,
@@ -116,21 +116,31 @@ class DnsProxy:
             )
         except UpstreamFailure as e:
             self._log.warning(
-                "servfail", "SERVFAIL to %s for %s: no upstream answered (%s)", client, what, e
+                "servfail",
+                "SERVFAIL to %s for %s: no upstream answered (%s)",
+                client,
+                _what(question),
+                e,
             )
             return self._servfail(wire, query)
-        reply = await self._routed(upstream, client, what)
+        reply = await self._routed(upstream, client, question)
         if reply is None:
             return self._servfail(wire, query)
         if transport is Transport.UDP and len(reply) > (limit := udp_limit(query)):
             self.counters.truncated += 1
             log.debug(
-                "%s: %d-byte answer to %s is over its %d: TC", client, len(reply), what, limit
+                "%s: %d-byte answer to %s is over its %d: TC",
+                client,
+                len(reply),
+                _what(question),
+                limit,
             )
             reply = truncate(reply, upstream.message)
         return self._reply(with_id(reply, query.header.id))
 
-    async def _routed(self, upstream: UpstreamAnswer, client: str, what: str) -> bytes | None:
+    async def _routed(
+        self, upstream: UpstreamAnswer, client: str, question: Question
+    ) -> bytes | None:
         """The upstream's answer once the sink has routed its addresses, TTLs capped to
         what the sink allows; None when it must not be released (SERVFAIL instead)."""
         reply, message = upstream.wire, upstream.message
@@ -145,7 +155,7 @@ class DnsProxy:
                 "SERVFAIL to %s for %s: upstream %s sent an answer that cannot be read "
                 "(%s), so it cannot be routed",
                 client,
-                what,
+                _what(question),
                 upstream.upstream,
                 e,
             )
@@ -157,14 +167,15 @@ class DnsProxy:
             if self.config.fail_closed:
                 return None
             cap = self.config.fail_open_ttl
-        log.debug(
-            "%s: %s -> %s via %s, TTL cap %d",
-            client,
-            " -> ".join(learned.names),
-            _some(learned.addresses),
-            upstream.upstream,
-            cap,
-        )
+        if log.isEnabledFor(logging.DEBUG):  # the arguments cost more than the check
+            log.debug(
+                "%s: %s -> %s via %s, TTL cap %d",
+                client,
+                " -> ".join(learned.names),
+                _some(learned.addresses),
+                upstream.upstream,
+                cap,
+            )
         return cap_ttls(reply, message, cap)
 
     async def _learn(self, learned: Learned, client: str) -> int | None:
@@ -240,6 +251,11 @@ class DnsProxy:
     def _reply(self, wire: bytes) -> bytes:
         self.counters.answers += 1
         return wire
+
+
+def _what(question: Question) -> str:
+    """The question for a log line: ``name TYPE``."""
+    return f"{question.name or '.'} {QTYPE.get(question.qtype, question.qtype)}"
 
 
 def _some(items: Sequence[object], shown: int = 8) -> str:

@@ -1,7 +1,8 @@
 """Forwarding a query to the upstream resolvers, with failover.
 
-Each try gets a fresh socket (a random source port) and a random query ID; a reply
-counts only if it comes from the upstream's address and port (a connected socket),
+Each try gets a random query ID, over UDP on a connected socket shared with a few other
+queries and replaced every few dozen (``udp_pool``), over TCP on a fresh connection; a
+reply counts only if it comes from the upstream's address and port (a connected socket),
 carries that ID and echoes the question. Anything else is counted, logged and
 ignored while the try's time lasts: spoofed or stray packets cannot end a query.
 Upstreams are tried in order, starting with the last one that answered, so a dead
@@ -23,6 +24,7 @@ from dnslib import QTYPE, RCODE
 from iptserver.dns.answers import with_id
 from iptserver.dns.counters import DnsCounters
 from iptserver.dns.throttle import ThrottledLog
+from iptserver.dns.udp_pool import UdpPool
 from iptserver.dns.wire import (
     TCP_LENGTH_SIZE,
     Message,
@@ -35,8 +37,6 @@ from iptserver.dns.wire import (
 from iptserver.schema.values import Endpoint
 
 log = logging.getLogger(__name__)
-
-_MAX_DATAGRAM = 65535
 
 
 class Transport(enum.Enum):
@@ -71,6 +71,23 @@ class UpstreamClient:
         self._counters = counters
         self._preferred = 0
         self._log = ThrottledLog(log)
+        self._pools: dict[Endpoint, UdpPool] = {}
+
+    def close(self) -> None:
+        """Close the UDP sockets; queries still waiting on them fail."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+    def _pool(self, upstream: Endpoint) -> UdpPool:
+        pool = self._pools.get(upstream)
+        if pool is None:
+            pool = self._pools[upstream] = UdpPool(
+                upstream,
+                lambda reply, query_id, question: self._match(reply, query_id, question, upstream),
+                lambda reply, why: self._ignored(reply, upstream, why),
+            )
+        return pool
 
     async def query(
         self, wire: bytes, question: Question, *, tcp: bool, deadline: float
@@ -125,43 +142,36 @@ class UpstreamClient:
         self, upstream: Endpoint, wire: bytes, question: Question, *, tcp: bool, deadline: float
     ) -> UpstreamAnswer:
         loop = asyncio.get_running_loop()
-        query_id = secrets.randbits(16)
-        wire = with_id(wire, query_id)
         transport = Transport.TCP if tcp else Transport.UDP
-        async with asyncio.timeout_at(min(loop.time() + self._try_timeout, deadline)):
-            message, reply = await self._exchange(upstream, wire, query_id, question, transport)
+        ends = min(loop.time() + self._try_timeout, deadline)
+        if tcp:
+            async with asyncio.timeout_at(ends):
+                message, reply = await self._tcp(upstream, wire, question)
+        else:  # the pool's own timer: cheaper than a Timeout around it
+            message, reply = await self._pool(upstream).exchange(wire, question, ends)
         if message.header.truncated and not tcp:
             self._counters.upstream_tcp_retries += 1
             log.debug("upstream %s truncated %s; asking again over TCP", upstream, question.name)
             transport = Transport.TCP
             async with asyncio.timeout_at(min(loop.time() + self._try_timeout, deadline)):
-                message, reply = await self._exchange(upstream, wire, query_id, question, transport)
+                message, reply = await self._tcp(upstream, wire, question)
         if message.header.rcode == RCODE.REFUSED:
             raise _Refused
         return UpstreamAnswer(reply, message, upstream, transport)
 
-    async def _exchange(
-        self,
-        upstream: Endpoint,
-        wire: bytes,
-        query_id: int,
-        question: Question,
-        transport: Transport,
+    async def _tcp(
+        self, upstream: Endpoint, wire: bytes, question: Question
     ) -> tuple[Message, bytes]:
-        """Send the query on a fresh connected socket; read replies until one matches."""
+        """Send the query on a fresh TCP connection; read replies until one matches."""
         loop = asyncio.get_running_loop()
-        tcp = transport is Transport.TCP
-        kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
-        with socket.socket(_family(upstream), kind) as sock:
+        query_id = secrets.randbits(16)
+        with socket.socket(_family(upstream), socket.SOCK_STREAM) as sock:
             sock.setblocking(False)
             await loop.sock_connect(sock, (str(upstream.address), upstream.port))
-            await loop.sock_sendall(sock, tcp_frame(wire) if tcp else wire)
+            await loop.sock_sendall(sock, tcp_frame(with_id(wire, query_id)))
             while True:
-                if tcp:
-                    length = tcp_length(await _recv_exactly(sock, TCP_LENGTH_SIZE))
-                    reply = await _recv_exactly(sock, length)
-                else:
-                    reply = await loop.sock_recv(sock, _MAX_DATAGRAM)
+                length = tcp_length(await _recv_exactly(sock, TCP_LENGTH_SIZE))
+                reply = await _recv_exactly(sock, length)
                 message = self._match(reply, query_id, question, upstream)
                 if message is not None:
                     return message, reply
@@ -184,9 +194,12 @@ class UpstreamClient:
                 why = f"question {message.question} is not {question}"
             else:
                 return message
+        self._ignored(reply, upstream, why)
+        return None
+
+    def _ignored(self, reply: bytes, upstream: Endpoint, why: str) -> None:
         self._counters.upstream_errors += 1
         log.debug("ignored a %d-byte reply from %s: %s", len(reply), upstream, why)
-        return None
 
 
 async def _recv_exactly(sock: socket.socket, size: int) -> bytes:

@@ -62,6 +62,8 @@ class Learner:
         self._apply_now = apply_now
         self._expiry = ExpiryTimer(expire) if expire is not None else None
         self._written = WrittenEntries()
+        # Answers of this event-loop turn waiting for one immediate write together.
+        self._turn: list[tuple[Routed, asyncio.Future[bool]]] = []
         self._targets = rule_targets(state.policy.schema, state.plan)
         # The last decisions, for the status page and /v1/decisions.
         self.recent: deque[tuple[tuple[str, ...], Decision]] = deque(maxlen=RECENT)
@@ -143,11 +145,36 @@ class Learner:
         self._written.remember(routed)
 
     async def learn(self, names: Sequence[str], addresses: Sequence[IPAddress], ttl: int) -> int:
-        """Route an answer; the TTL clients may keep it. Raises DataplaneError."""
+        """Route an answer; the TTL clients may keep it. Raises DataplaneError.
+
+        Answers learned in one turn of the event loop share one immediate write (one
+        netlink message under load instead of one per answer)."""
         routed = self.route(names, addresses, ttl)
-        if not self.write_now((routed,)):
+        if routed.pending and not await self._write_this_turn(routed):
             await self.write(routed)
         return routed.ttl
+
+    async def _write_this_turn(self, routed: Routed) -> bool:
+        if self._apply_now is None:
+            return False
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._turn.append((routed, future))
+        if len(self._turn) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_turn)
+        return await future
+
+    def _flush_turn(self) -> None:
+        turn, self._turn = self._turn, []
+        try:
+            written = self.write_now([routed for routed, _ in turn])
+        except Exception as e:  # handed to every answer of the turn, which reports it
+            for _, future in turn:
+                if not future.done():
+                    future.set_exception(e)
+        else:
+            for _, future in turn:
+                if not future.done():
+                    future.set_result(written)
 
     def exports_changed(self) -> None:
         """The dataplane (re)built its export table: look for expired routes now, and

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 # "udp": the recursor's own non-blocking udpQueryResponse to the API's port over UDP
-# (iptserver/plugin_udp.py); "ffi": the same datagram from the plugin's own socket (LuaJIT
+# (iptserver/api/plugin.py); "ffi": the same datagram from the plugin's own socket (LuaJIT
 # ffi), which blocks the recursor's worker thread while it waits, as does "http": POST
 # /v1/answers from LuaSocket.
 Transport = Literal["udp", "http", "ffi"]

@@ -91,3 +91,27 @@ def test_an_answer_without_domain_decisions_writes_nothing() -> None:
     assert not routed.pending and routed.entries == []
     assert routed.ttl == 120
     assert [d.exit for _, d in learner.recent] == [None]
+
+
+def test_answers_of_one_loop_turn_share_one_immediate_write() -> None:
+    writer = Writer()
+    immediate: list[list[LearnedEntry]] = []
+
+    def apply_now(entries: list[LearnedEntry]) -> bool:
+        immediate.append(list(entries))
+        return True
+
+    learner = Learner(state(), writer.apply, apply_now=apply_now)
+
+    async def main() -> list[int]:
+        return await asyncio.gather(
+            *(
+                learner.learn([f"h{i}.bbc.co.uk"], [ipaddress.ip_address(f"198.51.100.{i}")], 60)
+                for i in range(1, 6)
+            )
+        )
+
+    assert asyncio.run(main()) == [60] * 5
+    assert [len(batch) for batch in immediate] == [5]
+    assert writer.batches == []
+    assert learner.learned == {"uk": 5}
