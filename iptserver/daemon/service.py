@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -194,6 +195,7 @@ class Daemon:
         tunnels.start(worker.relink, running.exits_through)
         stack.callback(tunnels.close)  # first of all: no relink while the rest stops
         self._running = running
+        _settle()
 
     def _api_config(self, running: Running, proxy: DnsProxy) -> ApiConfig:
         return ApiConfig(
@@ -253,6 +255,7 @@ class Daemon:
         await running.monitor.reconfigure(state.policy.schema)
         running.learner.exports_changed()
         self.reloads["ok"] += 1
+        _settle()
         log.info(
             "reloaded %s: %d rules, %d exits",
             self.options.config,
@@ -263,6 +266,16 @@ class Daemon:
 
     def stop(self) -> None:
         self._stopping.set()
+
+
+def _settle() -> None:
+    """Keep the collector off what lives as long as a schema (the compiled policy, the
+    plan: hundreds of thousands of objects with large lists): frozen, a full collection
+    does not walk them, which otherwise stalls every answer for tens of milliseconds.
+    Unfrozen first, so the previous schema's objects can go."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _listened_on(endpoints: Sequence[Endpoint]) -> str | None:

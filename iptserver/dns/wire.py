@@ -54,6 +54,10 @@ class Flag(enum.IntFlag):
     CD = 0x0010
 
 
+# Plain ints: ``int & IntFlag`` goes through enum's Python-level operators.
+_QR = int(Flag.QR)
+_TC = int(Flag.TC)
+_OPT = int(QTYPE.OPT)
 _OPCODE_SHIFT = 11
 _OPCODE_MASK = 0xF
 _RCODE_MASK = 0xF
@@ -70,11 +74,11 @@ class Header:
 
     @property
     def is_response(self) -> bool:
-        return bool(self.flags & Flag.QR)
+        return bool(self.flags & _QR)
 
     @property
     def truncated(self) -> bool:
-        return bool(self.flags & Flag.TC)
+        return bool(self.flags & _TC)
 
     @property
     def opcode(self) -> int:
@@ -139,7 +143,7 @@ class Message:
     def opt(self) -> Record | None:
         """The EDNS OPT pseudo-record, if any (the first one)."""
         for r in self.records:
-            if r.section is Section.ADDITIONAL and r.rtype == QTYPE.OPT:
+            if r.section is Section.ADDITIONAL and r.rtype == _OPT:
                 return r
         return None
 
@@ -150,12 +154,15 @@ def parse_header(wire: bytes) -> Header:
     return Header(*_HEADER.unpack_from(wire))
 
 
-def read_name(wire: bytes, offset: int) -> tuple[str, int]:
+def read_name(
+    wire: bytes, offset: int, known: dict[int, tuple[str, int]] | None = None
+) -> tuple[str, int]:
     """The normalized name at ``offset`` and the offset just after it (pointers followed).
 
     Labels become lower case; bytes that are not printable, and ``.`` or ``\\`` inside
     a label, are written ``\\DDD`` as in zone files, so two different wire names never
-    give the same text.
+    give the same text. ``known``: names already read in this message, by offset (text
+    and wire length), so a compression pointer to one is not read again.
     """
     labels: list[str] = []
     wire_len = 1  # the root label
@@ -178,6 +185,15 @@ def read_name(wire: bytes, offset: int) -> tuple[str, int]:
             target = ((length & 0x3F) << 8) | wire[pos + 1]
             if target >= len(wire) or target < HEADER_LEN:
                 raise WireError(f"name at offset {offset}: pointer to {target} is outside")
+            if known is not None and target in known:
+                text, length_there = known[target]
+                if wire_len - 1 + length_there > MAX_NAME_WIRE_LEN:
+                    raise WireError(
+                        f"name at offset {offset} is longer than {MAX_NAME_WIRE_LEN} bytes"
+                    )
+                if text:
+                    labels.append(text)
+                return ".".join(labels), end
             pos = target
             continue
         if kind:
@@ -192,7 +208,10 @@ def read_name(wire: bytes, offset: int) -> tuple[str, int]:
             raise WireError(f"name at offset {offset} is longer than {MAX_NAME_WIRE_LEN} bytes")
         labels.append(_label_text(label))
         pos += 1 + length
-    return ".".join(labels), (pos + 1 if end is None else end)
+    name = ".".join(labels)
+    if known is not None and end is None:
+        known[offset] = (name, wire_len)
+    return name, (pos + 1 if end is None else end)
 
 
 def _label_text(label: bytes) -> str:
@@ -206,8 +225,9 @@ def parse_message(wire: bytes) -> Message:
     header = parse_header(wire)
     pos = HEADER_LEN
     questions = []
+    known: dict[int, tuple[str, int]] = {}  # names read, for the pointers to them
     for _ in range(header.qdcount):
-        name, pos = read_name(wire, pos)
+        name, pos = read_name(wire, pos, known)
         if pos + _QUESTION_FIXED.size > len(wire):
             raise WireError(f"question {name!r} is cut short")
         qtype, qclass = _QUESTION_FIXED.unpack_from(wire, pos)
@@ -222,7 +242,7 @@ def parse_message(wire: bytes) -> Message:
     ):
         for _ in range(count):
             start = pos
-            name, fixed = read_name(wire, pos)
+            name, fixed = read_name(wire, pos, known)
             if fixed + _RR_FIXED.size > len(wire):
                 raise WireError(f"{section.name.lower()} record {name!r} is cut short")
             rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(wire, fixed)
