@@ -50,7 +50,7 @@ class Webhook:
                 url,
                 body.get("exit"),
                 body.get("state"),
-                e or type(e).__name__,
+                str(e) or type(e).__name__,
             )
 
     async def close(self) -> None:

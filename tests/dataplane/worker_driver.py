@@ -1,0 +1,77 @@
+"""Run inside a test namespace: one KernelWorker, driven from an event loop, then closed.
+
+Usage: python -m tests.dataplane.worker_driver SCHEMA STATE_FILE {keep,remove} [busy]
+
+Applies the schema's plan, learns 203.0.113.7 (exit uk) with ``learn_now`` and
+2001:db8::7 (exit ru) with ``learn``, reads ``learned_now`` and ``set_sizes``, and closes
+(keep_state with ``keep``). With ``busy``, first reapplies a plan of many static entries
+and learns while that runs. Prints what each step answered as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from iptserver.dataplane.plan import KernelPlan, LearnedEntry, plan
+from iptserver.dataplane.worker import KernelWorker
+from iptserver.schema import load_schema
+
+BUSY_ENTRIES = 50_000  # enough that applying them takes a while
+
+
+def learned(current: KernelPlan, address: str, exit_name: str) -> LearnedEntry:
+    network = ipaddress.ip_network(address)
+    set_name = current.learned_set(0, network.version)
+    return LearnedEntry(set_name, network, current.exit(exit_name).mark, 300)
+
+
+async def while_busy(worker: KernelWorker, big: KernelPlan) -> dict[str, Any]:
+    """Learn while the kernel thread applies ``big``: learn_now declines, learn waits."""
+    applying = asyncio.create_task(worker.apply(big))
+    entry = learned(big, "203.0.113.8", "uk")
+    declined = False
+    while not applying.done() and not declined:
+        declined = not worker.learn_now([entry])
+        await asyncio.sleep(0.001)
+    exported = await worker.learn([entry])
+    await applying
+    return {"declined_while_busy": declined, "exported_while_busy": sorted(map(str, exported))}
+
+
+async def run(schema_path: Path, state_file: Path, keep: bool, busy: bool) -> dict[str, Any]:
+    schema = load_schema(schema_path).schema
+    worker = await KernelWorker.open(None, state_file)
+    result: dict[str, Any] = {"exits_before": [e.name for e in worker.exits_in_kernel]}
+    try:
+        current = plan(schema, {}, worker.exits_in_kernel)
+        result["problems"] = await worker.apply(current)
+        if busy:
+            many = [ipaddress.ip_network((0x0A000000 + n, 32)) for n in range(BUSY_ENTRIES)]
+            big = plan(schema, {"RU": many}, worker.exits_in_kernel)
+            result |= await while_busy(worker, big)
+        result["learn_now"] = worker.learn_now([learned(current, "203.0.113.7", "uk")])
+        exported = await worker.learn([learned(current, "2001:db8::7", "ru")])
+        result["exported"] = sorted(map(str, exported))
+        result["learned_now"] = [
+            [weight, str(entry.network), entry.mark, entry.timeout]
+            for weight, entry in await worker.learned_now()
+        ]
+        result["set_sizes"] = await worker.set_sizes()
+    finally:
+        await worker.close(keep_state=keep)
+    return result
+
+
+def main() -> None:
+    schema, state_file, end = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    busy = sys.argv[4:] == ["busy"]
+    print(json.dumps(asyncio.run(run(schema, state_file, end == "keep", busy))))
+
+
+if __name__ == "__main__":
+    main()
