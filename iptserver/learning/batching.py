@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from iptserver.dataplane.plan import LearnedEntry
 from iptserver.errors import DataplaneError
@@ -16,6 +17,22 @@ log = logging.getLogger(__name__)
 # What a write newly put in the export table (None: a writer that does not say).
 Exported = frozenset[IPNetwork] | None
 Apply = Callable[[list[LearnedEntry]], Awaitable[Exported]]
+
+
+T = TypeVar("T")
+
+
+def settle(
+    futures: list[asyncio.Future[T]], result: T | None = None, error: Exception | None = None
+) -> None:
+    """Give every waiter of a shared write its outcome: ``error`` if set, else ``result``."""
+    for future in futures:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
 
 
 class Batcher:
@@ -51,13 +68,9 @@ class Batcher:
             try:
                 fresh = await self._apply(entries)
             except Exception as e:  # handed to every waiter, which reports it
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(e)
+                settle([future for _, future in batch], error=e)
             else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(fresh)
+                settle([future for _, future in batch], fresh)
 
 
 class ExpiryTimer:

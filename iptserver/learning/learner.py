@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from iptserver.dataplane.plan import KernelPlan, LearnedEntry
-from iptserver.learning.batching import Apply, Batcher, ExpiryTimer
+from iptserver.learning.batching import Apply, Batcher, ExpiryTimer, settle
 from iptserver.learning.holds import (
     HOLD_MARGIN,
     Routed,
@@ -168,13 +168,9 @@ class Learner:
         try:
             written = self.write_now([routed for routed, _ in turn])
         except Exception as e:  # handed to every answer of the turn, which reports it
-            for _, future in turn:
-                if not future.done():
-                    future.set_exception(e)
+            settle([future for _, future in turn], error=e)
         else:
-            for _, future in turn:
-                if not future.done():
-                    future.set_result(written)
+            settle([future for _, future in turn], written)
 
     def exports_changed(self) -> None:
         """The dataplane (re)built its export table: look for expired routes now, and
