@@ -3,12 +3,19 @@
 Pure functions (text in, text out) so the output is checked against golden files; the
 CLI decides where it goes. The recursor loads ``SETTINGS_FILE`` as its lua-dns-script:
 it sets the ``IPTSERVER`` table the plugin reads, then runs the plugin itself.
+
+The plugin ships inside the package (``iptserver/recursor_plugin/iptserver.lua``, package
+data) so an installed wheel has it: ``dofile()`` needs a file, which a wheel install gives;
+a zipped install has none, so the plugin is then rendered next to the settings too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +35,17 @@ DEFAULT_TIMEOUTS: dict[Transport, float] = {"udp": 0.5, "http": 0.5, "ffi": 0.2}
 CONF_FILE = "iptserver.conf"  # for the recursor's include-dir (recursor.d)
 SETTINGS_FILE = "iptserver-settings.lua"
 DEFAULT_DIR = Path("/etc/powerdns/recursor.d")
-DEFAULT_PLUGIN = Path(__file__).resolve().parents[2] / "recursor_plugin" / "iptserver.lua"
+PLUGIN_FILE = "iptserver.lua"
+
+
+def packaged_plugin() -> Traversable:
+    """The plugin as the package ships it: a real file, unless the package is zipped."""
+    return resources.files("iptserver") / "recursor_plugin" / PLUGIN_FILE
+
+
+# Where the installed package has the plugin (a path inside the zip for a zipped install,
+# where render_recursor renders a copy instead).
+DEFAULT_PLUGIN = Path(str(packaged_plugin())).resolve()
 
 
 @dataclass(frozen=True)
@@ -95,8 +112,25 @@ def render_conf(settings: RecursorSettings) -> str:
 
 
 def render_recursor(settings: RecursorSettings) -> dict[str, str]:
-    """Every file, by name (to be written in ``settings.directory``)."""
-    return {CONF_FILE: render_conf(settings), SETTINGS_FILE: render_settings(settings)}
+    """Every file, by name (to be written in ``settings.directory``); with the packaged
+    plugin from a zipped install, the plugin too, since the recursor cannot read a zip."""
+    copy = _plugin_copy(settings)
+    if copy is not None:
+        settings = dataclasses.replace(settings, plugin=settings.directory / PLUGIN_FILE)
+    files = {CONF_FILE: render_conf(settings), SETTINGS_FILE: render_settings(settings)}
+    if copy is not None:
+        files[PLUGIN_FILE] = copy
+    return files
+
+
+def _plugin_copy(settings: RecursorSettings) -> str | None:
+    """The packaged plugin's text when it is the one asked for and not a file of its own."""
+    if settings.plugin != DEFAULT_PLUGIN:
+        return None
+    plugin = packaged_plugin()
+    if isinstance(plugin, Path):  # a wheel, editable or source install: load it in place
+        return None
+    return plugin.read_text(encoding="utf-8")
 
 
 def _endpoint(api: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]) -> str:

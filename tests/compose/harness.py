@@ -256,7 +256,7 @@ def build_context(dest: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(PROJECT / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "wheels")
-    for name in ("iptserver", "recursor_plugin", "compose"):
+    for name in ("iptserver", "compose"):
         shutil.copytree(PROJECT / name, dest / name, ignore=ignore)
     wheels = dest / "compose" / "wheels"
     wheels.mkdir()
