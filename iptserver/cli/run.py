@@ -44,10 +44,23 @@ def register(commands: Commands) -> None:
         help="remember the exits' marks and tables here, for restarts with --keep-state",
     )
     run.add_argument(
+        "--workers",
+        metavar="N",
+        type=_workers,
+        default=1,
+        help="processes answering DNS on the same addresses (default 1; not with export_table)",
+    )
+    run.add_argument(
         "--fail-closed",
         action="store_true",
         help="answer SERVFAIL when the kernel cannot be programmed",
     )
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes from 1 to 64")
+    return int(text)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -67,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         api=args.api,
         api_token_file=args.api_token_file,
+        workers=args.workers,
     )
     # uvloop: the proxy's sockets and timers cost a fraction of asyncio's own.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from iptserver.schema import load_schema
+from iptserver.schema.load import Loaded
 from iptserver.schema.model import Schema
-from iptserver.schema.values import Endpoint
+from iptserver.schema.values import Endpoint, format_endpoint
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,7 @@ class Options:
     state_dir: Path | None = None  # where the exits the kernel holds are written down
     api: Endpoint | None = None  # override the schema's api.listen
     api_token_file: Path | None = None  # POST endpoints then need this bearer token
+    workers: int = 1  # processes answering DNS on the same addresses (SO_REUSEPORT)
 
     @property
     def state_file(self) -> Path | None:
@@ -28,3 +33,37 @@ class Options:
     def api_endpoint(self, schema: Schema) -> Endpoint | None:
         """Where the HTTP API listens: --api, else api.listen; None: no API."""
         return self.api or schema.api.listen
+
+    def load(self) -> Loaded:
+        """The schema on disk with the command line's overrides; raises SchemaError."""
+        loaded = load_schema(self.config)
+        updates: dict[str, Any] = {}
+        if self.listen:
+            updates["listen"] = list(self.listen)
+        if self.upstream:
+            updates["upstream"] = list(self.upstream)
+        if not updates:
+            return loaded
+        dns = loaded.schema.dns.model_copy(update=updates)
+        return dataclasses.replace(loaded, schema=loaded.schema.model_copy(update={"dns": dns}))
+
+
+def options_to_json(options: Options) -> dict[str, Any]:
+    """What a worker needs of the daemon's options (its listen addresses as bound)."""
+    return {
+        "config": str(options.config),
+        "geoip": str(options.geoip) if options.geoip else None,
+        "listen": [format_endpoint(e) for e in options.listen],
+        "upstream": [format_endpoint(e) for e in options.upstream],
+        "fail_closed": options.fail_closed,
+    }
+
+
+def options_from_json(data: dict[str, Any]) -> Options:
+    return Options(
+        config=Path(data["config"]),
+        geoip=Path(data["geoip"]) if data["geoip"] else None,
+        listen=tuple(Endpoint.parse(e) for e in data["listen"]),
+        upstream=tuple(Endpoint.parse(e) for e in data["upstream"]),
+        fail_closed=data["fail_closed"],
+    )

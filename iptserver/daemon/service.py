@@ -9,34 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import errno
-import gc
 import logging
 import signal
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from iptserver.api import ApiConfig
 from iptserver.daemon.http import read_token, serve_api
+from iptserver.daemon.memory import settle
 from iptserver.daemon.options import Options
 from iptserver.daemon.tunnels import TunnelFollower
+from iptserver.daemon.workers import Workers
 from iptserver.dataplane.kernel import saved_exits
 from iptserver.dataplane.links import link_state
+from iptserver.dataplane.plan import exits_to_json
 from iptserver.dataplane.plan import plan as kernel_plan
 from iptserver.dataplane.worker import KernelWorker
 from iptserver.dns.config import DnsProxyConfig
 from iptserver.dns.proxy import DnsProxy
+from iptserver.dns.upstream import Transport
 from iptserver.errors import GeoIPError, IptserverError, SchemaError
 from iptserver.geoip import GeoIPDatabase, open_geoip
 from iptserver.health.monitor import Change, Monitor
 from iptserver.health.webhook import Webhook
 from iptserver.learning import Learner, State
 from iptserver.policy import Policy
-from iptserver.schema import load_schema
-from iptserver.schema.load import Loaded
 from iptserver.schema.model import Route, Schema
 from iptserver.schema.values import Endpoint, format_endpoint
 
@@ -47,10 +46,11 @@ log = logging.getLogger("iptserver.daemon")  # the name operators and the lab lo
 class Running:
     """The components a started daemon reloads and reads."""
 
-    worker: KernelWorker
+    kernel: KernelWorker
     learner: Learner
     monitor: Monitor
     tunnels: TunnelFollower
+    workers: Workers | None  # --workers: more processes answering DNS
 
     def exits_through(self, interface: str) -> list[str]:
         """The tunnel exits whose traffic leaves by ``interface`` (failover included)."""
@@ -75,21 +75,9 @@ class Daemon:
         self._reloads: set[asyncio.Task[bool]] = set()  # under way, from SIGHUP
         self.reloads = {"ok": 0, "rejected": 0}
 
-    def _schema(self) -> Loaded:
-        loaded = load_schema(self.options.config)
-        updates: dict[str, Any] = {}
-        if self.options.listen:
-            updates["listen"] = list(self.options.listen)
-        if self.options.upstream:
-            updates["upstream"] = list(self.options.upstream)
-        if not updates:
-            return loaded
-        dns = loaded.schema.dns.model_copy(update=updates)
-        return dataclasses.replace(loaded, schema=loaded.schema.model_copy(update={"dns": dns}))
-
     def load(self) -> State:
         """Validate and compile the schema; raises SchemaError with every problem."""
-        loaded = self._schema()
+        loaded = self.options.load()
         schema = loaded.schema
         countries = {c for rule in schema.rules for c in rule.countries}
         if countries and self._geo is None:
@@ -100,7 +88,7 @@ class Daemon:
             )
         networks = self._geo.networks_of(countries) if self._geo and countries else {}
         if self._running is not None:
-            previous = self._running.worker.exits_in_kernel
+            previous = self._running.kernel.exits_in_kernel
         else:
             previous = saved_exits(self.options.state_file)
         return State(Policy(schema, self._geo), kernel_plan(schema, networks, previous), loaded)
@@ -158,11 +146,11 @@ class Daemon:
         # plugin serves the clients, and the proxy is not theirs.
         first = schema.dns.listen[0]
         redirect = first[1] if schema.ingress and not first[0].is_loopback else None
-        worker = await KernelWorker.open(redirect, self.options.state_file)
-        stack.push_async_callback(worker.close, self.options.keep_state)
-        for problem in await worker.apply(state.plan):
+        kernel = await KernelWorker.open(redirect, self.options.state_file)
+        stack.push_async_callback(kernel.close, self.options.keep_state)
+        for problem in await kernel.apply(state.plan):
             log.error("%s", problem)
-        learner = Learner(state, worker.learn, worker.expire_exports, worker.learn_now)
+        learner = Learner(state, kernel.learn, kernel.expire_exports, kernel.learn_now)
         stack.callback(learner.close)
         learner.exports_changed()
         proxy = DnsProxy(
@@ -171,15 +159,17 @@ class Daemon:
                 upstream=tuple(schema.dns.upstream),
                 timeout=schema.dns.timeout,
                 fail_closed=self.options.fail_closed,
+                reuse_port=self.options.workers > 1,
             ),
             learner,
         )
         await proxy.start()
         stack.push_async_callback(proxy.stop)
+        workers = await self._start_workers(stack, state, proxy)
         self._webhook.url = schema.health.webhook
         stack.push_async_callback(self._webhook.close)
-        monitor = Monitor(schema, worker.set_routes, self._notify)
-        running = Running(worker, learner, monitor, tunnels)
+        monitor = Monitor(schema, kernel.set_routes, self._notify)
+        running = Running(kernel, learner, monitor, tunnels, workers)
         if (endpoint := self.options.api_endpoint(schema)) is not None:
             config = self._api_config(running, proxy)
             await stack.enter_async_context(serve_api(config, endpoint))
@@ -192,10 +182,27 @@ class Daemon:
         )
         monitor.start()
         stack.push_async_callback(monitor.stop)
-        tunnels.start(worker.relink, running.exits_through)
+        tunnels.start(kernel.relink, running.exits_through)
         stack.callback(tunnels.close)  # first of all: no relink while the rest stops
         self._running = running
-        _settle()
+        settle()
+
+    async def _start_workers(
+        self, stack: contextlib.AsyncExitStack, state: State, proxy: DnsProxy
+    ) -> Workers | None:
+        """The worker processes of --workers, on the addresses the proxy bound."""
+        if self.options.workers <= 1:
+            return None
+        if state.plan.export_table is not None:
+            raise IptserverError(
+                "--workers does not work with kernel.export_table yet (the exported routes "
+                "are written by the daemon alone): run one process or drop export_table"
+            )
+        listen = tuple(e for t, e in proxy.addresses if t is Transport.UDP)
+        workers = Workers(self.options.workers - 1, self.options, listen)
+        stack.push_async_callback(workers.close)
+        await workers.start(exits_to_json(state.plan.exits))
+        return workers
 
     def _api_config(self, running: Running, proxy: DnsProxy) -> ApiConfig:
         return ApiConfig(
@@ -206,8 +213,8 @@ class Daemon:
             monitor=running.monitor,
             geo=self._geo,
             token=read_token(self.options.api_token_file),
-            installed=running.worker.learned_now,
-            set_sizes=running.worker.set_sizes,
+            installed=running.kernel.learned_now,
+            set_sizes=running.kernel.set_sizes,
             link_up=lambda interface: link_state(interface) is not None,
         )
 
@@ -242,7 +249,7 @@ class Daemon:
             return False
         running.tunnels.read(state.plan)
         try:
-            problems = await running.worker.apply(state.plan)
+            problems = await running.kernel.apply(state.plan)
         except IptserverError as e:  # else lost in the signal handler's task
             self.reloads["rejected"] += 1
             log.error("reload failed, the kernel may hold part of the new schema: %s", e)
@@ -251,11 +258,14 @@ class Daemon:
         for problem in problems:
             log.error("%s", problem)
         running.learner.state = state
+        if running.workers is not None:
+            for problem in await running.workers.reload(exits_to_json(state.plan.exits)):
+                log.error("%s", problem)
         self._webhook.url = state.policy.schema.health.webhook
         await running.monitor.reconfigure(state.policy.schema)
         running.learner.exports_changed()
         self.reloads["ok"] += 1
-        _settle()
+        settle()
         log.info(
             "reloaded %s: %d rules, %d exits",
             self.options.config,
@@ -266,16 +276,6 @@ class Daemon:
 
     def stop(self) -> None:
         self._stopping.set()
-
-
-def _settle() -> None:
-    """Keep the collector off what lives as long as a schema (the compiled policy, the
-    plan: hundreds of thousands of objects with large lists): frozen, a full collection
-    does not walk them, which otherwise stalls every answer for tens of milliseconds.
-    Unfrozen first, so the previous schema's objects can go."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 def _listened_on(endpoints: Sequence[Endpoint]) -> str | None:

@@ -236,11 +236,7 @@ class Dataplane:
 
         Returns the networks whose host route this call put in the export table (none
         when the table is off or every route was there already)."""
-        by_set: dict[str, list[Entry]] = defaultdict(list)
-        for learned in entries:
-            by_set[learned.set_name].append(Entry(learned.network, learned.mark, learned.timeout))
-        for name, batch in by_set.items():
-            self._sets.add(name, batch, MARK_MASK)
+        write_learned(self._sets, entries)
         if self._plan is not None and self._plan.export_table is not None:
             now = time.monotonic()
             wanted = self._exported(
@@ -330,6 +326,15 @@ class Dataplane:
             log.warning(
                 "cannot save %s (%s): a restart may not keep exit marks", self._state_file, e
             )
+
+
+def write_learned(sets: IPSets, entries: Sequence[LearnedEntry]) -> None:
+    """Add or refresh learned entries: one netlink message per set (and 1,000 entries)."""
+    by_set: dict[str, list[Entry]] = defaultdict(list)
+    for learned in entries:
+        by_set[learned.set_name].append(Entry(learned.network, learned.mark, learned.timeout))
+    for name, batch in by_set.items():
+        sets.add(name, batch, MARK_MASK)
 
 
 def _route_order(route: HostRoute) -> tuple[int, int]:

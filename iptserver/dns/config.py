@@ -26,6 +26,7 @@ class DnsProxyConfig:
     tcp_idle_timeout: float = 10.0  # seconds a TCP connection may sit without a query
     tcp_pipeline: int = 16  # queries of one TCP connection in flight at once
     max_inflight: int = 1024  # queries in flight; UDP queries beyond it are dropped
+    reuse_port: bool = False  # SO_REUSEPORT: worker processes share the listen addresses
 
     @property
     def listen_endpoints(self) -> tuple[Endpoint, ...]:

@@ -67,7 +67,7 @@ class Listeners:
         self._accepting = True
         try:
             for endpoint in self.config.listen_endpoints:
-                udp_sock, tcp_sock = _bind_pair(endpoint)
+                udp_sock, tcp_sock = _bind_pair(endpoint, self.config.reuse_port)
                 bound = Endpoint(endpoint.address, udp_sock.getsockname()[1])
                 transport, _ = await loop.create_datagram_endpoint(
                     lambda: _UdpServer(self._on_datagram), sock=udp_sock
@@ -279,10 +279,12 @@ _BIND_HINTS = {
 }
 
 
-def _bind(kind: socket.SocketKind, endpoint: Endpoint) -> socket.socket:
+def _bind(kind: socket.SocketKind, endpoint: Endpoint, reuse_port: bool) -> socket.socket:
     v6 = endpoint.address.version == 6
     sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
     try:
+        if reuse_port:  # the kernel spreads clients over the processes bound here
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if v6:  # so [::]:53 and 0.0.0.0:53 can both be listed
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind == socket.SOCK_STREAM:  # restart while old connections sit in TIME_WAIT
@@ -299,13 +301,13 @@ def _bind(kind: socket.SocketKind, endpoint: Endpoint) -> socket.socket:
     return sock
 
 
-def _bind_pair(endpoint: Endpoint) -> tuple[socket.socket, socket.socket]:
+def _bind_pair(endpoint: Endpoint, reuse_port: bool) -> tuple[socket.socket, socket.socket]:
     """A UDP and a TCP socket on the same address and port (port 0: one free for both)."""
     for _ in range(_BIND_ATTEMPTS if endpoint.port == 0 else 1):
-        udp = _bind_or_explain(socket.SOCK_DGRAM, endpoint, "UDP")
+        udp = _bind_or_explain(socket.SOCK_DGRAM, endpoint, "UDP", reuse_port)
         port = udp.getsockname()[1]
         try:
-            return udp, _bind(socket.SOCK_STREAM, Endpoint(endpoint.address, port))
+            return udp, _bind(socket.SOCK_STREAM, Endpoint(endpoint.address, port), reuse_port)
         except OSError as e:
             udp.close()
             if endpoint.port == 0 and e.errno == errno.EADDRINUSE:
@@ -314,9 +316,11 @@ def _bind_pair(endpoint: Endpoint) -> tuple[socket.socket, socket.socket]:
     raise DnsListenError(f"cannot listen for DNS on {endpoint}: no port free for UDP and TCP")
 
 
-def _bind_or_explain(kind: socket.SocketKind, endpoint: Endpoint, name: str) -> socket.socket:
+def _bind_or_explain(
+    kind: socket.SocketKind, endpoint: Endpoint, name: str, reuse_port: bool
+) -> socket.socket:
     try:
-        return _bind(kind, endpoint)
+        return _bind(kind, endpoint, reuse_port)
     except OSError as e:
         raise _listen_error(endpoint, name, e) from e
 
