@@ -12,7 +12,6 @@ from iptserver.learning.holds import (
     PRUNE_AT,
     REWRITE_AT,
     RuleTarget,
-    Written,
     WrittenEntries,
     client_ttl,
     repeat_ttl,
@@ -77,15 +76,17 @@ def test_client_ttl(ttl: int, client_max: int | None, expected: int) -> None:
     ("written", "expected"),
     [
         (None, None),
-        (Written(0x200, 1000.0 + 90, (), 0), None),  # another mark: rewrite
-        (Written(0x100, 1000.0 + 90 + HOLD_MARGIN, (), 0), 90),
-        (Written(0x100, 1000.0 + 500, (), 0), 100),  # never more than the hold
-        (Written(0x100, 1000.0 + 100 * REWRITE_AT + HOLD_MARGIN, (), 0), 50),
-        (Written(0x100, 1000.0 + 100 * REWRITE_AT + HOLD_MARGIN - 1, (), 0), None),
+        ((0x200, 1000.0 + 90, (), 0), None),  # another mark: rewrite
+        ((0x100, 1000.0 + 90 + HOLD_MARGIN, (), 0), 90),
+        ((0x100, 1000.0 + 500, (), 0), 100),  # never more than the hold
+        ((0x100, 1000.0 + 100 * REWRITE_AT + HOLD_MARGIN, (), 0), 50),
+        ((0x100, 1000.0 + 100 * REWRITE_AT + HOLD_MARGIN - 1, (), 0), None),
     ],
     ids=["unknown", "other-mark", "held", "capped-to-hold", "at-threshold", "below-threshold"],
 )
-def test_repeat_ttl(written: Written | None, expected: int | None) -> None:
+def test_repeat_ttl(
+    written: tuple[int, float, tuple[str, ...], int] | None, expected: int | None
+) -> None:
     assert repeat_ttl(written, TARGET, now=1000.0) == expected
 
 
