@@ -58,7 +58,7 @@ lint: venv
 bench: setup
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/dataplane.py
-	$(BIN)/python -m tests.dns.bench_proxy
+	$(BIN)/python bench/dns.py
 	$(BIN)/python bench/recursor.py
 
 clean:
