@@ -153,6 +153,7 @@ class Daemon:
         learner = Learner(state, kernel.learn, kernel.expire_exports, kernel.learn_now)
         stack.callback(learner.close)
         learner.exports_changed()
+        settle()  # before the proxy listens: a full collection stalls the loop
         proxy = DnsProxy(
             DnsProxyConfig(
                 listen=tuple(schema.dns.listen),
@@ -185,7 +186,6 @@ class Daemon:
         tunnels.start(kernel.relink, running.exits_through)
         stack.callback(tunnels.close)  # first of all: no relink while the rest stops
         self._running = running
-        settle()
 
     async def _start_workers(
         self, stack: contextlib.AsyncExitStack, state: State, proxy: DnsProxy

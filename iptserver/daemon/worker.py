@@ -68,8 +68,8 @@ class Worker:
             fail_closed=self.options.fail_closed,
             reuse_port=True,
         )
+        settle()  # before the proxy listens: a full collection stalls the loop
         async with DnsProxy(config, learner):
-            settle()
             _say("ready")
             while line := await _read_line():
                 try:

@@ -106,8 +106,9 @@ class UpstreamClient:
             if deadline - loop.time() <= 0:
                 failures.append(f"{upstream}: not tried, the query's time was up")
                 break
+            last = step == len(self._upstreams) - 1
             try:
-                answer = await self._try(upstream, wire, question, tcp=tcp, deadline=deadline)
+                answer = await self._try(upstream, wire, question, tcp=tcp, until=(deadline, last))
             except TimeoutError:
                 self._counters.upstream_timeouts += 1
                 failures.append(f"{upstream}: no answer in time")
@@ -122,7 +123,6 @@ class UpstreamClient:
                     log.info("upstream %s answers; asking it first from now on", upstream)
                     self._preferred = index
                 return answer
-            last = step == len(self._upstreams) - 1
             args = (
                 upstream,
                 question.name or ".",
@@ -138,12 +138,24 @@ class UpstreamClient:
             )
         raise UpstreamFailure("; ".join(failures))
 
+    def _ends(self, deadline: float, last: bool) -> float:
+        """When a try must be over: the last upstream of the list gets all the time left
+        (one upstream gets the query's whole timeout), the others a try's."""
+        if last:
+            return deadline
+        return min(asyncio.get_running_loop().time() + self._try_timeout, deadline)
+
     async def _try(
-        self, upstream: Endpoint, wire: bytes, question: Question, *, tcp: bool, deadline: float
+        self,
+        upstream: Endpoint,
+        wire: bytes,
+        question: Question,
+        *,
+        tcp: bool,
+        until: tuple[float, bool],
     ) -> UpstreamAnswer:
-        loop = asyncio.get_running_loop()
         transport = Transport.TCP if tcp else Transport.UDP
-        ends = min(loop.time() + self._try_timeout, deadline)
+        ends = self._ends(*until)
         if tcp:
             async with asyncio.timeout_at(ends):
                 message, reply = await self._tcp(upstream, wire, question)
@@ -153,7 +165,7 @@ class UpstreamClient:
             self._counters.upstream_tcp_retries += 1
             log.debug("upstream %s truncated %s; asking again over TCP", upstream, question.name)
             transport = Transport.TCP
-            async with asyncio.timeout_at(min(loop.time() + self._try_timeout, deadline)):
+            async with asyncio.timeout_at(self._ends(*until)):
                 message, reply = await self._tcp(upstream, wire, question)
         if message.header.rcode == RCODE.REFUSED:
             raise _Refused

@@ -99,3 +99,18 @@ def test_spoofed_reply_is_ignored_and_the_real_one_taken() -> None:
             assert lb.proxy.counters.upstream_errors == 1
 
     run(scenario)
+
+
+def test_the_last_upstream_gets_the_whole_time_left() -> None:
+    """One upstream answering after 0.5 s, a try being 0.2 s and the query's time 1 s:
+    the answer comes (it used to be SERVFAIL once the try was over)."""
+
+    async def scenario() -> None:
+        async with lab(Mode.ANSWER, upstream_timeout=0.2, timeout=1.0) as lb:
+            started = time.monotonic()
+            reply = parse(await udp_exchange(lb.udp, query("slow.example.test"), timeout=3.0))
+            assert reply.header.rcode == RCODE.NOERROR
+            assert 0.45 < time.monotonic() - started < 1.0
+            assert lb.proxy.counters.upstream_timeouts == 0
+
+    run(scenario)
