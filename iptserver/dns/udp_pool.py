@@ -119,8 +119,10 @@ class UdpPool:
         self._ids = QueryIds()
 
     async def exchange(
-        self, wire: bytes, question: Question, deadline: float
+        self, wire: bytes, question: Question, deadline: float, resend: float | None = None
     ) -> tuple[Message, bytes]:
+        """``resend``: seconds after which the same datagram (same socket and ID) is sent
+        again while no answer came, until ``deadline``."""
         sock = await self._socket()
         assert sock.transport is not None
         query_id = self._ids.next()
@@ -133,11 +135,24 @@ class UdpPool:
         if sock.uses >= USES:
             self.retire(sock)
         timer = loop.call_at(deadline, _expire, future)
+        datagram = with_id(wire, query_id)
+        again: asyncio.TimerHandle | None = None
+
+        def send() -> None:
+            nonlocal again
+            if sock.transport is None or future.done():
+                return
+            sock.transport.sendto(datagram)
+            if resend is not None and loop.time() + resend < deadline:
+                again = loop.call_later(resend, send)
+
         try:
-            sock.transport.sendto(with_id(wire, query_id))
+            send()
             return await future
         finally:
             timer.cancel()
+            if again is not None:
+                again.cancel()
             sock.release(query_id)
 
     async def _socket(self) -> _Socket:

@@ -159,8 +159,8 @@ class UpstreamClient:
         if tcp:
             async with asyncio.timeout_at(ends):
                 message, reply = await self._tcp(upstream, wire, question)
-        else:  # the pool's own timer: cheaper than a Timeout around it
-            message, reply = await self._pool(upstream).exchange(wire, question, ends)
+        else:
+            message, reply = await self._udp(upstream, wire, question, ends)
         if message.header.truncated and not tcp:
             self._counters.upstream_tcp_retries += 1
             log.debug("upstream %s truncated %s; asking again over TCP", upstream, question.name)
@@ -170,6 +170,13 @@ class UpstreamClient:
         if message.header.rcode == RCODE.REFUSED:
             raise _Refused
         return UpstreamAnswer(reply, message, upstream, transport)
+
+    async def _udp(
+        self, upstream: Endpoint, wire: bytes, question: Question, ends: float
+    ) -> tuple[Message, bytes]:
+        """Over UDP, sent again after each try's time while time is left (a datagram lost
+        on the way is not the upstream's silence); an answer to any of the sends counts."""
+        return await self._pool(upstream).exchange(wire, question, ends, self._try_timeout)
 
     async def _tcp(
         self, upstream: Endpoint, wire: bytes, question: Question

@@ -159,3 +159,26 @@ def test_close_releases_every_socket() -> None:
             probe.bind(("127.0.0.2", 0))  # the loop still runs: nothing left half-closed
 
     run(scenario)
+
+
+def test_a_lost_datagram_is_sent_again_and_its_answer_taken() -> None:
+    seen: set[bytes] = set()
+
+    def drop_first(q: bytes) -> list[bytes]:
+        if q not in seen:  # the first copy is "lost"
+            seen.add(q)
+            return []
+        return [answer(q)]
+
+    async def scenario() -> None:
+        server, endpoint = await upstream(drop_first)
+        pool = UdpPool(endpoint, Checks().match, Checks().ignore)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        message, _ = await pool.exchange(*query("www.example.test"), started + 2, resend=0.2)
+        assert message.question is not None and message.question.name == "www.example.test"
+        assert 0.15 < loop.time() - started < 1.0
+        assert len(server.ports) == 2 and len(set(server.ports)) == 1  # same socket, resent
+        pool.close()
+
+    run(scenario)
