@@ -65,6 +65,7 @@ class Result:
     lost: int  # queries not answered (or, for iptserver, answers not written)
     cpu_us: float  # CPU per query of the server's processes
     completed: int
+    failed: int  # answered, but not NOERROR (SERVFAIL: the upstream did not answer in time)
 
 
 class Bench:
@@ -176,7 +177,9 @@ class Bench:
         completed = int(_field(out, r"Queries completed:\s+(\d+)"))
         lost = int(_field(out, r"Queries lost:\s+(\d+)"))
         qps = float(_field(out, r"Queries per second:\s+([\d.]+)"))
-        return Result(qps, lost, ticks * 1e6 / 100 / max(completed, 1), completed)
+        noerror = int(_field(out + " NOERROR 0", r"NOERROR (\d+)"))
+        cpu = ticks * 1e6 / 100 / max(completed, 1)
+        return Result(qps, lost, cpu, completed, completed - noerror)
 
     def latency(self, server: str, names: Path, seconds: float) -> tuple[float, float]:
         out = self.dnsperf(server, names, "-Q", "2000", "-l", str(seconds), "-v")
@@ -273,9 +276,10 @@ def measure_path(bench: Bench, path: str, workers: int, names: Path, *extra: str
     with bench.iptserver(workers if "x" in path else 1) as proc:
         result = bench.measure(IPTSERVER, family(proc.pid), names, *extra)
         written = bench.set_size("ipts-d0-4")
-    if "-n" in extra and written < result.completed:
-        print(f"  {path}: {result.completed} answers but {written} learned entries")
-        result.lost += result.completed - written
+    routed = result.completed - result.failed
+    if "-n" in extra and written < routed:
+        print(f"  {path}: {routed} NOERROR answers but {written} learned entries")
+        result.lost += routed - written
     return result
 
 
@@ -294,7 +298,7 @@ def report(bench: Bench, args: argparse.Namespace, paths: list[str]) -> int:
     ok = True
     print(f"DNS path, {args.rounds} rounds (median), dnsperf 4 clients x 100 in flight")
     for workload in ("unique", "repeated"):
-        print(f"\n  {workload:9}      q/s    CPU us/query   lost")
+        print(f"\n  {workload:9}      q/s    CPU us/query   lost  SERVFAIL")
         for path in paths:
             rs = results[(workload, path)]
             lost = sum(r.lost for r in rs)
@@ -302,6 +306,7 @@ def report(bench: Bench, args: argparse.Namespace, paths: list[str]) -> int:
             print(
                 f"  {path:14} {statistics.median(r.qps for r in rs):9,.0f}"
                 f" {statistics.median(r.cpu_us for r in rs):10.1f} {lost:8}"
+                f" {sum(r.failed for r in rs):8}"
             )
     print()
     for workload in ("unique", "repeated"):
