@@ -16,8 +16,6 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from iptserver.api import ApiConfig
-from iptserver.daemon.http import read_token, serve_api
 from iptserver.daemon.memory import settle
 from iptserver.daemon.options import Options
 from iptserver.daemon.tunnels import TunnelFollower
@@ -172,8 +170,7 @@ class Daemon:
         monitor = Monitor(schema, kernel.set_routes, self._notify)
         running = Running(kernel, learner, monitor, tunnels, workers)
         if (endpoint := self.options.api_endpoint(schema)) is not None:
-            config = self._api_config(running, proxy)
-            await stack.enter_async_context(serve_api(config, endpoint))
+            await self._serve_api(stack, running, proxy, endpoint)
         log.info(
             "iptserver running: DNS on %s, upstream %s, %d rules, %d exits",
             ", ".join(format_endpoint(e) for e in schema.dns.listen),
@@ -204,8 +201,19 @@ class Daemon:
         await workers.start(exits_to_json(state.plan.exits))
         return workers
 
-    def _api_config(self, running: Running, proxy: DnsProxy) -> ApiConfig:
-        return ApiConfig(
+    async def _serve_api(
+        self,
+        stack: contextlib.AsyncExitStack,
+        running: Running,
+        proxy: DnsProxy,
+        endpoint: Endpoint,
+    ) -> None:
+        # Imported here: the HTTP server (aiohttp) costs 11 MB of RSS, and the API is off
+        # unless the schema or the command line asks for it.
+        from iptserver.api import ApiConfig
+        from iptserver.daemon.http import read_token, serve_api
+
+        config = ApiConfig(
             learner=running.learner,
             counters=proxy.counters,
             reload=self.reload,
@@ -217,6 +225,7 @@ class Daemon:
             set_sizes=running.kernel.set_sizes,
             link_up=lambda interface: link_state(interface) is not None,
         )
+        await stack.enter_async_context(serve_api(config, endpoint))
 
     def _notify(self, change: Change) -> None:
         self._webhook.post(change.as_json())

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ TIMEOUT = 3.0  # seconds for the whole POST
 class Webhook:
     def __init__(self, url: str | None, timeout: float = TIMEOUT) -> None:
         self.url = url  # None: changes are not posted (a reload may set it)
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
         self._posting: set[asyncio.Task[None]] = set()
 
@@ -32,8 +33,12 @@ class Webhook:
         task.add_done_callback(self._posting.discard)
 
     async def _post(self, url: str, body: dict[str, Any]) -> None:
+        # Imported at the first post: aiohttp costs 11 MB of RSS, webhooks are rare.
+        import aiohttp
+
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            timeout = aiohttp.ClientTimeout(total=self._timeout)
+            self._session = aiohttp.ClientSession(timeout=timeout)
         try:
             async with self._session.post(url, json=body) as response:
                 if response.status >= 300:

@@ -7,6 +7,7 @@ clients may keep it come out. No clock is read here; callers pass ``now``
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -23,6 +24,10 @@ HOLD_MARGIN = 2
 # share of its hold left (and the same mark): its TTL is capped to what is left instead.
 REWRITE_AT = 0.5
 PRUNE_AT = 4096  # remembered entries before the expired ones are swept out
+# Live entries remembered at most (each ~240 bytes): past it the oldest are forgotten.
+MAX_REMEMBERED = 200_000
+_SET_BITS = 8  # a remembered entry's key: the address, then its set's index
+_SET_MASK = (1 << _SET_BITS) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +53,14 @@ def rule_targets(schema: Schema, plan: KernelPlan) -> dict[int, RuleTarget]:
 
 
 # A learned entry the kernel was given: its mark, when its timeout ends, the answer's
-# names (qname and CNAME chain) and the domain rule that won it. A plain tuple of plain
-# values on purpose, as its key is: the collector stops tracking those, so a full
-# collection does not walk every address a busy entry holds. With 200,000 entries one
-# takes 2.4 ms so, and 38-40 ms when they are dataclasses or named tuples (measured),
-# a stall every answer waiting at that moment would pay.
-Written = tuple[int, float, tuple[str, ...], int]
+# names (qname and CNAME chain, one space-separated text: names hold no raw spaces) and
+# the domain rule that won it. A plain tuple of plain values on purpose, as its key (an
+# int) is: the collector stops tracking those, so a full collection does not walk every
+# address a busy entry holds. With 200,000 entries one takes 2.4 ms so, and 38-40 ms
+# when they are dataclasses or named tuples (measured), a stall every answer waiting at
+# that moment would pay. About 240 bytes an entry (with a set and version in a tuple
+# key and the names as a tuple: 360).
+Written = tuple[int, float, str, int]
 
 
 @dataclass(slots=True)
@@ -100,26 +107,43 @@ def host_entry(ip: IPAddress, target: RuleTarget) -> LearnedEntry:
 class WrittenEntries:
     """Per learned set and address, what was last written there.
 
-    Swept of expired entries once it doubles past ``PRUNE_AT``; ``forget`` (after a reload
-    or a failed kernel write) starts a new generation, so answers decided before it are
-    not remembered when their write completes.
+    Swept of expired entries once it doubles past ``PRUNE_AT``; past ``limit`` live
+    entries the oldest written are forgotten (a repeat of one is written again: the kernel
+    keeps it either way). ``forget`` (after a reload or a failed kernel write) starts a
+    new generation, so answers decided before it are not remembered when their write
+    completes.
     """
 
-    def __init__(self) -> None:
-        # (set, IP version, address as an int) -> what was written there last
-        self._written: dict[tuple[str, int, int], Written] = {}
-        self._prune_at = PRUNE_AT
+    def __init__(self, limit: int = MAX_REMEMBERED) -> None:
+        # address as an int, shifted left by 8, or'ed with its (set, IP version)'s index
+        self._written: dict[int, Written] = {}
+        self._sets: dict[tuple[str, int], int] = {}  # (set, IP version) -> index
+        self._limit = limit
+        self._prune_at = min(PRUNE_AT, limit)
         self.generation = 0
+        self.evicted = 0  # live entries forgotten past ``limit``
 
     def __len__(self) -> int:
         return len(self._written)
 
+    def _key(self, set_name: str, version: int, address: int) -> int:
+        index = self._sets.get((set_name, version))
+        if index is None:
+            index = self._sets[(set_name, version)] = len(self._sets)
+            if index > _SET_MASK:
+                raise ValueError(f"more than {_SET_MASK + 1} learned sets")
+        return address << _SET_BITS | index
+
     def get(self, set_name: str, address: IPAddress) -> Written | None:
-        return self._written.get((set_name, address.version, int(address)))
+        index = self._sets.get((set_name, address.version))
+        if index is None:
+            return None
+        return self._written.get(int(address) << _SET_BITS | index)
 
     def forget(self) -> None:
         self._written.clear()
-        self._prune_at = PRUNE_AT
+        self._sets.clear()
+        self._prune_at = min(PRUNE_AT, self._limit)
         self.generation += 1
 
     def remember(self, routed: Routed) -> None:
@@ -127,27 +151,35 @@ class WrittenEntries:
         if routed.generation != self.generation:
             return
         written = self._written
+        names = " ".join(routed.names)
         for entry, rule in zip(routed.entries, routed.rules, strict=True):
             address = entry.network.network_address
-            written[(entry.set_name, address.version, int(address))] = (
-                entry.mark,
-                routed.now + entry.timeout,
-                routed.names,
-                rule,
-            )
+            key = self._key(entry.set_name, address.version, int(address))
+            written.pop(key, None)  # to the end: the newest written go last
+            written[key] = (entry.mark, routed.now + entry.timeout, names, rule)
         if len(written) >= self._prune_at:
             self._prune(routed.now)
 
     def _prune(self, now: float) -> None:
-        for key in [k for k, (_, ends, _, _) in self._written.items() if ends <= now]:
-            del self._written[key]
-        self._prune_at = max(PRUNE_AT, 2 * len(self._written))
+        written = self._written
+        for key in [k for k, (_, ends, _, _) in written.items() if ends <= now]:
+            del written[key]
+        if len(written) > self._limit:  # the oldest first, down to 90 % of the limit
+            over = len(written) - self._limit * 9 // 10
+            for key in list(itertools.islice(written, over)):
+                del written[key]
+            self.evicted += over
+        self._prune_at = min(max(PRUNE_AT, 2 * len(written)), self._limit)
 
     def by_address(self) -> dict[IPAddress, tuple[tuple[str, ...], int]]:
         """Address -> the names and domain rule of the answer that last wrote it."""
+        versions = {index: version for (_, version), index in self._sets.items()}
         return {
-            (IPv4Address if version == 4 else IPv6Address)(address): (names, rule)
-            for (_, version, address), (_, _, names, rule) in self._written.items()
+            (IPv4Address if versions[key & _SET_MASK] == 4 else IPv6Address)(key >> _SET_BITS): (
+                tuple(names.split(" ")) if names else (),
+                rule,
+            )
+            for key, (_, _, names, rule) in self._written.items()
         }
 
 

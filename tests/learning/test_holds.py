@@ -12,6 +12,7 @@ from iptserver.learning.holds import (
     PRUNE_AT,
     REWRITE_AT,
     RuleTarget,
+    Written,
     WrittenEntries,
     client_ttl,
     repeat_ttl,
@@ -76,17 +77,15 @@ def test_client_ttl(ttl: int, client_max: int | None, expected: int) -> None:
     ("written", "expected"),
     [
         (None, None),
-        ((0x200, 1000.0 + 90, (), 0), None),  # another mark: rewrite
-        ((0x100, 1000.0 + 90 + HOLD_MARGIN, (), 0), 90),
-        ((0x100, 1000.0 + 500, (), 0), 100),  # never more than the hold
-        ((0x100, 1000.0 + 100 * REWRITE_AT + HOLD_MARGIN, (), 0), 50),
-        ((0x100, 1000.0 + 100 * REWRITE_AT + HOLD_MARGIN - 1, (), 0), None),
+        ((0x200, 1000.0 + 90, "", 0), None),  # another mark: rewrite
+        ((0x100, 1000.0 + 90 + HOLD_MARGIN, "", 0), 90),
+        ((0x100, 1000.0 + 500, "", 0), 100),  # never more than the hold
+        ((0x100, 1000.0 + 100 * REWRITE_AT + HOLD_MARGIN, "", 0), 50),
+        ((0x100, 1000.0 + 100 * REWRITE_AT + HOLD_MARGIN - 1, "", 0), None),
     ],
     ids=["unknown", "other-mark", "held", "capped-to-hold", "at-threshold", "below-threshold"],
 )
-def test_repeat_ttl(
-    written: tuple[int, float, tuple[str, ...], int] | None, expected: int | None
-) -> None:
+def test_repeat_ttl(written: Written | None, expected: int | None) -> None:
     assert repeat_ttl(written, TARGET, now=1000.0) == expected
 
 
@@ -144,3 +143,31 @@ def test_expired_entries_are_swept_once_the_table_is_large() -> None:
     # Long after those expired, one more reaches the threshold: only it is left.
     written.remember(route_answer([domain("203.0.113.1")], {0: TARGET}, written, 250, (), 1e6))
     assert len(written) == 1
+
+
+def test_past_its_limit_the_oldest_written_are_forgotten_first() -> None:
+    written = WrittenEntries(limit=PRUNE_AT)
+    base = int(ipaddress.IPv4Address("198.18.0.0"))
+    for i in range(PRUNE_AT + 1):  # none expired: all live, one over the limit
+        address = str(ipaddress.IPv4Address(base + i))
+        written.remember(route_answer([domain(address)], {0: TARGET}, written, 250, (), 0.0))
+    assert len(written) == PRUNE_AT * 9 // 10
+    assert written.evicted == PRUNE_AT + 1 - PRUNE_AT * 9 // 10
+    assert written.get(TARGET.sets[0], ip("198.18.0.0")) is None  # the first went first
+    newest = written.get(TARGET.sets[0], ipaddress.IPv4Address(base + PRUNE_AT))
+    assert newest is not None
+    # A forgotten address is simply written again when it comes back.
+    again = route_answer([domain("198.18.0.0")], {0: TARGET}, written, 250, (), 1.0)
+    assert len(again.entries) == 1
+
+
+def test_remembered_names_and_addresses_come_back_as_written() -> None:
+    written = WrittenEntries()
+    chain = ("www.example.ru", "edge.cdn.example", "x\\032y.example")
+    decisions = [domain("198.51.100.7"), domain("2001:db8::7"), domain("::198.51.100.7")]
+    written.remember(route_answer(decisions, {0: TARGET}, written, 250, chain, 1000.0))
+    assert written.by_address() == {
+        ip("198.51.100.7"): (chain, 0),
+        ip("2001:db8::7"): (chain, 0),
+        ip("::198.51.100.7"): (chain, 0),  # the same int as the IPv4 one, another set
+    }
