@@ -56,6 +56,7 @@ ttl: {{hold: 300}}
 dns:
   listen: ["{listen}:53"]
   upstream: ["{upstream}:53"]
+  rate_limit: {{client: 0, network: 0}}  # dnsperf is one client at full speed
 """
 
 

@@ -38,6 +38,8 @@ class ApiConfig:
     plugin: Callable[[], PluginEndpoint | None] | None = None
     # Whether an interface is up now (None: not known, no kernel).
     link_up: Callable[[str], bool] | None = None
+    # Queries dropped over dns.rate_limit, by client address (None: no proxy).
+    rate_limited: Callable[[], Mapping[str, int]] | None = None
 
     def exit_state(self, name: str) -> ExitState:
         return self.monitor.state(name) if self.monitor is not None else ExitState.UP

@@ -87,8 +87,21 @@ class StateCollector(Collector):
             exits.add_metric([e.name, e.interface, str(e.mark), str(e.table)], 1)
         yield exits
         yield from self._sets()
+        yield from self._rate_limited()
         yield from self._plugin()
         yield from self._health()
+
+    def _rate_limited(self) -> Iterator[Metric]:
+        if self._config.rate_limited is None:
+            return
+        limited = CounterMetricFamily(
+            "iptserver_dns_rate_limited_by_client",
+            "DNS queries over dns.rate_limit, by client (the first 1,000; the rest: others)",
+            labels=["client"],
+        )
+        for client, count in sorted(self._config.rate_limited().items()):
+            limited.add_metric([client], count)
+        yield limited
 
     def _plugin(self) -> Iterator[Metric]:
         endpoint = self._config.plugin() if self._config.plugin is not None else None

@@ -16,6 +16,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from iptserver.daemon.clients import ProxyClients
 from iptserver.daemon.memory import settle
 from iptserver.daemon.options import Options
 from iptserver.daemon.tunnels import TunnelFollower
@@ -48,6 +49,7 @@ class Running:
     learner: Learner
     monitor: Monitor
     tunnels: TunnelFollower
+    proxy: DnsProxy
     workers: Workers | None  # --workers: more processes answering DNS
 
     def exits_through(self, interface: str) -> list[str]:
@@ -68,6 +70,7 @@ class Daemon:
         self._geo: GeoIPDatabase | None = None
         self._running: Running | None = None  # once started
         self._webhook = Webhook(None)
+        self._clients = ProxyClients()
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()  # under way, from SIGHUP
@@ -161,6 +164,7 @@ class Daemon:
                 reuse_port=self.options.workers > 1,
             ),
             learner,
+            clients=await self._clients.gate(schema),
         )
         await proxy.start()
         stack.push_async_callback(proxy.stop)
@@ -168,7 +172,7 @@ class Daemon:
         self._webhook.url = schema.health.webhook
         stack.push_async_callback(self._webhook.close)
         monitor = Monitor(schema, kernel.set_routes, self._notify)
-        running = Running(kernel, learner, monitor, tunnels, workers)
+        running = Running(kernel, learner, monitor, tunnels, proxy, workers)
         if (endpoint := self.options.api_endpoint(schema)) is not None:
             await self._serve_api(stack, running, proxy, endpoint)
         log.info(
@@ -224,6 +228,7 @@ class Daemon:
             installed=running.kernel.learned_now,
             set_sizes=running.kernel.set_sizes,
             link_up=lambda interface: link_state(interface) is not None,
+            rate_limited=lambda: running.proxy.clients.limited,
         )
         await stack.enter_async_context(serve_api(config, endpoint))
 
@@ -267,6 +272,7 @@ class Daemon:
         for problem in problems:
             log.error("%s", problem)
         running.learner.state = state
+        running.proxy.clients = await self._clients.gate(state.policy.schema)
         if running.workers is not None:
             for problem in await running.workers.reload(exits_to_json(state.plan.exits)):
                 log.error("%s", problem)

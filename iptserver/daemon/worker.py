@@ -21,6 +21,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from iptserver.daemon.clients import ProxyClients
 from iptserver.daemon.memory import settle
 from iptserver.daemon.options import Options, options_from_json
 from iptserver.dataplane.ipset import IPSets
@@ -69,11 +70,14 @@ class Worker:
             reuse_port=True,
         )
         settle()  # before the proxy listens: a full collection stalls the loop
-        async with DnsProxy(config, learner):
+        clients = ProxyClients()
+        gate = await clients.gate(schema, quiet=True)
+        async with DnsProxy(config, learner, clients=gate) as proxy:
             _say("ready")
             while line := await _read_line():
                 try:
                     learner.state = self.load(json.loads(line)["exits"])
+                    proxy.clients = await clients.gate(learner.state.policy.schema, quiet=True)
                 except (IptserverError, ValueError, KeyError) as e:
                     _say(f"error: {e}")
                 else:

@@ -12,10 +12,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+
+from pyroute2 import IPRoute
+
+from iptserver.schema.values import IPNetwork
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,32 @@ def link_state(interface: str) -> int | None:
     except OSError:
         return None
     return index if flags & IFF_UP else None
+
+
+def interface_networks(interfaces: Iterable[str]) -> list[IPNetwork]:
+    """The networks behind each interface: its addresses' subnets and the routes out of
+    it (a WireGuard interface often has a /32 and a route per peer's AllowedIPs). Left
+    out: default routes, and link-local networks (every link has fe80::/64: it would let
+    in the neighbours of every interface). A missing interface has none.
+    """
+    found: dict[IPNetwork, None] = {}
+    with IPRoute() as ip:
+        for name in interfaces:
+            indexes = ip.link_lookup(ifname=name)
+            if not indexes:
+                continue
+            for message in ip.get_addr(index=indexes[0]):
+                address = message.get_attr("IFA_ADDRESS")
+                network = ipaddress.ip_interface(f"{address}/{message['prefixlen']}").network
+                if not network.is_link_local:
+                    found[network] = None
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for route in ip.get_routes(family=family, oif=indexes[0], table=254):
+                    destination = route.get_attr("RTA_DST")
+                    if destination is not None and route["dst_len"]:
+                        routed = f"{destination}/{route['dst_len']}"
+                        found[ipaddress.ip_network(routed, strict=False)] = None
+    return list(found)
 
 
 class LinkWatcher:

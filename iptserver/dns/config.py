@@ -23,6 +23,7 @@ class DnsProxyConfig:
     fail_closed: bool = False  # sink failed: SERVFAIL (True) or release the answer (False)
     fail_open_ttl: int = 30  # TTL cap of answers released although the sink failed
     max_tcp_clients: int = 64  # concurrent TCP connections; more are closed at once
+    max_tcp_per_client: int = 16  # of those, from one address
     tcp_idle_timeout: float = 10.0  # seconds a TCP connection may sit without a query
     tcp_pipeline: int = 16  # queries of one TCP connection in flight at once
     max_inflight: int = 1024  # queries in flight; UDP queries beyond it are dropped
@@ -45,7 +46,7 @@ class DnsProxyConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{name} must be a number of seconds above 0, not {value!r}")
-        for name in ("max_tcp_clients", "tcp_pipeline", "max_inflight"):
+        for name in ("max_tcp_clients", "max_tcp_per_client", "tcp_pipeline", "max_inflight"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")

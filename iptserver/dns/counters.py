@@ -24,7 +24,9 @@ class DnsCounters:
     sink_errors: int = 0  # answers the sink failed to route (DataplaneError, timeout, bug)
     sink_timeouts: int = 0  # of sink_errors, those that took longer than sink_timeout
     truncated: int = 0  # UDP replies cut to TC for the client's size limit
-    tcp_refused: int = 0  # TCP connections closed at once: max_tcp_clients reached
+    tcp_refused: int = 0  # TCP connections closed at once: max_tcp_clients (per client) reached
+    refused: int = 0  # queries (and TCP connections) from addresses that are not clients
+    rate_limited: int = 0  # client queries over dns.rate_limit (UDP: dropped, TCP: REFUSED)
 
     def snapshot(self) -> dict[str, int]:
         return dataclasses.asdict(self)

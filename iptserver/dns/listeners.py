@@ -3,8 +3,10 @@
 This module owns the sockets and their limits, not the queries: every datagram and
 every TCP frame becomes one task that calls the ``answer`` function it was given
 (:meth:`~iptserver.dns.proxy.DnsProxy.answer`) and sends back what that returns.
-Limits: ``max_inflight`` queries at once (UDP beyond it dropped), ``max_tcp_clients``
-connections (more closed at once), ``tcp_pipeline`` queries in flight per connection,
+Limits: who may ask and how fast (:class:`~iptserver.dns.clients.ClientGate`: others
+get REFUSED, a client over its rate is dropped), ``max_inflight`` queries at once (UDP
+beyond it dropped), ``max_tcp_clients`` connections and ``max_tcp_per_client`` of one
+address (more closed at once), ``tcp_pipeline`` queries in flight per connection,
 ``tcp_idle_timeout`` seconds of silence before a connection is closed.
 """
 
@@ -14,11 +16,17 @@ import asyncio
 import errno
 import logging
 import socket
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
+from dnslib import RCODE
+
+from iptserver.dns.clients import ClientGate, Verdict
 from iptserver.dns.config import DnsProxyConfig
 from iptserver.dns.counters import DnsCounters
+from iptserver.dns.queries import BadQuery, own_reply, read_query
 from iptserver.dns.throttle import ThrottledLog
 from iptserver.dns.upstream import Transport
 from iptserver.dns.wire import TCP_LENGTH_SIZE, tcp_frame, tcp_length
@@ -32,6 +40,7 @@ Answer = Callable[[bytes, str, Transport], Awaitable[bytes | None]]
 
 _TCP_BACKLOG = 128
 _BIND_ATTEMPTS = 20  # port 0: tries to find a port free for both UDP and TCP
+_NOT_OURS = "not a client (its address is not on the ingress, the mesh or dns.allow)"
 # The kernel caps this at net.core.rmem_max (raise that sysctl for bigger bursts).
 _UDP_RCVBUF = 4 * 1024 * 1024
 
@@ -43,8 +52,16 @@ class DnsListenError(IptserverError):
 class Listeners:
     """The UDP and TCP servers of the proxy: ``await start()``, ``await close()``."""
 
-    def __init__(self, config: DnsProxyConfig, answer: Answer, counters: DnsCounters) -> None:
+    def __init__(
+        self,
+        config: DnsProxyConfig,
+        answer: Answer,
+        counters: DnsCounters,
+        clients: ClientGate | None = None,
+    ) -> None:
         self.config = config
+        # Who may ask (default: this host only); the daemon replaces it on a reload.
+        self.clients = ClientGate() if clients is None else clients
         self._answer = answer
         self._counters = counters
         self._log = ThrottledLog(log)
@@ -53,6 +70,7 @@ class Listeners:
         self._tcp: list[asyncio.Server] = []
         self._queries: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[Any]] = set()
+        self._per_client: Counter[str] = Counter()  # open TCP connections by address
         self._accepting = False  # False while closing: connections are closed at once
 
     @property
@@ -102,6 +120,12 @@ class Listeners:
     # -- UDP --------------------------------------------------------------------------
 
     def _on_datagram(self, transport: asyncio.DatagramTransport, data: bytes, addr: Any) -> None:
+        verdict = self.clients.check(addr[0], time.monotonic())
+        if verdict is not Verdict.ALLOW:
+            reply = self._turned_away(verdict, data, peer_text(addr), Transport.UDP)
+            if reply is not None:
+                transport.sendto(reply, addr)
+            return
         if len(self._queries) >= self.config.max_inflight:
             self._drop(
                 self._log.warning,
@@ -126,39 +150,59 @@ class Listeners:
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        client = peer_text(writer.get_extra_info("peername"))
-        if not self._accepting:
-            writer.close()
-            return
-        if len(self._connections) >= self.config.max_tcp_clients:
-            self._counters.tcp_refused += 1
-            self._log.warning(
-                "tcp-refused",
-                "closed a TCP connection from %s: %d open already (max_tcp_clients)",
-                client,
-                len(self._connections),
-            )
+        peer = writer.get_extra_info("peername")
+        client, address = peer_text(peer), peer[0]
+        if not self._accepting or not self._admit_connection(client, address):
             writer.close()
             return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        self._per_client[address] += 1
         try:
-            await self._read_frames(reader, writer, client)
+            await self._read_frames(reader, writer, client, address)
         except asyncio.CancelledError:
             pass  # close(): the server's callback must not see a cancelled task
         finally:
             writer.close()
             self._connections.discard(task)
+            self._per_client[address] -= 1
+            if not self._per_client[address]:
+                del self._per_client[address]
+
+    def _admit_connection(self, client: str, address: str) -> bool:
+        """Whether a new connection may stay open (else counted and said why)."""
+        if self.clients.check(address, time.monotonic()) is Verdict.REFUSE:
+            self._counters.refused += 1
+            self._log.warning("refused", "closed a TCP connection from %s: %s", client, _NOT_OURS)
+            return False
+        if len(self._connections) >= self.config.max_tcp_clients:
+            why = f"{len(self._connections)} open already (max_tcp_clients)"
+        elif self._per_client[address] >= self.config.max_tcp_per_client:
+            why = f"{self._per_client[address]} open from it already (max_tcp_per_client)"
+        else:
+            return True
+        self._counters.tcp_refused += 1
+        self._log.warning("tcp-refused", "closed a TCP connection from %s: %s", client, why)
+        return False
 
     async def _read_frames(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: str,
+        address: str,
     ) -> None:
         """Read length-prefixed queries and answer them concurrently (RFC 7766 §6.2.1.1)."""
         slots = asyncio.Semaphore(self.config.tcp_pipeline)
         drain = asyncio.Lock()
         pending: set[asyncio.Task[None]] = set()
         while (wire := await self._read_frame(reader, client)) is not None:
+            verdict = self.clients.check(address, time.monotonic())
+            if verdict is not Verdict.ALLOW:
+                if (reply := self._turned_away(verdict, wire, client, Transport.TCP)) is not None:
+                    writer.write(tcp_frame(reply))
+                continue
             await slots.acquire()
             task = self._spawn(self._serve_frame(wire, client, writer, drain, slots))
             pending.add(task)
@@ -221,6 +265,31 @@ class Listeners:
             slots.release()
 
     # -- queries ----------------------------------------------------------------------
+
+    def _turned_away(
+        self, verdict: Verdict, wire: bytes, client: str, transport: Transport
+    ) -> bytes | None:
+        """What a query the gate did not let in gets: REFUSED when it is not a client's
+        (or a client's over its rate, over TCP: no spoofed source there), else nothing."""
+        self._counters.queries += 1
+        if verdict is Verdict.LIMIT:
+            self._counters.rate_limited += 1
+            message = "%s sends more than dns.rate_limit allows: its queries are dropped"
+            self._log.warning("rate-limited", message, client)
+            if transport is Transport.UDP:
+                self._counters.dropped += 1
+                return None
+        else:
+            self._counters.refused += 1
+            message = "REFUSED to %s over %s: %s"
+            self._log.warning("refused", message, client, transport.value, _NOT_OURS)
+        try:
+            query = read_query(wire)
+        except BadQuery:
+            self._counters.dropped += 1
+            return None
+        self._counters.answers += 1
+        return own_reply(wire, RCODE.REFUSED, query.header, query)
 
     def _drop(self, say: Callable[..., None], kind: str, message: str, *args: object) -> None:
         """Count a query that came in but is not answered, and say why (throttled)."""

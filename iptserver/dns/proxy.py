@@ -18,6 +18,7 @@ from types import TracebackType
 from dnslib import QTYPE, RCODE
 
 from iptserver.dns.answers import Learned, cap_ttls, learned_from, truncate, udp_limit, with_id
+from iptserver.dns.clients import ClientGate
 from iptserver.dns.config import DnsProxyConfig
 from iptserver.dns.counters import DnsCounters
 from iptserver.dns.listeners import DnsListenError, Listeners
@@ -38,7 +39,12 @@ class DnsProxy:
     """``async with DnsProxy(config, sink) as proxy: ...`` or ``start()`` / ``stop()``."""
 
     def __init__(
-        self, config: DnsProxyConfig, sink: AnswerSink, *, counters: DnsCounters | None = None
+        self,
+        config: DnsProxyConfig,
+        sink: AnswerSink,
+        *,
+        counters: DnsCounters | None = None,
+        clients: ClientGate | None = None,
     ) -> None:
         self.config = config
         self.counters = DnsCounters() if counters is None else counters
@@ -47,7 +53,7 @@ class DnsProxy:
             config.upstream_endpoints, try_timeout=config.upstream_timeout, counters=self.counters
         )
         self._log = ThrottledLog(log)
-        self._listeners = Listeners(config, self.answer, self.counters)
+        self._listeners = Listeners(config, self.answer, self.counters, clients)
         self._running = False
 
     # -- lifecycle ------------------------------------------------------------------
@@ -56,6 +62,15 @@ class DnsProxy:
     def addresses(self) -> tuple[tuple[Transport, Endpoint], ...]:
         """Where the proxy listens (ports as bound, so port 0 shows the one chosen)."""
         return self._listeners.addresses
+
+    @property
+    def clients(self) -> ClientGate:
+        """Who may ask, and how fast (default: this host only, no rate limit)."""
+        return self._listeners.clients
+
+    @clients.setter
+    def clients(self, gate: ClientGate) -> None:
+        self._listeners.clients = gate
 
     async def start(self) -> None:
         """Listen on every configured address; raises :class:`DnsListenError` if one fails

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from iptserver.schema.health import BLOCK, Health, HealthSettings, OnDown
 from iptserver.schema.mesh import Clients, Node, NodeName, Tunnel
@@ -110,6 +110,17 @@ class Ttl(_Model):
     )
 
 
+class RateLimit(_Model):
+    """Queries a second the proxy takes from one client, and from its /24 (IPv4) or /56
+    (IPv6) together; past it a client's UDP queries are dropped (TCP: REFUSED)."""
+
+    client: Annotated[float, Field(ge=0)] = Field(500, description="Per address (0: no limit)")
+    network: Annotated[float, Field(ge=0)] = Field(2000, description="Per /24 or /56 (0: no limit)")
+    burst: Annotated[float, Field(gt=0, le=60)] = Field(
+        2, description="Seconds of the rate a client may send at once"
+    )
+
+
 class Dns(_Model):
     listen: list[Endpoint] = Field(default_factory=list, description="Where the proxy listens")
     upstream: list[Endpoint] = Field(default_factory=list, description="Recursors to forward to")
@@ -122,6 +133,24 @@ class Dns(_Model):
     doh_servers: list[Network] = Field(
         default_factory=list, description="More DNS-over-HTTPS servers to reject (block_doh)"
     )
+    allow: list[Network] = Field(
+        default_factory=list,
+        description="More client networks the proxy answers, besides the ingress "
+        "interfaces' networks, the mesh's subnets and this host; every other address gets "
+        "REFUSED (never an open resolver: nothing broader than a /8 or an IPv6 /16)",
+    )
+    rate_limit: RateLimit = RateLimit()
+
+    @field_validator("allow")
+    @classmethod
+    def _not_everyone(cls, allow: list[IPNetwork]) -> list[IPNetwork]:
+        for net in allow:
+            if net.prefixlen < (8 if net.version == 4 else 16):
+                raise ValueError(
+                    f"{net} would make the proxy an open resolver: list your clients' "
+                    "networks (nothing broader than a /8, or an IPv6 /16)"
+                )
+        return allow
 
 
 class Api(_Model):

@@ -52,6 +52,14 @@ MALFORMED = [
         ["s.yaml:6:5: rules.0.domain: unknown key 'domain'; did you mean 'domains'?"],
     ),
     (
+        "open-resolver",
+        "exits:\n  uk: {interface: wg-uk}\ndns:\n  allow: [10.0.0.0/8, 0.0.0.0/0]\n",
+        [
+            "s.yaml:4:10: dns.allow: 0.0.0.0/0 would make the proxy an open resolver: list your "
+            "clients' networks (nothing broader than a /8, or an IPv6 /16)"
+        ],
+    ),
+    (
         "unknown-exit-key",
         "exits:\n  uk: {interfac: wg-uk}\n",
         [
