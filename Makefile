@@ -60,6 +60,7 @@ bench: setup
 	$(BIN)/python bench/dataplane.py
 	$(BIN)/python bench/dns.py
 	$(BIN)/python bench/recursor.py
+	$(BIN)/python bench/hostile.py
 
 clean:
 	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache

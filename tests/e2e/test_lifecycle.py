@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from iptserver.lab import Lab
 from iptserver.lab.zones import ZONE
 from tests.e2e.conftest import (
     BASE_SCHEMA,
+    ENTRY_DNS,
     LAB_EXITS,
     LAB_SETTINGS,
     Iptservers,
@@ -278,6 +280,46 @@ def test_restart_with_keep_state_adopts_what_it_finds(iptservers: Iptservers) ->
         assert_routes(lab, resolve=False)  # mail.ru: the adopted learned entries
     iptservers.stop(daemon)
     assert ours(entry_state(lab)) == [], "a plain stop removes everything, adopted too"
+
+
+@pytest.mark.parametrize("with_state_dir", [False, True], ids=["plain", "state-dir"])
+def test_kill_9_under_load_then_a_restart_adopts_it_all(
+    iptservers: Iptservers, tmp_path: Path, with_state_dir: bool
+) -> None:
+    """SIGKILL while clients ask (no cleanup runs): the next start adds nothing twice,
+    adopts the learned entries the kernel still holds (mail.ru leaves via ru without
+    being asked again) and answers; a final plain stop removes it all."""
+    extra = ("--state-dir", str(tmp_path / "state")) if with_state_dir else ()
+    schema = iptservers.schema(RESTART_SCHEMA)
+    daemon = iptservers.start(schema, *extra)
+    lab = daemon.lab
+    assert_routes(lab)
+    before = entry_state(lab)
+    stop = threading.Event()
+    load = threading.Thread(target=ask_until, args=(lab, stop))
+    load.start()
+    try:
+        time.sleep(0.5)
+        daemon.proc.kill()
+        daemon.proc.wait()
+        assert differences(before, entry_state(lab)) == [], "SIGKILL: the kernel keeps it"
+        daemon = iptservers.start(schema, *extra)
+    finally:
+        stop.set()
+        load.join()
+    assert_each_once(entry_state(lab))
+    assert differences(before, entry_state(lab)) == []
+    assert_routes(lab, resolve=False)  # the adopted mail.ru entries
+    assert resolved(lab, "mail.ru")[0][0] == MAIL_RU["A"]
+
+
+def ask_until(lab: Lab, stop: threading.Event) -> None:
+    """Clients asking for new names the whole time (answers or not: the daemon dies)."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        with contextlib.suppress(Exception):
+            lab.query("client", f"kill-{n}.bench.ru", server=ENTRY_DNS, timeout=0.3)
 
 
 def test_keep_state_restart_onto_a_changed_schema_with_a_state_dir(
