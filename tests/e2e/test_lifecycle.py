@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -433,3 +434,63 @@ def test_bad_schema_on_reload_keeps_the_running_policy(iptservers: Iptservers, b
     iptservers.rewrite(daemon, guarded_schema(AFTER_EXIT))
     assert daemon.reload(), daemon.log
     assert_ways(daemon, AFTER_EXIT)
+
+
+def test_a_reload_storm_under_load_fails_no_query_and_ends_on_the_last_good_schema(
+    iptservers: Iptservers,
+) -> None:
+    """50 SIGHUPs in about 5 s while a client asks, the file on disk good or broken in
+    turn: every query is answered, and the policy in force is the last good schema's."""
+    daemon = iptservers.start(guarded_schema(BEFORE_EXIT))
+    lab = daemon.lab
+    texts = [
+        lab.schema_text(iptservers.schema(guarded_schema(way))) for way in (BEFORE_EXIT, AFTER_EXIT)
+    ]
+    broken = BROKEN[0][1]
+    stop = threading.Event()
+    rcodes: list[str] = []
+    load = threading.Thread(target=ask_and_record, args=(lab, stop, rcodes))
+    load.start()
+    try:
+        for i in range(50):  # the file left on disk: AFTER_EXIT
+            text = texts[1] if i == 49 else broken if i % 3 == 1 else texts[i % 2]
+            swap_in(daemon.schema, text)
+            daemon.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.1)
+        wait_for_reloads(daemon, 50)
+    finally:
+        stop.set()
+        load.join()
+    assert daemon.alive
+    assert rcodes and set(rcodes) == {"NOERROR"}, f"{len(rcodes)} queries: {set(rcodes)}"
+    assert_ways(daemon, AFTER_EXIT)
+
+
+def swap_in(path: Path, text: str) -> None:
+    """Replace the schema file at once, as a careful deploy does (no half-written file)."""
+    new = path.with_suffix(".new")
+    new.write_text(text, encoding="utf-8")
+    new.replace(path)
+
+
+def ask_and_record(lab: Lab, stop: threading.Event, rcodes: list[str]) -> None:
+    n = 0
+    while not stop.is_set():
+        n += 1
+        try:
+            answer = lab.query("client", f"storm-{n}.bench.ru", server=ENTRY_DNS, timeout=3)
+        except Exception as e:  # counted: a query the storm lost
+            rcodes.append(f"no answer: {e}")
+        else:
+            rcodes.append(answer.rcode)
+
+
+def wait_for_reloads(daemon: Running, count: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = daemon.output
+        done = text.count("iptserver.daemon: reloaded ") + text.count("reload rejected")
+        if done >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {count} reloads ended in {timeout} s:\n{daemon.log}")
