@@ -9,6 +9,7 @@ are in :mod:`iptserver.cli.render_mesh`. The renderers themselves are pure, in
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from iptserver.cli import render_mesh
@@ -29,6 +30,7 @@ def register(commands: Commands) -> None:
     _register_recursor(actions)
     render_mesh.register(actions)
     _register_compose(actions)
+    _register_systemd(actions)
 
 
 def _register_recursor(actions: Commands) -> None:
@@ -156,4 +158,39 @@ def _compose(args: argparse.Namespace) -> int:
     user = read_compose(args.compose_file)
     ports = exposed_ports(mesh_of(load_schema(args.config).schema), args.service)
     write_or_print(render_override(user, settings, str(args.compose_file), ports), args.output)
+    return EXIT_OK
+
+
+def _register_systemd(actions: Commands) -> None:
+    unit = add_command(
+        actions, "systemd", _systemd, "a systemd unit: iptserver run with network capabilities only"
+    )
+    unit.add_argument(
+        "--config",
+        metavar="SCHEMA",
+        type=Path,
+        default=Path("/etc/iptserver/iptserver.yaml"),
+        help="the schema (default: /etc/iptserver/iptserver.yaml)",
+    )
+    unit.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        type=Path,
+        default=Path("/var/lib/iptserver"),
+        help="kept state (default: /var/lib/iptserver)",
+    )
+    unit.add_argument("--geoip", metavar="MMDB", type=Path, help="country database")
+    unit.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+
+
+def _systemd(args: argparse.Namespace) -> int:
+    from iptserver.render.systemd import UnitSettings, render_unit
+
+    settings = UnitSettings(
+        command=(sys.executable, "-m", "iptserver"),
+        config=args.config.resolve(),
+        state_dir=args.state_dir.resolve(),
+        geoip=args.geoip.resolve() if args.geoip else None,
+    )
+    write_or_print(render_unit(settings), args.output)
     return EXIT_OK

@@ -98,8 +98,10 @@ def start_iptserver(
     *extra: str,
     upstream: Sequence[str] = (UPSTREAM,),
     probe: tuple[str, str, int] = ("client", ENTRY_DNS, 53),
+    wrapper: Sequence[str] = (),
 ) -> Iptserver:
-    """Start ``iptserver run`` in the entry; return once it serves DNS.
+    """Start ``iptserver run`` in the entry; return once it serves DNS. ``wrapper``: a
+    command the daemon runs under (``setpriv ... --``).
 
     Ready means: this daemon logged that it runs (after its signal handlers are in place,
     so a SIGHUP cannot kill it), and ``probe`` (node, server, port: by default the client
@@ -108,7 +110,7 @@ def start_iptserver(
     """
     log = lab.workdir / "logs" / "entry-iptserver.log"  # as Lab.spawn names it; appended to
     log_start = log.stat().st_size if log.exists() else 0
-    argv = iptserver_argv(schema, mmdb, *extra, upstream=upstream)
+    argv = [*wrapper, *iptserver_argv(schema, mmdb, *extra, upstream=upstream)]
     proc = lab.spawn("entry", argv, name="iptserver")
     running = Iptserver(lab, schema, mmdb, proc, log_start)
     deadline = time.monotonic() + START_TIMEOUT

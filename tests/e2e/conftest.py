@@ -132,13 +132,16 @@ class Iptservers:
         *extra: str,
         upstream: Sequence[str] = (UPSTREAM,),
         probe: tuple[str, str, int] = ("client", ENTRY_DNS, 53),
+        wrapper: Sequence[str] = (),
     ) -> Running:
         """iptserver on a schema (a file, or a text written to a new file); ``probe`` is
         where its proxy is asked whether it is ready (node, server, port)."""
         still = [r for r in self._started if r.alive]
         assert not still, "stop the running iptserver first: one may listen on 10.77.1.1:53"
         path = schema if isinstance(schema, Path) else self.schema(schema)
-        running = start_iptserver(self.lab, path, self.mmdb, *extra, upstream=upstream, probe=probe)
+        running = start_iptserver(
+            self.lab, path, self.mmdb, *extra, upstream=upstream, probe=probe, wrapper=wrapper
+        )
         self._started.append(running)
         return running
 

@@ -1,0 +1,54 @@
+"""The systemd unit's promise, kept in the lab: ``iptserver run`` with the unit's
+capabilities only (root's uid, every other capability dropped from the bounding set, no
+new privileges) programs the kernel, routes a ruled name through its exit, reloads on
+SIGHUP (``systemctl reload``) and stops cleanly."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from iptserver.lab.zones import ZONE
+from iptserver.render.systemd import UnitSettings, render_unit
+from tests.e2e.conftest import BASE_SCHEMA, Iptservers, resolved
+
+SCHEMA = BASE_SCHEMA + "rules:\n  - {exit: ru, domains: [mail.ru]}\n"
+# linux/capability.h
+CAPABILITY_BITS = {"CAP_NET_BIND_SERVICE": 10, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13}
+
+
+def unit_capabilities() -> list[str]:
+    """The capabilities the rendered unit leaves the daemon."""
+    unit = render_unit(UnitSettings((sys.executable,), Path("/s.yaml"), Path("/var/lib/x")))
+    found = re.search(r"^CapabilityBoundingSet=(.*)$", unit, re.MULTILINE)
+    assert found is not None, unit
+    return found.group(1).split()
+
+
+def setpriv(capabilities: list[str]) -> list[str]:
+    """Run a command as the unit runs the daemon: root's uid, these capabilities only."""
+    keep = ",".join("+" + name.removeprefix("CAP_").lower() for name in capabilities)
+    sets = ("--bounding-set", "--inh-caps", "--ambient-caps")
+    return [
+        "setpriv",
+        *(arg for flag in sets for arg in (flag, f"-all,{keep}")),
+        "--no-new-privs",
+        "--",
+    ]
+
+
+def test_the_unit_s_capabilities_are_enough_to_route(iptservers: Iptservers) -> None:
+    capabilities = unit_capabilities()
+    daemon = iptservers.start(SCHEMA, wrapper=setpriv(capabilities))
+    lab = daemon.lab
+    status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
+    found = re.search(r"^CapEff:\s+(\w+)$", status, re.MULTILINE)
+    assert found is not None, status
+    effective = int(found.group(1), 16)
+    assert effective == sum(1 << CAPABILITY_BITS[name] for name in capabilities), status
+    ((address, _),) = resolved(lab, "mail.ru")
+    assert address == ZONE["mail.ru"][0].value
+    assert lab.whoami("client", address) == "ru"
+    assert daemon.reload(), daemon.log
+    assert lab.whoami("client", address) == "ru"
