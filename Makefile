@@ -59,6 +59,7 @@ bench: setup
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/dataplane.py
 	$(BIN)/python bench/dns.py
+	$(BIN)/python bench/leak.py
 	$(BIN)/python bench/recursor.py
 	$(BIN)/python bench/hostile.py
 
