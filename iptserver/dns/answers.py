@@ -12,18 +12,38 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from dnslib import CLASS, QTYPE
+from dnslib import QTYPE
 
-from iptserver.dns.wire import HEADER_LEN, Flag, Message, Record, Section, WireError, rdata_name
+from iptserver.dns.wire import (
+    CLASS_IN,
+    HEADER_LEN,
+    TYPE_A,
+    TYPE_AAAA,
+    TYPE_CNAME,
+    TYPE_HTTPS,
+    TYPE_SVCB,
+    Flag,
+    Message,
+    Record,
+    Section,
+    WireError,
+    rdata_name,
+)
 from iptserver.schema.values import IPAddress
 
 # RFC 1035 §4.2.1: a UDP client without EDNS takes 512 bytes; RFC 6891 §6.2.5: with
 # EDNS at least 512. 4096 is the most we send, whatever a client claims.
 CLASSIC_UDP_LIMIT = 512
 MAX_UDP_PAYLOAD = 4096
-_ADDRESS_SIZE = {QTYPE.A: 4, QTYPE.AAAA: 16}
+_ADDRESS_SIZE = {TYPE_A: 4, TYPE_AAAA: 16}
+_ADDRESS_OF: dict[int, Callable[[bytes], IPAddress]] = {
+    TYPE_A: ipaddress.IPv4Address,
+    TYPE_AAAA: ipaddress.IPv6Address,
+}
+_HINTED = (TYPE_HTTPS, TYPE_SVCB)
 _MAX_CHAIN = 32  # longer CNAME chains are not followed (resolvers give up far earlier)
 
 
@@ -55,7 +75,7 @@ def cname_chain(wire: bytes, message: Message) -> tuple[str, ...]:
         return ()
     cnames: dict[str, Record] = {}
     for record in message.section(Section.ANSWER):
-        if record.rtype == QTYPE.CNAME and record.rclass == CLASS.IN:
+        if record.rtype == TYPE_CNAME and record.rclass == CLASS_IN:
             cnames.setdefault(record.name, record)
     chain = [question.name]
     while len(chain) < _MAX_CHAIN and (link := cnames.get(chain[-1])) is not None:
@@ -115,13 +135,13 @@ def learned_from(wire: bytes, message: Message) -> Learned:
     """
     question = message.question
     answers = message.section(Section.ANSWER)
-    if question is None or question.qclass != CLASS.IN or not answers:
+    if question is None or question.qclass != CLASS_IN or not answers:
         return Learned((), (), 0)
     chain = cname_chain(wire, message)
     owners = frozenset(chain)
     addresses: dict[IPAddress, None] = {}  # ordered, without repeats
     for record in answers:
-        if record.name not in owners or record.rclass != CLASS.IN:
+        if record.name not in owners or record.rclass != CLASS_IN:
             continue
         data = wire[record.rdata : record.end]
         if record.rtype in _ADDRESS_SIZE:
@@ -129,8 +149,8 @@ def learned_from(wire: bytes, message: Message) -> Learned:
                 raise WireError(
                     f"{QTYPE.get(record.rtype)} record of {record.name!r} has {len(data)} bytes"
                 )
-            addresses[ipaddress.ip_address(data)] = None
-        elif record.rtype in (QTYPE.HTTPS, QTYPE.SVCB):
+            addresses[_ADDRESS_OF[record.rtype](data)] = None
+        elif record.rtype in _HINTED:
             addresses.update(dict.fromkeys(svcb_hints(data)))
     ttl = min(r.effective_ttl for r in answers)
     return Learned(chain, tuple(addresses), ttl)

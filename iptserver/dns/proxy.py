@@ -26,7 +26,7 @@ from iptserver.dns.queries import DOH_CANARY, BadQuery, own_reply, read_query
 from iptserver.dns.sink import AnswerSink
 from iptserver.dns.throttle import ThrottledLog
 from iptserver.dns.upstream import Transport, UpstreamAnswer, UpstreamClient, UpstreamFailure
-from iptserver.dns.wire import Message, Question, WireError
+from iptserver.dns.wire import RCODE_NOERROR, Message, Question, WireError
 from iptserver.errors import DataplaneError
 from iptserver.schema.values import Endpoint
 
@@ -159,7 +159,7 @@ class DnsProxy:
         """The upstream's answer once the sink has routed its addresses, TTLs capped to
         what the sink allows; None when it must not be released (SERVFAIL instead)."""
         reply, message = upstream.wire, upstream.message
-        if message.header.rcode != RCODE.NOERROR:
+        if message.header.rcode != RCODE_NOERROR:
             return reply
         try:
             learned = learned_from(reply, message)

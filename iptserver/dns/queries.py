@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import struct
 
-from dnslib import OPCODE, QTYPE, RCODE
+from dnslib import OPCODE, RCODE
 
 from iptserver.dns.wire import (
     HEADER_LEN,
+    OPCODE_QUERY,
+    TYPE_OPT,
     Flag,
     Header,
     Message,
@@ -60,14 +62,14 @@ def read_query(wire: bytes) -> Message:
         message = parse_message(wire)
     except WireError as e:
         raise BadQuery(str(e), RCODE.FORMERR, header) from None
-    if header.opcode != OPCODE.QUERY:
+    if header.opcode != OPCODE_QUERY:
         opcode = OPCODE.get(header.opcode, header.opcode)
         raise BadQuery(f"opcode {opcode} is not supported", RCODE.NOTIMP, header, message)
     if header.qdcount != 1:
         raise BadQuery(
             f"{header.qdcount} questions (a query has one)", RCODE.FORMERR, header, message
         )
-    opts = [r for r in message.section(Section.ADDITIONAL) if r.rtype == QTYPE.OPT]
+    opts = [r for r in message.section(Section.ADDITIONAL) if r.rtype == TYPE_OPT]
     if len(opts) > 1 or (opts and opts[0].name):
         raise BadQuery(
             "malformed EDNS: more than one OPT record, or one not owned by the root",
@@ -93,5 +95,5 @@ def own_reply(wire: bytes, rcode: int, header: Header, message: Message | None =
     with_opt = message is not None and message.opt is not None
     out = struct.pack("!HHHHHH", header.id, flags, qdcount, 0, 0, int(with_opt)) + questions
     if with_opt:
-        out += b"\x00" + struct.pack("!HHIH", QTYPE.OPT, EDNS_PAYLOAD, 0, 0)
+        out += b"\x00" + struct.pack("!HHIH", TYPE_OPT, EDNS_PAYLOAD, 0, 0)
     return out

@@ -19,13 +19,14 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dnslib import QTYPE, RCODE
+from dnslib import QTYPE
 
 from iptserver.dns.answers import with_id
 from iptserver.dns.counters import DnsCounters
 from iptserver.dns.throttle import ThrottledLog
 from iptserver.dns.udp_pool import UdpPool
 from iptserver.dns.wire import (
+    RCODE_REFUSED,
     TCP_LENGTH_SIZE,
     Message,
     Question,
@@ -167,7 +168,7 @@ class UpstreamClient:
             transport = Transport.TCP
             async with asyncio.timeout_at(self._ends(*until)):
                 message, reply = await self._tcp(upstream, wire, question)
-        if message.header.rcode == RCODE.REFUSED:
+        if message.header.rcode == RCODE_REFUSED:
             raise _Refused
         return UpstreamAnswer(reply, message, upstream, transport)
 

@@ -7,6 +7,9 @@ whose rdata holds compressed names break, and DNSSEC-signed data must not change
 dnslib's parser rejects valid names with non-UTF-8 labels and recurses once per
 compression pointer. dnslib supplies the type, class and rcode numbers.
 
+The parts are named tuples, not frozen dataclasses: those cost four times as much to
+make (2.1 against 0.5 microseconds here), and every query and answer makes several.
+
 Every function here is pure and raises :class:`WireError` (and nothing else) for bytes
 that are not a well-formed DNS message.
 """
@@ -15,9 +18,9 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from dnslib import QTYPE
+from dnslib import CLASS, OPCODE, QTYPE, RCODE
 
 HEADER_LEN = 12
 MAX_NAME_WIRE_LEN = 255  # RFC 1035 §2.3.4
@@ -54,17 +57,21 @@ class Flag(enum.IntFlag):
     CD = 0x0010
 
 
-# Plain ints: ``int & IntFlag`` goes through enum's Python-level operators.
+# Plain ints: ``int & IntFlag`` goes through enum's Python-level operators, and dnslib's
+# ``QTYPE.A`` is a lookup costing 1.5 microseconds each time (every record pays it).
 _QR = int(Flag.QR)
 _TC = int(Flag.TC)
-_OPT = int(QTYPE.OPT)
+TYPE_A, TYPE_AAAA, TYPE_CNAME = int(QTYPE.A), int(QTYPE.AAAA), int(QTYPE.CNAME)
+TYPE_OPT, TYPE_SVCB, TYPE_HTTPS = int(QTYPE.OPT), int(QTYPE.SVCB), int(QTYPE.HTTPS)
+CLASS_IN = int(CLASS.IN)
+OPCODE_QUERY = int(OPCODE.QUERY)
+RCODE_NOERROR, RCODE_REFUSED = int(RCODE.NOERROR), int(RCODE.REFUSED)
 _OPCODE_SHIFT = 11
 _OPCODE_MASK = 0xF
 _RCODE_MASK = 0xF
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
     id: int
     flags: int  # the whole second 16-bit word: QR, opcode, AA, TC, RD, RA, Z, AD, CD, rcode
     qdcount: int
@@ -90,15 +97,13 @@ class Header:
         return self.flags & _RCODE_MASK
 
 
-@dataclass(frozen=True, slots=True)
-class Question:
+class Question(NamedTuple):
     name: str  # normalized: lower case, no trailing dot, special bytes escaped
     qtype: int
     qclass: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One resource record and where its parts are in the message."""
 
     section: Section
@@ -124,8 +129,7 @@ class Record:
         return self.ttl if self.ttl <= _TTL_MAX else 0
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     header: Header
     questions: tuple[Question, ...]
     question_end: int  # offset just after the question section
@@ -143,7 +147,7 @@ class Message:
     def opt(self) -> Record | None:
         """The EDNS OPT pseudo-record, if any (the first one)."""
         for r in self.records:
-            if r.section is Section.ADDITIONAL and r.rtype == _OPT:
+            if r.section is Section.ADDITIONAL and r.rtype == TYPE_OPT:
                 return r
         return None
 
