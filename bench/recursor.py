@@ -13,10 +13,12 @@ recursor`` writes): 10.77.1.1:53 with the plugin over UDP (the default transport
 udpQueryResponse), :5355 with the plugin's own datagram socket (ffi, which reads and
 caps the answer through postresolve_ffi), :5356 the same but fail-closed, which makes
 the plugin read the answer through postresolve as before (iptserver answers throughout,
-so nothing fails), :5354 with the plugin over HTTP, :5353 with no lua-dns-script.
-The client namespace
-sends each the same kind of load: ``--concurrency`` queries in flight (a worker sends
-its next query once the last is answered; the workers share one list), every name new
+so nothing fails), :5354 with the plugin over HTTP, :5353 with no lua-dns-script; and
+the peer, ``dnsmasq --ipset`` on :5357 (cache off) in front of that plugin-less
+recursor, adding every answer's addresses to sets of its own, the way a user routes by
+name without iptserver. The client namespace sends each the same kind of load:
+``--concurrency`` queries in flight (a worker sends its next query once the last is
+answered; the workers share one list), every name new
 (``<token>-<n>.bench.ru``, the lab authority's wildcard zone), so neither the packet
 cache nor the record cache answers and every answer goes through the plugin and is
 routed by the ``ru`` rule (the matching-name case: every answer posted, its address
@@ -44,9 +46,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import secrets
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +61,7 @@ from pathlib import Path
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from iptserver.geoip.build import write_country_db
-from iptserver.lab import Lab
+from iptserver.lab import Lab, LabError
 from iptserver.lab.addresses import LAB_COUNTRIES
 from iptserver.lab.entry import ENTRY_DNS, UPSTREAM, start_iptserver, stop_iptserver
 from iptserver.lab.recursor import API, Recursor, start_recursor
@@ -65,6 +69,8 @@ from iptserver.lab.zones import BENCH_ZONE, FRESH_ZONE, synthetic
 
 PROXY = ("127.0.0.1", 5399)  # iptserver's own proxy: required, but nobody's resolver here
 PLUGIN_PORT, HTTP_PORT, PLAIN_PORT, FFI_PORT, FFI_LUA_PORT = 53, 5354, 5353, 5355, 5356
+PEER_PORT = 5357  # dnsmasq --ipset in front of the plugin-less recursor
+PEER_SETS = ("recursorpeer4", "recursorpeer6")
 SCHEMA = f"""\
 exits:
   uk: {{interface: wg-uk}}
@@ -236,6 +242,59 @@ def measure(
             one(config, per_round)
 
 
+def start_peer(lab: Lab, work: Path) -> subprocess.Popen[bytes]:
+    """``dnsmasq --ipset`` on the entry's client address, forwarding to the plugin-less
+    recursor, its cache off, adding the bench zone's addresses to sets of its own."""
+    for name, family in zip(PEER_SETS, ("inet", "inet6"), strict=True):
+        lab.run("entry", ["ipset", "create", name, "hash:ip", "family", family, "timeout", "300"])
+    proc = lab.spawn(
+        "entry",
+        ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--user=root",
+         f"--listen-address={ENTRY_DNS}", f"--port={PEER_PORT}", "--bind-interfaces",
+         f"--server={ENTRY_DNS}#{PLAIN_PORT}", "--cache-size=0", "--dns-forward-max=1024",
+         f"--ipset=/{BENCH_ZONE}/{','.join(PEER_SETS)}", f"--pid-file={work / 'dnsmasq.pid'}"],
+        name="dnsmasq-peer",
+    )  # fmt: skip
+    lab.wait_for("dnsmasq --ipset to answer", lambda: peer_answers(lab), [proc])
+    return proc
+
+
+def peer_answers(lab: Lab) -> bool:
+    try:
+        answer = lab.query("client", f"probe.{BENCH_ZONE}", server=ENTRY_DNS, port=PEER_PORT)
+    except LabError:
+        return False
+    return answer.rcode == "NOERROR"
+
+
+def stop_peer(lab: Lab, proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None:
+        lab.stop_process(proc)
+    for name in PEER_SETS:
+        lab.run("entry", ["ipset", "destroy", name], check=False)
+
+
+def set_entries(lab: Lab, name: str) -> int:
+    out = lab.run("entry", ["ipset", "list", "-t", name]).stdout
+    found = re.search(r"entries:\s+(\d+)", out)
+    return int(found.group(1)) if found else 0
+
+
+def against_peer(peer: Config, plugins: list[Config]) -> None:
+    """Each plugin transport against dnsmasq --ipset in front of the same recursor."""
+    print(
+        f"  {peer.label:34}{peer.rate:10,.0f}{peer.percentile(50):9.2f}"
+        f"{peer.percentile(99):9.2f}{peer.percentile(100):9.2f}"
+    )
+    for plugin in plugins:
+        ratio = plugin.rate / peer.rate if peer.rate else float("nan")
+        print(
+            f"  {plugin.transport:>15} / dnsmasq --ipset: throughput {ratio:.2f}x (goal >= 1), "
+            f"p99 {plugin.percentile(99) - peer.percentile(99):+.2f} ms, "
+            f"p50 {plugin.percentile(50) - peer.percentile(50):+.2f} ms (goals <= 0)"
+        )
+
+
 def report(plain: Config, plugins: list[Config], concurrency: int, fresh: bool) -> None:
     addresses = "every address new (AAAA)" if fresh else "one of 50 addresses"
     print(
@@ -301,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         schema.write_text(lab.schema_text(schema), encoding="utf-8")
         running = start_iptserver(lab, schema, mmdb, "--api", API, probe=("entry", *PROXY))
         recursors: list[Recursor] = []
+        peer: subprocess.Popen[bytes] | None = None
         try:
             recursors.append(start_recursor(lab, work / "udp", port=PLUGIN_PORT))
             recursors.append(start_recursor(lab, work / "http", port=HTTP_PORT, transport="http"))
@@ -311,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                     lab, work / "ffi-lua", port=FFI_LUA_PORT, transport="ffi", fail_closed=True
                 )
             )
+            peer = start_peer(lab, work)
             load_before = os.getloadavg()[0]
             pids = [recursor.proc.pid for recursor in recursors]
             zone = FRESH_ZONE if args.fresh_ips else BENCH_ZONE
@@ -325,16 +386,19 @@ def main(argv: list[str] | None = None) -> int:
                     "ffi, postresolve",
                     pids[4],
                 )
+                dnsmasq = Config(
+                    f"dnsmasq --ipset + recursor ({PEER_PORT})", PEER_PORT, "peer", peer.pid
+                )
                 measure(
                     lab,
-                    [udp, ffi, ffi_lua, http, plain],
+                    [udp, ffi, ffi_lua, http, plain, dnsmasq],
                     args.queries,
                     level,
                     args.rounds,
                     zone=zone,
                     iptserver=running.proc.pid,
                 )
-                results.append((level, plain, [udp, ffi, ffi_lua, http]))
+                results.append((level, plain, dnsmasq, [udp, ffi, ffi_lua, http]))
             load_after = os.getloadavg()[0]
             # One more answer through the udp and each ffi plugin, then a connection to its
             # address.
@@ -343,29 +407,45 @@ def main(argv: list[str] | None = None) -> int:
                 check_name = f"check-{secrets.token_hex(4)}.{BENCH_ZONE}"
                 lab.resolve("client", check_name, server=ENTRY_DNS, port=port)
                 routed[port] = lab.whoami("client", synthetic(check_name)[0].value)
-            logs = "".join(recursor.log for recursor in recursors)
-            not_routed = [line for line in logs.splitlines() if "not routed" in line]
+            labels = ("udp", "http", "plain", "ffi", "ffi, postresolve")
+            not_routed = {
+                label: [line for line in recursor.log.splitlines() if "not routed" in line]
+                for label, recursor in zip(labels, recursors, strict=True)
+                if label != "plain"
+            }
+            peer_entries = sum(set_entries(lab, name) for name in PEER_SETS)
         finally:
             for recursor in recursors:
                 recursor.stop()
+            stop_peer(lab, peer)
             stop_iptserver(running)
     print(
         f"\nthe machine's load average (1 min) was {load_before:.1f} before, {load_after:.1f}"
         f" after, on {os.cpu_count()} CPUs (the bench included; other work skews the figures)"
     )
     problems = []
-    for level, plain, plugins in results:
+    for level, plain, dnsmasq, plugins in results:
         report(plain, plugins, level, args.fresh_ips)
-        problems += plain.problems + [p for plugin in plugins for p in plugin.problems]
+        against_peer(dnsmasq, plugins)
+        problems += plain.problems + dnsmasq.problems
+        problems += [p for plugin in plugins for p in plugin.problems]
+    print(
+        "\nanswers released unrouted (the plugin's 'not routed' log lines, all levels): "
+        + ", ".join(
+            f"{label} {len(lines)}" for label, lines in not_routed.items() if label != "plain"
+        )
+        + f"; dnsmasq --ipset's sets hold {peer_entries} addresses"
+    )
     for port, exit_name in routed.items():
         if exit_name != "ru":
             problems.append(
                 f"a bench.ru address resolved on port {port} left by {exit_name}, not ru:"
                 " the plugin did not route it"
             )
-    if not_routed:
-        problems.append(f"the plugin logged {len(not_routed)} answers as not routed, as:")
-        problems.extend(not_routed[:3])
+    unrouted = [line for lines in not_routed.values() for line in lines]
+    if unrouted:
+        problems.append(f"the plugin logged {len(unrouted)} answers as not routed, as:")
+        problems.extend(unrouted[:3])
     for problem in problems[:20]:
         print(f"  problem: {problem}", file=sys.stderr)
     if problems:
