@@ -11,14 +11,16 @@ The answer is routed by the same ``Learner`` and checked by the same rules as th
 
 A request (ASCII, four lines, each ending in a newline)::
 
-    IPT1 <id> <ttl>
+    IPT1 <id> <ttl> [shared]
     <token, or an empty line when the API has none>
     <qname> [<name in the CNAME chain> ...]
     <address> [<address> ...]
 
 The reply: ``IPT1 <id> <ttl>`` (the TTL clients may keep the answer), or
 ``IPT1 <id> ERR <message>`` (``-`` for an id that could not be read; not sent when it
-would be longer than the datagram it answers). Names are
+would be longer than the datagram it answers). ``shared``: the sender's port may be
+another socket's too (the recursor's udpQueryResponse), so replies to it are spaced
+(REPLY_GAP); without it every reply goes at once. Names are
 presentation form (the recursor escapes odd bytes as ``\\DDD``), so spaces separate.
 """
 
@@ -52,6 +54,11 @@ MAX_IN_FLIGHT = 4096  # answers being routed at once; more are refused, not queu
 # query is caught by its id, and the plugin asks again.) A request that came after the
 # last reply left is from a new socket that merely got the port again: no wait.
 REPLY_GAP = 0.02
+# The first line's fourth word by which a request asks for that spacing (the plugin's udp
+# transport does); a client on a port of its own (the ffi transport, a test, a tool that
+# sends many requests from one socket) leaves it out and gets every reply at once.
+SHARED = "shared"
+_SHARED_SUFFIX = b" " + SHARED.encode()
 
 
 class BadDatagram(BadRequest):
@@ -76,8 +83,8 @@ def parse_request(data: bytes, token: str | None) -> AnswerRequest:
         raise BadDatagram("-", "expected 4 lines, each ending in a newline")
     header, given_token, names_line, addresses_line = lines[:4]
     parts = header.split(" ")
-    if len(parts) != 3 or parts[0] != MAGIC:
-        raise BadDatagram("-", f"the first line must be '{MAGIC} ID TTL'")
+    if len(parts) not in (3, 4) or parts[0] != MAGIC or parts[3:] not in ([], [SHARED]):
+        raise BadDatagram("-", f"the first line must be '{MAGIC} ID TTL [{SHARED}]'")
     request_id = parts[1]
     number = _number(request_id)
     if number is None or number > MAX_ID:
@@ -95,6 +102,12 @@ def parse_request(data: bytes, token: str | None) -> AnswerRequest:
     except BadRequest as e:
         raise BadDatagram(request_id, str(e)) from None
     return AnswerRequest(names, addresses, ttl, request_id)
+
+
+def shares_port(data: bytes) -> bool:
+    """Whether the request says its sender's port may be shared (the first line ends in
+    SHARED): then its replies are spaced (REPLY_GAP)."""
+    return data.partition(b"\n")[0].endswith(_SHARED_SUFFIX)
 
 
 def format_reply(request_id: str, ttl: int) -> bytes:
@@ -170,37 +183,38 @@ class PluginEndpoint:
         without waiting (nothing to write, or the kernel idle), else each from a task
         once the kernel has its entries. ``arrived``: when they came (loop time)."""
         self.datagrams += len(received)
-        decided: list[tuple[AnswerRequest, Routed, Any]] = []
+        decided: list[tuple[AnswerRequest, Routed, Any, float | None]] = []
         for data, addr in received:
-            request = self._request(data, addr, arrived)
+            since = arrived if shares_port(data) else None
+            request = self._request(data, addr, since)
             if request is None:
                 continue
             try:
                 routed = self._learner.route(request.names, request.addresses, request.ttl)
             except Exception as e:
-                self._send(self._failure(request, e), addr, arrived)
+                self._send(self._failure(request, e), addr, since)
                 continue
-            decided.append((request, routed, addr))
+            decided.append((request, routed, addr, since))
         if not decided:
             return
         try:
-            written = self._learner.write_now([routed for _, routed, _ in decided])
+            written = self._learner.write_now([routed for _, routed, _, _ in decided])
         except Exception as e:  # the kernel refused the entries they were to share
-            for request, routed, addr in decided:
+            for request, routed, addr, since in decided:
                 if routed.pending:
-                    self._send(self._failure(request, e), addr, arrived)
+                    self._send(self._failure(request, e), addr, since)
                 else:
-                    self._send(format_reply(request.request_id, routed.ttl), addr, arrived)
+                    self._send(format_reply(request.request_id, routed.ttl), addr, since)
             return
-        for request, routed, addr in decided:
+        for request, routed, addr, since in decided:
             if written or not routed.pending:
-                self._send(format_reply(request.request_id, routed.ttl), addr, arrived)
+                self._send(format_reply(request.request_id, routed.ttl), addr, since)
             else:
-                task = self._loop.create_task(self._write(request, routed, addr, arrived))
+                task = self._loop.create_task(self._write(request, routed, addr, since))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    def _request(self, data: bytes, addr: Any, arrived: float) -> AnswerRequest | None:
+    def _request(self, data: bytes, addr: Any, since: float | None) -> AnswerRequest | None:
         """The datagram's request, or None when it was refused (with an error reply)."""
         try:
             request = parse_request(data, self._token)
@@ -210,7 +224,7 @@ class PluginEndpoint:
             # Never more bytes out than in: a spoofed source gains nothing by reflection
             # (the plugin's own requests are always longer than any reply).
             if len(reply) <= len(data):
-                self._send(reply, addr, arrived)
+                self._send(reply, addr, since)
             else:
                 log.debug(
                     "plugin endpoint: %s from %s (not answered: shorter than the reply)", e, addr
@@ -219,12 +233,12 @@ class PluginEndpoint:
         if len(self._tasks) >= MAX_IN_FLIGHT:
             self.failed += 1
             busy = format_error(request.request_id, "busy: too many answers at once")
-            self._send(busy, addr, arrived)
+            self._send(busy, addr, since)
             return None
         return request
 
     async def _write(
-        self, request: AnswerRequest, routed: Routed, addr: Any, arrived: float
+        self, request: AnswerRequest, routed: Routed, addr: Any, since: float | None
     ) -> None:
         try:
             await self._learner.write(routed)
@@ -232,7 +246,7 @@ class PluginEndpoint:
             reply = self._failure(request, e)
         else:
             reply = format_reply(request.request_id, routed.ttl)
-        self._send(reply, addr, arrived)
+        self._send(reply, addr, since)
 
     def _failure(self, request: AnswerRequest, error: Exception) -> bytes:
         """The error reply for an answer the learner could not route (counted, logged)."""
@@ -243,11 +257,15 @@ class PluginEndpoint:
         log.error("routing the plugin's answer for %s failed", request.names[0], exc_info=error)
         return format_error(request.request_id, "internal error (logged)")
 
-    def _send(self, reply: bytes, addr: Any, arrived: float) -> None:
-        """``arrived``: when the request came (loop time)."""
+    def _send(self, reply: bytes, addr: Any, since: float | None) -> None:
+        """``since``: when the request came (loop time) from a port that may be shared
+        (its replies are spaced by REPLY_GAP); None: the sender's own port, reply at once."""
+        if since is None:
+            self._sendto(reply, addr)
+            return
         now = self._loop.time()
         last = self._last_reply.get(addr)
-        if last is not None and last >= arrived and now - last < REPLY_GAP:
+        if last is not None and last >= since and now - last < REPLY_GAP:
             self.spaced += 1
             self._last_reply[addr] = last + REPLY_GAP
             self._loop.call_at(last + REPLY_GAP, self._sendto, reply, addr)

@@ -66,10 +66,12 @@ local sent = getRecursorThreadId() * 2^32
 local failures = getMetric("iptserver_plugin_failures")
 local conn = nil -- one kept-alive connection per worker thread (each has its own Lua state)
 
--- The request datagram (the udp and ffi transports).
-local function datagram(id, ttl, names, addresses)
-  return "IPT1 " .. id .. " " .. ttl .. "\n" .. TOKEN_LINE .. table.concat(names, " ") .. "\n"
-    .. table.concat(addresses, " ") .. "\n"
+-- The request datagram (the udp and ffi transports). `shared`: the recursor sends it
+-- (udpQueryResponse) from a port another of its sockets may have too, so iptserver
+-- spaces its replies to that port; the ffi transport's socket is its own.
+local function datagram(id, ttl, names, addresses, shared)
+  return "IPT1 " .. id .. " " .. ttl .. (shared and " shared" or "") .. "\n" .. TOKEN_LINE
+    .. table.concat(names, " ") .. "\n" .. table.concat(addresses, " ") .. "\n"
 end
 
 -- JSON string: DNSName:toString() already escapes odd bytes as \DDD; quote the rest.
@@ -469,7 +471,7 @@ function postresolve(dq)
     local id = tostring(sent)
     dq.data = { id = id, longest = longest, resent = false } -- for the callback
     dq.udpQueryDest = DEST
-    dq.udpQuery = datagram(id, ttl, names, addresses)
+    dq.udpQuery = datagram(id, ttl, names, addresses, true)
     dq.udpCallback = "iptserver_udp_reply"
     dq.followupFunction = "udpQueryResponse"
     return true

@@ -36,6 +36,9 @@ ANSWER = (
 )
 
 
+SHARED_ANSWER = ANSWER.replace(b"IPT1 7 3600\n", b"IPT1 7 3600 shared\n")
+
+
 def another(answer: bytes, n: int) -> bytes:
     """``answer`` with other addresses: a repeat of an answer within its hold is not
     written again and gets a TTL capped to what is left of its entries."""
@@ -275,11 +278,12 @@ def test_answers_read_together_share_one_immediate_write_or_wait_for_a_busy_kern
     asyncio.run(main())
 
 
-def test_replies_to_one_source_port_are_spaced() -> None:
-    """Two requests in flight from one port (the recursor's sockets can share one): the
-    second reply goes REPLY_GAP after the first, so a socket that stopped reading after
-    the first has gone by then, and the other gets its reply. A request sent after the
-    last reply came (a new socket that got the port again) is not held back."""
+def test_replies_to_a_shared_source_port_are_spaced() -> None:
+    """Two requests in flight from one port that says it may be shared (the recursor's
+    sockets can share one): the second reply goes REPLY_GAP after the first, so a socket
+    that stopped reading after the first has gone by then, and the other gets its reply.
+    A request sent after the last reply came (a new socket that got the port again) is
+    not held back."""
     harness = make_harness()
 
     async def main() -> None:
@@ -289,8 +293,9 @@ def test_replies_to_one_source_port_are_spaced() -> None:
         client = Client(endpoint.port)
         loop = asyncio.get_running_loop()
         try:
-            second = ANSWER.replace(b"IPT1 7 ", b"IPT1 8 ")
-            await loop.sock_sendall(client.sock, ANSWER)
+            first = SHARED_ANSWER
+            second = first.replace(b"IPT1 7 ", b"IPT1 8 ")
+            await loop.sock_sendall(client.sock, first)
             await loop.sock_sendall(client.sock, second)
             first_reply = await asyncio.wait_for(loop.sock_recv(client.sock, 512), 5)
             first_at = loop.time()
@@ -299,8 +304,36 @@ def test_replies_to_one_source_port_are_spaced() -> None:
             assert {first_reply, second_reply} == {b"IPT1 7 120\n", b"IPT1 8 120\n"}
             assert endpoint.spaced == 1
             for n in range(20, 23):  # one after the other: none held back
-                assert await client.ask(another(ANSWER, n)) == b"IPT1 7 120\n"
+                assert await client.ask(another(SHARED_ANSWER, n)) == b"IPT1 7 120\n"
             assert endpoint.spaced == 1
+        finally:
+            client.sock.close()
+            endpoint.close()
+
+    asyncio.run(main())
+
+
+def test_requests_from_a_port_of_its_own_are_answered_at_once() -> None:
+    """A client that sends many requests from one socket, without ``shared``, gets
+    every reply at once (with spacing 200 pipelined requests would take 4 s)."""
+    harness = make_harness()
+
+    async def main() -> None:
+        endpoint = await start_plugin_endpoint(
+            harness.learner, ipaddress.ip_address("127.0.0.1"), 0, TOKEN
+        )
+        client = Client(endpoint.port)
+        loop = asyncio.get_running_loop()
+        try:
+            for n in range(200):
+                request = another(ANSWER, n % 250).replace(b"IPT1 7 ", f"IPT1 {n} ".encode())
+                await loop.sock_sendall(client.sock, request)
+            replies = set()
+            while len(replies) < 200:
+                reply = await asyncio.wait_for(loop.sock_recv(client.sock, 512), 5)
+                replies.add(reply.split(b" ")[1])
+            assert replies == {str(n).encode() for n in range(200)}
+            assert endpoint.spaced == 0
         finally:
             client.sock.close()
             endpoint.close()
