@@ -43,14 +43,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=log_level(args), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         return int(args.handler(args))
     except IptserverError as e:
         print(e if isinstance(e, SchemaError) else f"{args.prog}: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, USAGE_ERRORS) else EXIT_FAILURE
+
+
+def log_level(args: argparse.Namespace) -> int:
+    """``--log-level``, else the command's own: the daemon says what it does at INFO, the
+    one-shot commands only what goes wrong."""
+    name: str = args.log_level or ("info" if args.command == "run" else "warning")
+    level: int = getattr(logging, name.upper())
+    return level
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,7 +67,9 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--version", action="version", version=f"iptserver {__version__}")
     top.add_argument(
-        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info for run (starts, reloads, stops), warning for the rest",
     )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (run, schema, render, geoip, lab):

@@ -5,11 +5,12 @@ Each row runs a real command in-process and checks the status and the one line i
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
-from iptserver.cli import main, parser
+from iptserver.cli import log_level, main, parser
 from iptserver.errors import IptserverError
 from iptserver.lab import LabError
 from iptserver.render.wireguard import RenderError
@@ -112,3 +113,18 @@ def test_every_command_parses_and_knows_its_name(argv: list[str]) -> None:
     assert callable(args.handler)
     command = argv[:2] if argv[0] in ("render", "geoip") else argv[:1]
     assert args.prog == "iptserver " + " ".join(command)
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [
+        (["run", "--config", "s.yaml"], logging.INFO),  # starts, reloads, stops
+        (["check", "s.yaml"], logging.WARNING),  # only what goes wrong
+        (["--log-level", "debug", "run", "--config", "s.yaml"], logging.DEBUG),
+        (["--log-level", "error", "run", "--config", "s.yaml"], logging.ERROR),
+        (["--log-level", "info", "check", "s.yaml"], logging.INFO),
+    ],
+    ids=["run", "check", "run-debug", "run-error", "check-info"],
+)
+def test_run_logs_at_info_unless_told(argv: list[str], level: int) -> None:
+    assert log_level(parser().parse_args(argv)) == level
