@@ -46,15 +46,23 @@ async def json_errors(
         return error(500, "internal error (logged)")
 
 
+def _same(given: str, token: str) -> bool:
+    # aiohttp keeps a header's non-ASCII bytes as surrogates, which do not encode: a
+    # token never has them.
+    try:
+        return hmac.compare_digest(given.encode(), token.encode())
+    except UnicodeEncodeError:
+        return False
+
+
 def authorize(request: web.Request) -> None:
-    """Raises 401 unless the request carries the configured bearer token (if any)."""
+    """Raises 401 unless the request carries the configured bearer token (if any): the
+    POST endpoints, and the GETs that show what clients resolved (a browsing log)."""
     token = request.app[CONFIG].token
     if token is None:
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    ):
+    if scheme.lower() != "bearer" or not _same(given.strip(), token):
         raise web.HTTPUnauthorized(
             reason="a valid 'Authorization: Bearer TOKEN' header is required",
             headers={"WWW-Authenticate": 'Bearer realm="iptserver"'},

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from iptserver.api.answers import BadRequest, check_address
 from iptserver.api.config import CONFIG, ApiConfig
-from iptserver.api.http import error
+from iptserver.api.http import authorize, error
 from iptserver.errors import DataplaneError, GeoIPError
 from iptserver.policy.explain import explain, parse_query
 from iptserver.schema.values import IPAddress
@@ -54,7 +54,9 @@ ROUTE_KINDS = ("learned", "net", "country")
 async def routes(request: web.Request) -> web.Response:
     """What is routed now: the DNS-learned entries the kernel holds (with the seconds
     left), then each rule's nets and countries. ``?exit=NAME`` (repeatable), ``?kind=``
-    learned|net|country and ``?ip=ADDR`` (the routes that cover it) narrow the list."""
+    learned|net|country and ``?ip=ADDR`` (the routes that cover it) narrow the list.
+    Needs the token when one is set: the learned entries carry the names clients asked."""
+    authorize(request)
     config = request.app[CONFIG]
     wanted = set(request.query.getall("exit", []))
     kinds = set(request.query.getall("kind", [])) or set(ROUTE_KINDS)
@@ -112,7 +114,9 @@ def _country(config: ApiConfig, ip: IPAddress) -> str | None:
 
 
 async def decisions(request: web.Request) -> web.Response:
-    """The learner's recent decisions, oldest first; ``?exit=NAME`` keeps one exit's."""
+    """The learner's recent decisions, oldest first; ``?exit=NAME`` keeps one exit's.
+    Needs the token when one is set (what clients resolved)."""
+    authorize(request)
     wanted = request.query.getall("exit", [])
     result = []
     for names, decision in request.app[CONFIG].learner.recent:

@@ -9,12 +9,31 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from iptserver.api import ApiConfig, PluginEndpoint, make_app, start_plugin_endpoint
+from iptserver.dns.throttle import ThrottledLog
 from iptserver.errors import IptserverError
 from iptserver.schema.values import Endpoint, format_endpoint
 
 log = logging.getLogger(__name__)
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse at ERROR with a traceback: one
+    throttled WARNING line without it instead (a scanner would fill the log)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._log = ThrottledLog(log)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        reason = " ".join(str(error.message).split())[:200]
+        self._log.warning("bad-http", "%s: HTTP %d, %s", record.getMessage(), error.code, reason)
+        return False
 
 
 def read_token(path: Path | None) -> str | None:
@@ -40,6 +59,9 @@ async def serve_api(config: ApiConfig, endpoint: Endpoint) -> AsyncIterator[int]
     plugin: PluginEndpoint | None = None
     config.plugin = lambda: plugin
     runner = web.AppRunner(make_app(config), access_log=None)
+    malformed = MalformedRequests()
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.addFilter(malformed)
     await runner.setup()
     try:
         await web.TCPSite(runner, str(address), port).start()
@@ -47,6 +69,7 @@ async def serve_api(config: ApiConfig, endpoint: Endpoint) -> AsyncIterator[int]
         plugin = await start_plugin_endpoint(config.learner, address, bound, config.token)
     except OSError as e:
         await runner.cleanup()
+        server_log.removeFilter(malformed)
         raise IptserverError(
             f"the HTTP API cannot listen on {format_endpoint(endpoint)}: {e}"
         ) from e
@@ -56,3 +79,4 @@ async def serve_api(config: ApiConfig, endpoint: Endpoint) -> AsyncIterator[int]
     finally:
         plugin.close()
         await runner.cleanup()
+        server_log.removeFilter(malformed)

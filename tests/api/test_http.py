@@ -3,6 +3,8 @@ body limit, the bearer token."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -80,13 +82,35 @@ def test_post_without_the_right_token_is_401(path: str, headers: dict[str, str])
     assert h.reload_calls == 0 and h.learner.answers == 0
 
 
-def test_right_token_case_insensitive_scheme_and_gets_need_none() -> None:
+def test_right_token_case_insensitive_scheme_and_which_gets_need_it() -> None:
+    """The GETs that show what clients resolved (a browsing log) need the token; health,
+    metrics, the exits and the counts do not."""
+
     async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
         headers = {"Authorization": f"bearer {TOKEN}"}
         assert (await client.post("/v1/answers", json=ANSWER, headers=headers)).status == 200
         assert (await client.post("/v1/reload", headers=AUTH)).status == 200
-        for path in ("/healthz", "/metrics", "/v1/exits", "/v1/routes"):
+        for path in ("/healthz", "/metrics", "/v1/exits", "/v1/status", "/"):
             assert (await client.get(path)).status == 200, path
+        for path in ("/v1/routes", "/v1/decisions"):
+            assert "Bearer" in await error_of(await client.get(path), 401), path
+            assert (await client.get(path, headers=headers)).status == 200, path
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Bearer s3crét", "Bearer \udcff\udcfe", "Bearer " + "x" * 5000, "Basic abc", "Bearer"],
+    ids=["non-ascii", "raw-bytes", "long", "other-scheme", "empty"],
+)
+def test_a_bad_token_is_a_401_with_a_json_error(value: str) -> None:
+    async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
+        raw = value.encode("utf-8", "surrogateescape")
+        for method, path in (("POST", "/v1/answers"), ("GET", "/v1/decisions")):
+            status, body = await raw_request(client, method, path, raw)
+            assert status == 401, (method, path, body)
+            assert "Bearer" in json.loads(body)["error"]
+
+    serve(scenario)
 
     serve(scenario)
 
@@ -97,3 +121,20 @@ def test_no_token_configured_needs_no_header() -> None:
         assert (await client.post("/v1/reload")).status == 200
 
     serve(scenario, token=None)
+
+
+async def raw_request(
+    client: TestClient[Any, Any], method: str, path: str, authorization: bytes
+) -> tuple[int, bytes]:
+    """A request written byte by byte (aiohttp's client sends no non-ASCII header)."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    body = json.dumps(ANSWER).encode() if method == "POST" else b""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    )
+    writer.write(head.encode() + b"Authorization: " + authorization + b"\r\n\r\n" + body)
+    data = await reader.read()
+    writer.close()
+    status_line, _, rest = data.partition(b"\r\n\r\n")
+    return int(status_line.split(b" ")[1]), rest

@@ -190,7 +190,7 @@ def test_status_endpoint_counts_learned_ips_per_exit(server: Server) -> None:
 
 
 def test_rendered_page_shows_exits_counts_and_decisions(server: Server, tmp_path: Path) -> None:
-    dom = _rendered(f"{server.url}/", tmp_path)
+    dom = _rendered(f"{server.url}/#token={TOKEN}", tmp_path)
     exits = {r[0]: r for r in _rows(_section(dom, "exits"))}
     assert set(exits) == {"uk", "ru", "direct"}
     assert exits["uk"] == ["uk", "up", "wg-uk", "interface", "256", "100", "1"]
@@ -229,3 +229,15 @@ def test_screenshot(server: Server, tmp_path: Path) -> None:
     _chromium(url, tmp_path, f"--screenshot={shot}", "--window-size=1280,900")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 10_000
+
+
+def test_without_the_token_the_page_shows_all_but_the_decisions(
+    server: Server, tmp_path: Path
+) -> None:
+    """The recent decisions are a browsing log: the page says how to give the token."""
+    dom = _rendered(f"{server.url}/", tmp_path)
+    assert {r[0] for r in _rows(_section(dom, "exits"))} == {"uk", "ru", "direct"}
+    (decisions,) = _rows(_section(dom, "decisions"))
+    assert decisions == [
+        "The recent decisions need the API token: open this page as /#token=TOKEN."
+    ]

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from iptserver.cli import main
 from iptserver.geoip import GeoIPDatabase
-from tests.api.harness import SCHEMA, Harness, error_of, serve
+from tests.api.harness import AUTH, SCHEMA, Harness, error_of, serve
 
 
 def test_healthz() -> None:
@@ -70,7 +70,7 @@ def test_exits() -> None:
 def test_routes_lists_learned_entries_then_the_rules_nets() -> None:
     async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
         ru_net = {"kind": "net", "net": "203.0.113.0/24", "exit": "ru", "weight": 0, "rule": 1}
-        assert await (await client.get("/v1/routes")).json() == [ru_net]
+        assert await (await client.get("/v1/routes", headers=AUTH)).json() == [ru_net]
         await h.learner.learn(["www.example.com"], [ipaddress.ip_address("198.51.100.10")], 60)
         learned = {
             "kind": "learned",
@@ -81,7 +81,7 @@ def test_routes_lists_learned_entries_then_the_rules_nets() -> None:
             "rule": 0,
             "names": ["www.example.com"],
         }
-        assert await (await client.get("/v1/routes")).json() == [learned, ru_net]
+        assert await (await client.get("/v1/routes", headers=AUTH)).json() == [learned, ru_net]
         for query, expected in [
             ({"exit": "uk"}, [learned]),
             ({"kind": "net"}, [ru_net]),
@@ -94,7 +94,10 @@ def test_routes_lists_learned_entries_then_the_rules_nets() -> None:
             params = [
                 (k, v) for k, vs in query.items() for v in ([vs] if isinstance(vs, str) else vs)
             ]
-            assert await (await client.get("/v1/routes", params=params)).json() == expected, query
+            assert (
+                await (await client.get("/v1/routes", params=params, headers=AUTH)).json()
+                == expected
+            ), query
 
     serve(scenario)
 
@@ -104,7 +107,9 @@ def test_routes_name_the_answer_that_wrote_an_entry_long_after_it() -> None:
         await h.learner.learn(["www.example.com"], [ipaddress.ip_address("198.51.100.10")], 60)
         for i in range(150):  # more than the recent decisions keep
             await h.learner.learn(["example.org"], [ipaddress.ip_address(f"192.0.2.{i}")], 60)
-        learned = await (await client.get("/v1/routes", params={"kind": "learned"})).json()
+        learned = await (
+            await client.get("/v1/routes", params={"kind": "learned"}, headers=AUTH)
+        ).json()
         assert [(r["net"], r["rule"], r["names"]) for r in learned] == [
             ("198.51.100.10/32", 0, ["www.example.com"])
         ]
@@ -121,7 +126,9 @@ def test_routes_name_the_answer_that_wrote_an_entry_long_after_it() -> None:
 )
 def test_routes_rejects_bad_filters(params: dict[str, str], message: str) -> None:
     async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
-        assert message in await error_of(await client.get("/v1/routes", params=params), 400)
+        assert message in await error_of(
+            await client.get("/v1/routes", params=params, headers=AUTH), 400
+        )
 
     serve(scenario)
 
@@ -129,7 +136,7 @@ def test_routes_rejects_bad_filters(params: dict[str, str], message: str) -> Non
 def test_routes_says_when_the_kernel_cannot_be_read() -> None:
     async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
         h.kernel.fail = True
-        message = await error_of(await client.get("/v1/routes"), 503)
+        message = await error_of(await client.get("/v1/routes", headers=AUTH), 503)
         assert "cannot read the kernel's sets" in message
 
     serve(scenario)
@@ -137,10 +144,10 @@ def test_routes_says_when_the_kernel_cannot_be_read() -> None:
 
 def test_decisions_lists_recent_decisions_and_filters_by_exit() -> None:
     async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
-        assert await (await client.get("/v1/decisions")).json() == []
+        assert await (await client.get("/v1/decisions", headers=AUTH)).json() == []
         await h.learner.learn(["www.example.com"], [ipaddress.ip_address("198.51.100.10")], 60)
         await h.learner.learn(["other.org"], [ipaddress.ip_address("203.0.113.5")], 60)
-        everything = await (await client.get("/v1/decisions")).json()
+        everything = await (await client.get("/v1/decisions", headers=AUTH)).json()
         assert everything == [
             {
                 "names": ["www.example.com"],
@@ -159,9 +166,14 @@ def test_decisions_lists_recent_decisions_and_filters_by_exit() -> None:
                 "reason": "rule",
             },
         ]
-        uk = await (await client.get("/v1/decisions", params={"exit": "uk"})).json()
+        uk = await (await client.get("/v1/decisions", params={"exit": "uk"}, headers=AUTH)).json()
         assert [r["ip"] for r in uk] == ["198.51.100.10"]
-        assert await (await client.get("/v1/decisions", params={"exit": "nowhere"})).json() == []
+        assert (
+            await (
+                await client.get("/v1/decisions", params={"exit": "nowhere"}, headers=AUTH)
+            ).json()
+            == []
+        )
 
     serve(scenario)
 
@@ -170,7 +182,7 @@ def test_decisions_keeps_the_last_hundred() -> None:
     async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
         for i in range(150):
             await h.learner.learn(["a.example.com"], [ipaddress.ip_address(f"198.51.100.{i}")], 60)
-        routes = await (await client.get("/v1/decisions")).json()
+        routes = await (await client.get("/v1/decisions", headers=AUTH)).json()
         assert len(routes) == 100
         assert routes[-1]["ip"] == "198.51.100.149"
 

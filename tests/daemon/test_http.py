@@ -99,3 +99,32 @@ def test_a_port_in_use_is_an_error_that_names_it() -> None:
                     pass
 
     asyncio.run(main())
+
+
+def test_malformed_requests_are_one_throttled_warning_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A scanner's garbage: each gets a 400, the log one line for the lot, no ERROR."""
+    config = ApiConfig(learner(), token=TOKEN)
+    garbage = [
+        b"GARBAGE\r\n\r\n",
+        b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"b" * 10000 + b"\r\n\r\n",
+    ] * 10
+
+    async def main() -> list[bytes]:
+        replies = []
+        async with serve_api(config, ENDPOINT) as port:
+            for raw in garbage:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(raw)
+                replies.append(await reader.read(100))
+                writer.close()
+        return replies
+
+    with caplog.at_level("DEBUG"):
+        replies = asyncio.run(main())
+    assert all(reply.startswith(b"HTTP/1.") and b" 400 " in reply for reply in replies)
+    assert [r for r in caplog.records if r.levelno >= 40] == []
+    warned = [r for r in caplog.records if r.levelno == 30 and "HTTP 400" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].exc_info is None, warned

@@ -25,11 +25,40 @@ function fill(tbody, rows, columns, emptyText) {
   tbody.replaceChildren(...rows);
 }
 
+const TOKEN_KEY = "iptserver-api-token";
+
+// The API token, when the page was opened as /#token=TOKEN (kept for this tab only; the
+// fragment never reaches the server or its logs, and is taken off the address bar).
+function apiToken() {
+  const given = new URLSearchParams(window.location.hash.slice(1)).get("token");
+  if (given) {
+    window.sessionStorage.setItem(TOKEN_KEY, given);
+    window.history.replaceState(null, "", window.location.pathname + window.location.search);
+  }
+  return window.sessionStorage.getItem(TOKEN_KEY);
+}
+
+class NeedsToken extends Error {}
+
 async function getJSON(url) {
-  const response = await fetch(url, { headers: { Accept: "application/json" } });
+  const headers = { Accept: "application/json" };
+  const token = apiToken();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(url, { headers });
   const body = await response.json();
+  if (response.status === 401) throw new NeedsToken(body.error);
   if (!response.ok) throw new Error(body.error || `${url}: HTTP ${response.status}`);
   return body;
+}
+
+// The recent decisions are a browsing log: with a token set they need it.
+async function recentDecisions() {
+  try {
+    return await getJSON("/v1/decisions");
+  } catch (err) {
+    if (err instanceof NeedsToken) return null;
+    throw err;
+  }
 }
 
 // "up"; "down, via us" (failed over); "down, blocked" (its traffic is dropped); and
@@ -68,6 +97,11 @@ function ruleText(d) {
 }
 
 function renderDecisions(decisions) {
+  if (decisions === null) {
+    const text = "The recent decisions need the API token: open this page as /#token=TOKEN.";
+    fill(document.querySelector("#decisions tbody"), [], 5, text);
+    return;
+  }
   const rows = decisions
     .slice()
     .reverse()
@@ -102,7 +136,7 @@ async function refresh() {
     const [exits, status, decisions] = await Promise.all([
       getJSON("/v1/exits"),
       getJSON("/v1/status"),
-      getJSON("/v1/decisions"),
+      recentDecisions(),
     ]);
     renderExits(exits, status);
     renderDecisions(decisions);
@@ -110,7 +144,7 @@ async function refresh() {
     const when = new Date().toLocaleTimeString();
     summary.textContent =
       `${exits.length} exits, ${status.answers} answers routed, ` +
-      `${decisions.length} recent decisions. Updated ${when}.`;
+      `${decisions === null ? "no" : decisions.length} recent decisions. Updated ${when}.`;
     summary.classList.remove("error");
   } catch (err) {
     summary.textContent = `Could not load the status: ${err.message}`;
