@@ -60,6 +60,10 @@ class DataplaneError(IptserverError):
     pass
 
 
+class SetFullError(DataplaneError):
+    """A learned set holds ``kernel.max_learned`` entries: the answer's cannot be added."""
+
+
 class KeyFileError(IptserverError):
     """A WireGuard key file that cannot be read, written or used."""
 

@@ -20,7 +20,7 @@ from pyroute2 import IPSet
 from pyroute2.netlink.nfnetlink.ipset import IPSET_FLAG_LIST_HEADER, IPSET_FLAG_LIST_SETNAME
 
 from iptserver.dataplane.netlink import kernel_errors
-from iptserver.errors import DataplaneError
+from iptserver.errors import DataplaneError, SetFullError
 from iptserver.schema.values import IPNetwork
 
 BATCH = 1000
@@ -39,6 +39,7 @@ ATTR_PROTOCOL, ATTR_SETNAME, ATTR_DATA, ATTR_ADT, ATTR_LINENO = 1, 2, 7, 8, 9
 ATTR_IP, ATTR_CIDR, ATTR_TIMEOUT, ATTR_SKBMARK = 1, 3, 6, 27
 ATTR_IPADDR_IPV4, ATTR_IPADDR_IPV6 = 1, 2
 IPSET_PROTOCOL = 7
+IPSET_ERR_HASH_FULL = 4352  # IPSET_ERR_TYPE_SPECIFIC: a hash set at its maxelem
 IPSET_ERRORS = {
     4097: "protocol error",
     4103: "element exists",
@@ -110,7 +111,15 @@ class IPSets:
                     return int(data.get_attr("IPSET_ATTR_ELEMENTS"))
         raise DataplaneError(f"cannot read ipset {name}: the kernel gave no entry count")
 
-    def create(self, name: str, family: int, *, timeout: bool, skbinfo: bool) -> None:
+    def create(
+        self,
+        name: str,
+        family: int,
+        *,
+        timeout: bool,
+        skbinfo: bool,
+        maxelem: int = MAX_ELEMENTS,
+    ) -> None:
         """Create a ``hash:net`` set, or keep the one of that name (and its entries)."""
         if self.exists(name):
             return
@@ -121,7 +130,7 @@ class IPSets:
                 family=socket.AF_INET if family == 4 else socket.AF_INET6,
                 timeout=0 if timeout else None,
                 skbinfo=skbinfo,
-                maxelem=MAX_ELEMENTS,
+                maxelem=maxelem,
             )
 
     def destroy(self, name: str) -> None:
@@ -207,6 +216,13 @@ class IPSets:
         if kind != NLMSG_ERROR:
             raise DataplaneError(f"ipset {name}: unexpected netlink reply type {kind}")
         (code,) = struct.unpack_from("=i", reply, 16)
+        if -code == IPSET_ERR_HASH_FULL:
+            raise SetFullError(
+                f"ipset {name} is full: it holds as many entries as it was made for "
+                "(kernel.max_learned); new answers are not routed until entries expire. "
+                "Raise kernel.max_learned (the set is remade when no daemon keeps it) or "
+                "shorten ttl.hold"
+            )
         if code:
             what = IPSET_ERRORS.get(-code) or os.strerror(-code)
             raise DataplaneError(f"ipset {name}: the kernel refused the entries: {what}")

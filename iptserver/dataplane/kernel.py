@@ -40,6 +40,27 @@ log = logging.getLogger(__name__)
 PREFIX = "ipts-"
 
 
+def learned_entries(sets: IPSets, plan: KernelPlan) -> list[tuple[int, Entry]]:
+    """The DNS-learned entries the kernel holds, with their weight class: what is routed
+    now and for how long (``Entry.timeout``: seconds left)."""
+    return [
+        (weight_class.weight, entry)
+        for weight_class in plan.classes
+        for set_plan in weight_class.learned
+        for entry in sets.entries(set_plan.name)
+    ]
+
+
+def read_learned(plan: KernelPlan) -> list[tuple[int, Entry]]:
+    """``learned_entries`` on a netlink socket of its own: listing 100,000 entries takes
+    seconds, and the kernel thread's socket must stay free for answers' writes."""
+    sets = IPSets()
+    try:
+        return learned_entries(sets, plan)
+    finally:
+        sets.close()
+
+
 class Dataplane:
     def __init__(self, dns_port: int | None = None, state_file: Path | None = None) -> None:
         self.dns_port = dns_port
@@ -69,16 +90,8 @@ class Dataplane:
         return self._plan.exits if self._plan is not None else self._previous_exits
 
     def learned_now(self) -> list[tuple[int, Entry]]:
-        """The DNS-learned entries the kernel holds, with their weight class: what is
-        routed now and for how long (``Entry.timeout``: seconds left)."""
-        if self._plan is None:
-            return []
-        return [
-            (weight_class.weight, entry)
-            for weight_class in self._plan.classes
-            for set_plan in weight_class.learned
-            for entry in self._sets.entries(set_plan.name)
-        ]
+        """See ``learned_entries``, on this dataplane's socket."""
+        return learned_entries(self._sets, self._plan) if self._plan is not None else []
 
     def set_sizes(self) -> dict[str, int]:
         """Each set of the plan: how many entries the kernel holds in it."""
@@ -106,7 +119,13 @@ class Dataplane:
             self._fill(set_plan, mark=False)
         for weight_class in plan.classes:
             for set_plan in weight_class.learned:
-                self._sets.create(set_plan.name, set_plan.family, timeout=True, skbinfo=True)
+                self._sets.create(
+                    set_plan.name,
+                    set_plan.family,
+                    timeout=True,
+                    skbinfo=True,
+                    maxelem=plan.max_learned,
+                )
             for set_plan in weight_class.static:
                 self._fill(set_plan, mark=True)
         firewall.install(plan, self.dns_port)
@@ -165,8 +184,15 @@ class Dataplane:
                     routes=old.table not in tables,
                 )
         marks = {e.mark for e in plan.exits}
+        known = {e.mark for e in self.exits_in_kernel}
+        if known and known <= marks:
+            return  # every mark an entry can carry is still an exit's: nothing is stale
+        # Listing a set takes seconds past 100,000 entries, on the thread answers wait
+        # for: done only when exits went away (or nobody knows which the kernel had).
         for weight_class in plan.classes:
             for set_plan in weight_class.learned:
+                if not self._sets.size(set_plan.name):
+                    continue
                 stale = [e for e in self._sets.entries(set_plan.name) if e.mark not in marks]
                 if stale:
                     log.info(

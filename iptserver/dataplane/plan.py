@@ -107,6 +107,7 @@ class KernelPlan:
     ingress: tuple[str, ...]
     doh: tuple[SetPlan, SetPlan] | None = None  # DoH servers to reject, when blocking
     export_table: int | None = None  # learned host routes for FRR (kernel.export_table)
+    max_learned: int = 1_000_000  # entries a learned set holds at most (kernel.max_learned)
 
     def exit(self, name: str) -> ExitPlan:
         return next(e for e in self.exits if e.name == name)
@@ -214,6 +215,7 @@ def plan(
         default_mark=marks[schema.default] if schema.default is not None else None,
         ingress=tuple(schema.ingress),
         export_table=schema.kernel.export_table,
+        max_learned=schema.kernel.max_learned,
     )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from iptserver.dataplane.ipset import Entry
-from iptserver.dataplane.kernel import Dataplane
+from iptserver.dataplane.kernel import Dataplane, read_learned
 from iptserver.dataplane.plan import ExitPlan, KernelPlan, LearnedEntry
 from iptserver.schema.values import IPNetwork
 
@@ -97,7 +97,12 @@ class KernelWorker:
         return await self._call(self.dataplane.relink, interface)
 
     async def learned_now(self) -> list[tuple[int, Entry]]:
-        return await self._call(self.dataplane.learned_now)
+        """Read in a thread and on a socket of their own, not the kernel thread: answers'
+        writes do not wait behind a listing of a large set."""
+        plan = self.dataplane.plan
+        if plan is None:
+            return []
+        return await asyncio.to_thread(read_learned, plan)
 
     async def set_sizes(self) -> dict[str, int]:
         return await self._call(self.dataplane.set_sizes)

@@ -23,6 +23,7 @@ class DnsCounters:
     learned: int = 0  # answers the sink routed
     sink_errors: int = 0  # answers the sink failed to route (DataplaneError, timeout, bug)
     sink_timeouts: int = 0  # of sink_errors, those that took longer than sink_timeout
+    set_full: int = 0  # of sink_errors, those whose learned set was full (kernel.max_learned)
     truncated: int = 0  # UDP replies cut to TC for the client's size limit
     tcp_refused: int = 0  # TCP connections closed at once: max_tcp_clients (per client) reached
     refused: int = 0  # queries (and TCP connections) from addresses that are not clients

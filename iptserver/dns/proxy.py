@@ -27,7 +27,7 @@ from iptserver.dns.sink import AnswerSink
 from iptserver.dns.throttle import ThrottledLog
 from iptserver.dns.upstream import Transport, UpstreamAnswer, UpstreamClient, UpstreamFailure
 from iptserver.dns.wire import RCODE_NOERROR, Message, Question, WireError
-from iptserver.errors import DataplaneError
+from iptserver.errors import DataplaneError, SetFullError
 from iptserver.schema.values import Endpoint
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,8 @@ class DnsProxy:
                 outcome,
             )
         elif isinstance(error, DataplaneError):
+            if isinstance(error, SetFullError):
+                self.counters.set_full += 1
             message = "could not route the answer for %s (client %s): %s (%s)"
             self._log.warning("sink-error", message, name, client, error, outcome)
         else:

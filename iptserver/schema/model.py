@@ -159,6 +159,12 @@ class Api(_Model):
 
 class Kernel(_Model):
     mark_base: Mark = Field(0x100, description="First fwmark; exits take consecutive marks")
+    max_learned: Annotated[StrictInt, Field(ge=1024, le=1 << 27)] = Field(
+        1_000_000,
+        description="Entries each DNS-learned set holds at most (per weight and IP "
+        "version); when one is full, new answers are not routed (fail-open/closed as "
+        "set), counted and logged. A set made before keeps its size until it is remade",
+    )
     table_base: TableId = Field(100, description="First routing table; exits take consecutive ids")
     export_table: TableId | None = Field(
         None,

@@ -12,7 +12,7 @@ from typing import TypeVar
 import pytest
 
 from iptserver.dataplane.ipset import BATCH, Entry, IPSets, entries_of
-from iptserver.errors import DataplaneError
+from iptserver.errors import DataplaneError, SetFullError
 from iptserver.lab.netns import run_in
 
 T = TypeVar("T")
@@ -226,3 +226,23 @@ def plain(sets: IPSets) -> IPSets:
 )
 def test_refusals_name_the_set(netns: str, work: Callable[[IPSets], object], message: str) -> None:
     assert message in refusal(netns, work)
+
+
+def test_a_full_set_says_so_in_words(netns: str) -> None:
+    """Made for 1,024 entries (kernel.max_learned), the 1,025th is refused: the error
+    says the set is full and what to do, not "Unknown error 4352"."""
+    entries = entries_of(
+        ((net(f"10.{i >> 8}.{i & 255}.1/32"), 0x100) for i in range(1025)), timeout=300
+    )
+
+    def work(sets: IPSets) -> tuple[str, int]:
+        sets.create("t-full-4", 4, timeout=True, skbinfo=True, maxelem=1024)
+        sets.add("t-full-4", entries[:1024])
+        with pytest.raises(SetFullError) as full:
+            sets.add("t-full-4", entries[1024:])
+        return str(full.value), sets.size("t-full-4")
+
+    message, size = with_sets(netns, work)
+    assert size == 1024
+    assert "ipset t-full-4 is full" in message and "kernel.max_learned" in message
+    assert "maxelem 1024" in ipset_save(netns)

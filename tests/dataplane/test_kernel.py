@@ -166,3 +166,18 @@ def test_a_second_plan_in_one_process_replaces_the_first(
     assert "fwmark 0x103" not in after["rules4"]  # the direct exit is gone
     assert after["mangle4"].count("-j SET --map-set") == 2  # learned + static, weight 7
     assert "--set-xmark" not in after["mangle4"]  # no default exit any more
+
+
+def test_learned_sets_are_made_for_kernel_max_learned_entries(
+    netns: str,
+    write_schema,
+    lab_mmdb: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """``kernel.max_learned`` sizes the learned sets; the static ones fit their networks."""
+    schema = write_schema(SCHEMA + "kernel: {max_learned: 5000}\n")
+    apply(netns, schema, lab_mmdb, times=1, end="stay")
+    created = [line for line in state(netns)["sets"].splitlines() if line.startswith("create")]
+    learned = [line for line in created if line.startswith("create ipts-d")]
+    assert learned and all("maxelem 5000 " in line for line in learned), learned
+    assert all("maxelem 5000 " not in line for line in created if line not in learned)
+    apply(netns, schema, lab_mmdb, times=1, end="stop")

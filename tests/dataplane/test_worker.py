@@ -131,3 +131,15 @@ def test_close_with_keep_state_leaves_it_for_the_next_run(
     assert learned(again) == {"203.0.113.7/32": (0, UK), "2001:db8::7/128": (0, RU)}
     assert "ipts-" not in sh(netns, "ipset", "list", "-n")
     assert not state_file.exists()
+
+
+def test_listing_a_large_learned_set_does_not_hold_up_answers_writes(
+    netns: str, tmp_path: Path, write_schema: Callable[[str], Path]
+) -> None:
+    """/v1/routes lists the learned sets: 30,000 entries take seconds to read, on a
+    socket and thread of their own, so an answer's write goes in at once meanwhile."""
+    result = drive(netns, write_schema(SCHEMA), tmp_path / "exits.json", "remove", "listing")
+    assert result["listing_was_done"] is False  # the write below came during the listing
+    assert result["written_while_listing"] is True
+    assert result["listed"] >= 30_000
+    assert learned(result)["203.0.113.9/32"] == (0, UK)

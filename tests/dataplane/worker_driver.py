@@ -1,11 +1,12 @@
 """Run inside a test namespace: one KernelWorker, driven from an event loop, then closed.
 
-Usage: python -m tests.dataplane.worker_driver SCHEMA STATE_FILE {keep,remove} [busy]
+Usage: python -m tests.dataplane.worker_driver SCHEMA STATE_FILE {keep,remove} [busy|listing]
 
 Applies the schema's plan, learns 203.0.113.7 (exit uk) with ``learn_now`` and
 2001:db8::7 (exit ru) with ``learn``, reads ``learned_now`` and ``set_sizes``, and closes
 (keep_state with ``keep``). With ``busy``, first reapplies a plan of many static entries
-and learns while that runs. Prints what each step answered as JSON.
+and learns while that runs; with ``listing``, fills the learned set with many entries
+and learns while ``learned_now`` lists them. Prints what each step answered as JSON.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from iptserver.dataplane.worker import KernelWorker
 from iptserver.schema import load_schema
 
 BUSY_ENTRIES = 50_000  # enough that applying them takes a while
+LISTED_ENTRIES = 30_000  # enough that listing them takes seconds
 
 
 def learned(current: KernelPlan, address: str, exit_name: str) -> LearnedEntry:
@@ -43,7 +45,24 @@ async def while_busy(worker: KernelWorker, big: KernelPlan) -> dict[str, Any]:
     return {"declined_while_busy": declined, "exported_while_busy": sorted(map(str, exported))}
 
 
-async def run(schema_path: Path, state_file: Path, keep: bool, busy: bool) -> dict[str, Any]:
+async def while_listing(worker: KernelWorker, current: KernelPlan) -> dict[str, Any]:
+    """Learn while ``learned_now`` lists a large set: the write is not held up."""
+    many = [
+        learned(current, str(ipaddress.ip_address(0x0A000000 + n)), "uk")
+        for n in range(LISTED_ENTRIES)
+    ]
+    await worker.learn(many)
+    listing = asyncio.create_task(worker.learned_now())
+    await asyncio.sleep(0.2)  # the listing under way
+    written = worker.learn_now([learned(current, "203.0.113.9", "uk")])
+    result = {"written_while_listing": written, "listing_was_done": listing.done()}
+    result["listed"] = len(await listing)
+    return result
+
+
+async def run(
+    schema_path: Path, state_file: Path, keep: bool, busy: bool, listing: bool = False
+) -> dict[str, Any]:
     schema = load_schema(schema_path).schema
     worker = await KernelWorker.open(None, state_file)
     result: dict[str, Any] = {"exits_before": [e.name for e in worker.exits_in_kernel]}
@@ -54,6 +73,8 @@ async def run(schema_path: Path, state_file: Path, keep: bool, busy: bool) -> di
             many = [ipaddress.ip_network((0x0A000000 + n, 32)) for n in range(BUSY_ENTRIES)]
             big = plan(schema, {"RU": many}, worker.exits_in_kernel)
             result |= await while_busy(worker, big)
+        if listing:
+            result |= await while_listing(worker, current)
         result["learn_now"] = worker.learn_now([learned(current, "203.0.113.7", "uk")])
         exported = await worker.learn([learned(current, "2001:db8::7", "ru")])
         result["exported"] = sorted(map(str, exported))
@@ -69,8 +90,8 @@ async def run(schema_path: Path, state_file: Path, keep: bool, busy: bool) -> di
 
 def main() -> None:
     schema, state_file, end = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-    busy = sys.argv[4:] == ["busy"]
-    print(json.dumps(asyncio.run(run(schema, state_file, end == "keep", busy))))
+    busy, listing = sys.argv[4:] == ["busy"], sys.argv[4:] == ["listing"]
+    print(json.dumps(asyncio.run(run(schema, state_file, end == "keep", busy, listing))))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from iptserver.errors import DataplaneError
+from iptserver.errors import DataplaneError, SetFullError
 from iptserver.schema.values import IPAddress
 
 
@@ -28,6 +28,7 @@ class RecordingSink:
     delay: float = 0.0
     fail: bool = False
     crash: bool = False  # raise something that is not a DataplaneError (a bug in the sink)
+    full: bool = False  # raise the kernel's "set full" (as IPSets does)
     before_return: Callable[[], None] | None = None  # runs just before learn returns
     calls: list[LearnCall] = field(default_factory=list)
     started: list[tuple[str, ...]] = field(default_factory=list)
@@ -41,6 +42,8 @@ class RecordingSink:
             raise DataplaneError("ipset add learned-4 198.51.100.10: test failure")
         if self.crash:
             raise RuntimeError("a bug in the sink")
+        if self.full:
+            raise SetFullError("ipset ipts-d0-4 is full: ... (kernel.max_learned)")
         if self.before_return is not None:
             self.before_return()
         self.calls.append(LearnCall(tuple(names), tuple(addresses), ttl, started, time.monotonic()))

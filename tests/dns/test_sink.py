@@ -16,6 +16,7 @@ FAILURES = [
     pytest.param({"fail": True}, 0, id="dataplane-error"),
     pytest.param({"delay": 2.0}, 1, id="timeout"),
     pytest.param({"crash": True}, 0, id="sink-bug"),
+    pytest.param({"full": True}, 0, id="set-full"),
 ]
 
 
@@ -44,6 +45,7 @@ def test_sink_failure(
             assert sink.started == [("www.example.test",)]
             assert lb.proxy.counters.sink_errors == 1
             assert lb.proxy.counters.sink_timeouts == timeouts
+            assert lb.proxy.counters.set_full == int("full" in behaviour)
             assert lb.proxy.counters.learned == 0
 
     run(scenario)
