@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labdnsmasq import make_set, start_dnsmasq
+
 from iptserver.geoip.build import write_country_db
 from iptserver.lab import Lab, LabError
 from iptserver.lab.addresses import LAB_COUNTRIES
@@ -91,7 +93,7 @@ def main() -> int:
         with fast_upstream(lab):
             daemon = start_iptserver(lab, schema, mmdb, upstream=(f"{FAST_UPSTREAM}:53",))
             try:
-                with peer(lab, work):
+                with peer(lab):
                     for path, port in (("iptserver", 53), ("dnsmasq --ipset", PEER_PORT)):
                         results |= measure(lab, work, path, port, args)
             finally:
@@ -113,20 +115,12 @@ def measure(
 @contextlib.contextmanager
 def fast_upstream(lab: Lab) -> Iterator[None]:
     lab.run("internet", ["ip", "addr", "add", f"{FAST_UPSTREAM}/32", "dev", "lo"])
-    proc = lab.spawn(
-        "internet",
-        ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--user=root",
-         f"--listen-address={FAST_UPSTREAM}", "--bind-interfaces", "--cache-size=0",
-         f"--address=/{LOAD_ZONE}/{LOAD_ADDRESS}", f"--server={UPSTREAM.split(':')[0]}",
-         "--dns-forward-max=4096", "--pid-file="],
-        name="dnsmasq-upstream",
+    proc = start_dnsmasq(
+        lab, "internet", FAST_UPSTREAM, f"--address=/{LOAD_ZONE}/{LOAD_ADDRESS}",
+        f"--server={UPSTREAM.split(':')[0]}", "--dns-forward-max=4096",
+        probe=("entry", f"probe.{LOAD_ZONE}"),
     )  # fmt: skip
     try:
-        lab.wait_for(
-            "the upstream dnsmasq to answer",
-            lambda: answers(lab, FAST_UPSTREAM, 53, "entry"),
-            [proc],
-        )
         yield
     finally:
         lab.stop_process(proc)
@@ -174,12 +168,12 @@ def trials(lab: Lab, port: int, count: int) -> Trials:
 
 
 @contextlib.contextmanager
-def peer(lab: Lab, work: Path) -> Iterator[None]:
+def peer(lab: Lab) -> Iterator[None]:
     """``dnsmasq --ipset`` on the entry's client address, port 5353, writing PEER_SET,
     which a mangle rule after iptserver's turns into ru's mark (saved with the
     connection, as iptserver's own rules do)."""
     mark = exit_mark(lab, "ru")
-    lab.run("entry", ["ipset", "create", PEER_SET, "hash:ip", "family", "inet6", "timeout", "300"])
+    make_set(lab, PEER_SET, "inet6")
     rules = [
         ["-m", "set", "--match-set", PEER_SET, "dst", "-j", "MARK", "--set-mark", mark],
         ["-m", "set", "--match-set", PEER_SET, "dst", "-j", "CONNMARK", "--save-mark"],
@@ -189,18 +183,12 @@ def peer(lab: Lab, work: Path) -> Iterator[None]:
             "entry",
             ["ip6tables-legacy", "-t", "mangle", "-A", "PREROUTING", "-i", lab.ingress, *rule],
         )
-    proc = lab.spawn(
-        "entry",
-        ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--user=root",
-         f"--listen-address={ENTRY_DNS}", f"--port={PEER_PORT}", "--bind-interfaces",
-         f"--server={FAST_UPSTREAM}", "--cache-size=0", "--dns-forward-max=1024",
-         f"--ipset=/{FRESH_ZONE}/{PEER_SET}", f"--pid-file={work / 'dnsmasq.pid'}"],
-        name="dnsmasq-leak",
+    proc = start_dnsmasq(
+        lab, "entry", ENTRY_DNS, f"--server={FAST_UPSTREAM}", "--dns-forward-max=1024",
+        f"--ipset=/{FRESH_ZONE}/{PEER_SET}", port=PEER_PORT,
+        probe=("client", f"probe.{LOAD_ZONE}"),
     )  # fmt: skip
     try:
-        lab.wait_for(
-            "dnsmasq --ipset to answer", lambda: answers(lab, ENTRY_DNS, PEER_PORT), [proc]
-        )
         yield
     finally:
         lab.stop_process(proc)
@@ -211,14 +199,6 @@ def peer(lab: Lab, work: Path) -> Iterator[None]:
                 check=False,
             )
         lab.run("entry", ["ipset", "destroy", PEER_SET], check=False)
-
-
-def answers(lab: Lab, server: str, port: int, node: str = "client") -> bool:
-    try:
-        answer = lab.query(node, f"probe.{LOAD_ZONE}", server=server, port=port, timeout=1)
-    except LabError:
-        return False
-    return answer.rcode == "NOERROR"
 
 
 def exit_mark(lab: Lab, exit_name: str) -> str:

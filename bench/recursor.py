@@ -59,9 +59,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dnslib import QTYPE, RCODE, DNSRecord
+from labdnsmasq import make_set, start_dnsmasq
 
 from iptserver.geoip.build import write_country_db
-from iptserver.lab import Lab, LabError
+from iptserver.lab import Lab
 from iptserver.lab.addresses import LAB_COUNTRIES
 from iptserver.lab.entry import ENTRY_DNS, UPSTREAM, start_iptserver, stop_iptserver
 from iptserver.lab.recursor import API, Recursor, start_recursor
@@ -242,29 +243,16 @@ def measure(
             one(config, per_round)
 
 
-def start_peer(lab: Lab, work: Path) -> subprocess.Popen[bytes]:
+def start_peer(lab: Lab) -> subprocess.Popen[bytes]:
     """``dnsmasq --ipset`` on the entry's client address, forwarding to the plugin-less
     recursor, its cache off, adding the bench zone's addresses to sets of its own."""
     for name, family in zip(PEER_SETS, ("inet", "inet6"), strict=True):
-        lab.run("entry", ["ipset", "create", name, "hash:ip", "family", family, "timeout", "300"])
-    proc = lab.spawn(
-        "entry",
-        ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--user=root",
-         f"--listen-address={ENTRY_DNS}", f"--port={PEER_PORT}", "--bind-interfaces",
-         f"--server={ENTRY_DNS}#{PLAIN_PORT}", "--cache-size=0", "--dns-forward-max=1024",
-         f"--ipset=/{BENCH_ZONE}/{','.join(PEER_SETS)}", f"--pid-file={work / 'dnsmasq.pid'}"],
-        name="dnsmasq-peer",
+        make_set(lab, name, family)
+    return start_dnsmasq(
+        lab, "entry", ENTRY_DNS, f"--server={ENTRY_DNS}#{PLAIN_PORT}",
+        "--dns-forward-max=1024", f"--ipset=/{BENCH_ZONE}/{','.join(PEER_SETS)}",
+        port=PEER_PORT, probe=("client", f"probe.{BENCH_ZONE}"),
     )  # fmt: skip
-    lab.wait_for("dnsmasq --ipset to answer", lambda: peer_answers(lab), [proc])
-    return proc
-
-
-def peer_answers(lab: Lab) -> bool:
-    try:
-        answer = lab.query("client", f"probe.{BENCH_ZONE}", server=ENTRY_DNS, port=PEER_PORT)
-    except LabError:
-        return False
-    return answer.rcode == "NOERROR"
 
 
 def stop_peer(lab: Lab, proc: subprocess.Popen[bytes] | None) -> None:
@@ -371,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                     lab, work / "ffi-lua", port=FFI_LUA_PORT, transport="ffi", fail_closed=True
                 )
             )
-            peer = start_peer(lab, work)
+            peer = start_peer(lab)
             load_before = os.getloadavg()[0]
             pids = [recursor.proc.pid for recursor in recursors]
             zone = FRESH_ZONE if args.fresh_ips else BENCH_ZONE
