@@ -208,12 +208,12 @@ def remove() -> None:
             (iptc.Table.NAT, DNS_CHAIN, "PREROUTING"),
             (iptc.Table.FILTER, DOH_CHAIN, "FORWARD"),
         ):
-            table = _tables(version, table_name)
-            table.autocommit = True
-            table.refresh()
-            if not table.is_chain(chain_name):
-                continue
             try:
+                table = _tables(version, table_name)
+                table.autocommit = True
+                table.refresh()
+                if not table.is_chain(chain_name):
+                    continue
                 _ensure_jumps(table, hook, chain_name, (), version)
                 chain = iptc.Chain(table, chain_name)
                 chain.flush()

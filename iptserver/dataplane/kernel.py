@@ -326,7 +326,12 @@ class Dataplane:
         """Remove everything this dataplane made, unless ``keep_state`` (for a restart)."""
         if keep_state or self._plan is None:
             return
-        firewall.remove()
+        try:
+            firewall.remove()
+        except DataplaneError as e:  # the routes and sets still go; then it is said
+            unremoved: DataplaneError | None = e
+        else:
+            unremoved = None
         if self._plan.export_table is not None:
             table = self._plan.export_table
             self._routing.delete_host_routes(table, self._routing.exported_routes(table))
@@ -339,6 +344,8 @@ class Dataplane:
         self._plan = None
         if self._state_file is not None:
             self._state_file.unlink(missing_ok=True)
+        if unremoved is not None:
+            raise unremoved
 
     def _save_state(self) -> None:
         if self._state_file is None or self._plan is None:

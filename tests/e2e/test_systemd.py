@@ -9,9 +9,13 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
+from iptserver.lab import LabError
 from iptserver.lab.zones import ZONE
 from iptserver.render.systemd import UnitSettings, render_unit
 from tests.e2e.conftest import BASE_SCHEMA, Iptservers, resolved
+from tests.e2e.entry_kernel import entry_state, ours
 
 SCHEMA = BASE_SCHEMA + "rules:\n  - {exit: ru, domains: [mail.ru]}\n"
 # linux/capability.h
@@ -52,3 +56,11 @@ def test_the_unit_s_capabilities_are_enough_to_route(iptservers: Iptservers) -> 
     assert lab.whoami("client", address) == "ru"
     assert daemon.reload(), daemon.log
     assert lab.whoami("client", address) == "ru"
+
+
+def test_a_start_iptables_refuses_leaves_nothing_behind(iptservers: Iptservers) -> None:
+    """Without CAP_NET_RAW iptables cannot start: the daemon says so and exits, and the
+    sets it had already made are gone with it (the fixture checks the whole entry)."""
+    with pytest.raises(LabError, match="iptables"):
+        iptservers.start(SCHEMA, wrapper=setpriv(["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"]))
+    assert ours(entry_state(iptservers.lab)) == []
