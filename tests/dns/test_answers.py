@@ -6,7 +6,7 @@ import ipaddress
 import struct
 
 import pytest
-from dnslib import EDNS0, QTYPE, RD, RR, DNSRecord
+from dnslib import CNAME, EDNS0, QTYPE, RD, RR, A, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -295,3 +295,48 @@ def test_random_answers_are_learned_or_refused(
     capped = parse_message(cap_ttls(wire, message, cap))
     assert all(r.effective_ttl <= max(cap, 0) for r in capped.section(Section.ANSWER))
     assert parse_message(truncate(wire, message)).section(Section.ANSWER) == ()
+
+
+def _answer_with(records: int) -> bytes:
+    """A real-shaped answer: a CNAME chain, addresses, an OPT record."""
+    reply = DNSRecord.question("www.example.test", "A").reply()
+    reply.add_answer(RR("www.example.test", QTYPE.CNAME, rdata=CNAME("edge.example.net"), ttl=600))
+    for i in range(records):
+        reply.add_answer(RR("edge.example.net", QTYPE.A, rdata=A(f"198.51.100.{i}"), ttl=30 * i))
+    reply.add_ar(EDNS0(udp_len=1232))
+    return bytes(reply.pack())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    records=st.integers(1, 6),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
+    cut=st.integers(0, 400),
+    cap=st.integers(-5, 2**32),
+)
+def test_a_damaged_answer_is_read_or_refused_never_crashes(
+    records: int, flips: list[tuple[int, int]], cut: int, cap: int
+) -> None:
+    """Bytes flipped and the end cut off a real answer: every step of the answer path
+    either works within its promises or raises WireError, nothing else."""
+    wire = bytearray(_answer_with(records))
+    for offset, value in flips:
+        wire[offset % len(wire)] = value
+    damaged = bytes(wire[: max(12, len(wire) - cut)])
+    try:
+        message = parse_message(damaged)
+        learned = learned_from(damaged, message)
+        capped = cap_ttls(damaged, message, cap)
+        cut_short = truncate(damaged, message)
+    except WireError:
+        return
+    assert len(capped) == len(damaged)
+    for before, after in zip(
+        parse_message(damaged).section(Section.ANSWER),
+        parse_message(capped).section(Section.ANSWER),
+        strict=True,
+    ):
+        assert after.effective_ttl <= max(before.effective_ttl, 0)
+        assert after.effective_ttl <= max(0, cap)
+    assert len(cut_short) <= len(damaged)
+    assert all(a.version in (4, 6) for a in learned.addresses)

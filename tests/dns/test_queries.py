@@ -102,3 +102,32 @@ def test_any_packet_is_a_query_or_a_bad_query(body: bytes, flags: int) -> None:
             assert parse_header(reply).id == bad.header.id
     else:
         assert message.question is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
+    tail=st.binary(max_size=40),
+    cut=st.integers(0, 60),
+)
+def test_a_damaged_query_is_read_or_refused_and_any_reply_is_no_larger(
+    flips: list[tuple[int, int]], tail: bytes, cut: int
+) -> None:
+    """A real query with bytes flipped, cut short or grown: read_query raises BadQuery and
+    nothing else, and the proxy's own reply to it is never larger than the query (no
+    amplification)."""
+    query = DNSRecord.question("www.example.test", "AAAA")
+    query.add_ar(EDNS0(udp_len=1232))
+    wire = bytearray(query.pack())
+    for offset, value in flips:
+        wire[offset % len(wire)] = value
+    damaged = bytes(wire[: max(0, len(wire) - cut)]) + tail
+    try:
+        message = read_query(damaged)
+    except BadQuery as bad:
+        if bad.rcode is not None and bad.header is not None:
+            reply = own_reply(damaged, bad.rcode, bad.header, bad.message)
+            assert len(reply) <= len(damaged)
+        return
+    reply = own_reply(damaged, 2, message.header, message)
+    assert len(reply) <= len(damaged)
