@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -16,6 +16,7 @@ from iptserver.geoip import GeoIPDatabase
 from iptserver.health.monitor import Monitor
 from iptserver.health.state import ExitState
 from iptserver.learning import Learner
+from iptserver.lists.status import ListStatus
 from iptserver.schema.model import Route
 
 
@@ -40,6 +41,8 @@ class ApiConfig:
     link_up: Callable[[str], bool] | None = None
     # Queries dropped over dns.rate_limit, by client address (None: no proxy).
     rate_limited: Callable[[], Mapping[str, int]] | None = None
+    # The schema's lists and how their refreshes went (None: no daemon).
+    lists: Callable[[], Iterable[ListStatus]] | None = None
 
     def exit_state(self, name: str) -> ExitState:
         return self.monitor.state(name) if self.monitor is not None else ExitState.UP

@@ -90,6 +90,36 @@ class StateCollector(Collector):
         yield from self._rate_limited()
         yield from self._plugin()
         yield from self._health()
+        yield from self._lists()
+
+    def _lists(self) -> Iterator[Metric]:
+        if self._config.lists is None:
+            return
+        entries = GaugeMetricFamily(
+            "iptserver_list_entries",
+            "Domains and networks of each list in use (0: no copy yet)",
+            labels=["list"],
+        )
+        success = GaugeMetricFamily(
+            "iptserver_list_last_success_timestamp_seconds",
+            "When each list was last downloaded or found unchanged (Unix time)",
+            labels=["list"],
+        )
+        failures = CounterMetricFamily(
+            "iptserver_list_failures",
+            "Downloads or re-reads of each list that failed or were refused (the last good "
+            "copy stayed)",
+            labels=["list"],
+        )
+        for status in self._config.lists():
+            name = status.spec.location
+            entries.add_metric([name], status.entries)
+            if status.last_success is not None:
+                success.add_metric([name], status.last_success)
+            failures.add_metric([name], status.failures)
+        yield entries
+        yield success
+        yield failures
 
     def _rate_limited(self) -> Iterator[Metric]:
         if self._config.rate_limited is None:

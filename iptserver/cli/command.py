@@ -6,10 +6,13 @@ import argparse
 import ipaddress
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from iptserver.geoip import DEFAULT_DATABASE
 from iptserver.schema.values import Endpoint, IPNetwork, parse_endpoint
+
+if TYPE_CHECKING:
+    from iptserver.lists.store import ListReader
 
 # What ``add_subparsers`` returns: where a command module adds its commands.
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -61,3 +64,22 @@ def add_geoip_option(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help=f"country database (default: {DEFAULT_DATABASE} if present)",
     )
+
+
+def add_state_dir_option(parser: argparse.ArgumentParser) -> None:
+    """``--state-dir DIR``: the daemon's, whose ``lists/`` holds downloaded lists."""
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        type=Path,
+        help="the daemon's --state-dir: downloaded lists are read from DIR/lists",
+    )
+
+
+def lists_reader(args: argparse.Namespace) -> ListReader:
+    """A ListReader of local lists and, with ``--state-dir``, the downloaded copies."""
+    from iptserver.lists.store import ListCache, ListReader
+
+    state_dir: Path | None = args.state_dir
+    cache = ListCache(state_dir / "lists") if state_dir is not None else None
+    return ListReader(cache, quiet=True)

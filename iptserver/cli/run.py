@@ -41,7 +41,8 @@ def register(commands: Commands) -> None:
         "--state-dir",
         metavar="DIR",
         type=Path,
-        help="remember the exits' marks and tables here, for restarts with --keep-state",
+        help="remember the exits' marks and tables here, for restarts with --keep-state, "
+        "and keep the last good copy of each downloaded list (in DIR/lists)",
     )
     run.add_argument(
         "--workers",
@@ -81,6 +82,7 @@ def _run(args: argparse.Namespace) -> int:
         api=args.api,
         api_token_file=args.api_token_file,
         workers=args.workers,
+        lists_dir=args.state_dir / "lists" if args.state_dir is not None else None,
     )
     # uvloop: the proxy's sockets and timers cost a fraction of asyncio's own.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

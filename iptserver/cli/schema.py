@@ -13,6 +13,8 @@ from iptserver.cli.command import (
     Commands,
     add_command,
     add_geoip_option,
+    add_state_dir_option,
+    lists_reader,
 )
 from iptserver.cli.output import write_or_print
 from iptserver.errors import SchemaError, UsageError
@@ -22,6 +24,7 @@ from iptserver.geoip import DEFAULT_DATABASE, open_geoip
 def register(commands: Commands) -> None:
     check = add_command(commands, "check", _check, "validate routing schemas (native or MRVPN2)")
     check.add_argument("schemas", nargs="+", metavar="SCHEMA", type=Path)
+    add_state_dir_option(check)
 
     convert = add_command(
         commands, "convert", _convert, "write a schema (e.g. MRVPN2) in native format"
@@ -37,25 +40,44 @@ def register(commands: Commands) -> None:
         "queries", nargs="+", metavar="QUERY", help="NAME, IP, or NAME[,CNAME...]=IP"
     )
     add_geoip_option(explain)
+    add_state_dir_option(explain)
     explain.add_argument("--json", action="store_true", help="print a JSON list")
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Every file is checked; each bad one is reported, file:line:column first."""
-    from iptserver.schema import load_schema
+    """Every file is checked, with its local lists; each bad one is reported,
+    file:line:column first. A downloaded list is checked in its last copy (--state-dir)."""
+    from iptserver.lists.store import load_with_lists
 
     failed = 0
+    reader = lists_reader(args)
     for path in args.schemas:
         try:
-            loaded = load_schema(path)
+            loaded = load_with_lists(path, reader)
         except SchemaError as e:  # a finding of the check, not the command's failure
             print(e, file=sys.stderr)
             failed += 1
             continue
         for note in loaded.notes:
             print(f"{note} (note)", file=sys.stderr)
+        bad_lines = 0
+        for read in loaded.lists.values():
+            if read.parsed is None:
+                print(f"{read.spec.location}: not checked: no copy downloaded yet", file=sys.stderr)
+                continue
+            for problem in read.parsed.problems:
+                print(problem if read.spec.file else f"{problem} (note)", file=sys.stderr)
+            bad_lines += len(read.parsed.problems) if read.spec.file else 0
+        if bad_lines:
+            failed += 1
+            continue
         s = loaded.schema
-        print(f"{path}: ok ({loaded.format.value}: {len(s.exits)} exits, {len(s.rules)} rules)")
+        entries = sum(read.entries for read in loaded.lists.values())
+        listed = f", {len(loaded.lists)} lists of {entries} entries" if loaded.lists else ""
+        print(
+            f"{path}: ok ({loaded.format.value}: {len(s.exits)} exits, {len(s.rules)} rules"
+            f"{listed})"
+        )
     return EXIT_FAILURE if failed else EXIT_OK
 
 
@@ -79,11 +101,11 @@ def _json_schema(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from iptserver.lists.store import load_with_lists
     from iptserver.policy import Policy
     from iptserver.policy.explain import explain, format_text, parse_query
-    from iptserver.schema import load_schema
 
-    loaded = load_schema(args.schema)
+    loaded = load_with_lists(args.schema, lists_reader(args))
     try:
         queries = [parse_query(q) for q in args.queries]
     except ValueError as e:

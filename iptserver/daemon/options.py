@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iptserver.schema import load_schema
+from iptserver.lists.store import ListCache, ListReader, load_with_lists
 from iptserver.schema.load import Loaded
 from iptserver.schema.model import Schema
 from iptserver.schema.values import Endpoint, format_endpoint
@@ -25,6 +25,12 @@ class Options:
     api: Endpoint | None = None  # override the schema's api.listen
     api_token_file: Path | None = None  # POST endpoints then need this bearer token
     workers: int = 1  # processes answering DNS on the same addresses (SO_REUSEPORT)
+    lists_dir: Path | None = None  # the last good copies of downloaded lists
+
+    @property
+    def lists_reader(self) -> ListReader:
+        """A reader of the schema's lists, with the downloaded copies of ``lists_dir``."""
+        return ListReader(ListCache(self.lists_dir) if self.lists_dir is not None else None)
 
     @property
     def state_file(self) -> Path | None:
@@ -34,9 +40,10 @@ class Options:
         """Where the HTTP API listens: --api, else api.listen; None: no API."""
         return self.api or schema.api.listen
 
-    def load(self) -> Loaded:
-        """The schema on disk with the command line's overrides; raises SchemaError."""
-        loaded = load_schema(self.config)
+    def load(self, reader: ListReader) -> Loaded:
+        """The schema on disk, its lists read by ``reader``, with the command line's
+        overrides; raises SchemaError."""
+        loaded = load_with_lists(self.config, reader)
         updates: dict[str, Any] = {}
         if self.listen:
             updates["listen"] = list(self.listen)
@@ -56,6 +63,7 @@ def options_to_json(options: Options) -> dict[str, Any]:
         "listen": [format_endpoint(e) for e in options.listen],
         "upstream": [format_endpoint(e) for e in options.upstream],
         "fail_closed": options.fail_closed,
+        "lists_dir": str(options.lists_dir) if options.lists_dir else None,
     }
 
 
@@ -66,4 +74,5 @@ def options_from_json(data: dict[str, Any]) -> Options:
         listen=tuple(Endpoint.parse(e) for e in data["listen"]),
         upstream=tuple(Endpoint.parse(e) for e in data["upstream"]),
         fail_closed=data["fail_closed"],
+        lists_dir=Path(data["lists_dir"]) if data.get("lists_dir") else None,
     )

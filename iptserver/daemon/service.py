@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import signal
 import socket
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from iptserver.daemon.clients import ProxyClients
+from iptserver.daemon.lists import ListRefresher
 from iptserver.daemon.memory import settle
 from iptserver.daemon.options import Options
 from iptserver.daemon.tunnels import TunnelFollower
@@ -51,6 +55,7 @@ class Running:
     tunnels: TunnelFollower
     proxy: DnsProxy
     workers: Workers | None  # --workers: more processes answering DNS
+    lists: ListRefresher
 
     def exits_through(self, interface: str) -> list[str]:
         """The tunnel exits whose traffic leaves by ``interface`` (failover included)."""
@@ -66,7 +71,11 @@ class Running:
 
 class Daemon:
     def __init__(self, options: Options) -> None:
+        if options.lists_dir is None:  # downloaded lists last for this run only
+            self._lists_dir = tempfile.TemporaryDirectory(prefix="iptserver-lists-")
+            options = dataclasses.replace(options, lists_dir=Path(self._lists_dir.name))
         self.options = options
+        self._lists = options.lists_reader
         self._geo: GeoIPDatabase | None = None
         self._running: Running | None = None  # once started
         self._webhook = Webhook(None)
@@ -78,7 +87,7 @@ class Daemon:
 
     def load(self) -> State:
         """Validate and compile the schema; raises SchemaError with every problem."""
-        loaded = self.options.load()
+        loaded = self.options.load(self._lists)
         schema = loaded.schema
         countries = {c for rule in schema.rules for c in rule.countries}
         if countries and self._geo is None:
@@ -172,7 +181,10 @@ class Daemon:
         self._webhook.url = schema.health.webhook
         stack.push_async_callback(self._webhook.close)
         monitor = Monitor(schema, kernel.set_routes, self._notify)
-        running = Running(kernel, learner, monitor, tunnels, proxy, workers)
+        lists = ListRefresher(self._lists, self.options.config.parent, self.reload)
+        lists.follow(state.loaded)
+        stack.push_async_callback(lists.close)
+        running = Running(kernel, learner, monitor, tunnels, proxy, workers, lists)
         if (endpoint := self.options.api_endpoint(schema)) is not None:
             await self._serve_api(stack, running, proxy, endpoint)
         log.info(
@@ -184,6 +196,7 @@ class Daemon:
         )
         monitor.start()
         stack.push_async_callback(monitor.stop)
+        lists.start()
         tunnels.start(kernel.relink, running.exits_through)
         stack.callback(tunnels.close)  # first of all: no relink while the rest stops
         self._running = running
@@ -229,6 +242,7 @@ class Daemon:
             set_sizes=running.kernel.set_sizes,
             link_up=lambda interface: link_state(interface) is not None,
             rate_limited=lambda: running.proxy.clients.limited,
+            lists=lambda: running.lists.status.values(),
         )
         await stack.enter_async_context(serve_api(config, endpoint))
 
@@ -279,6 +293,7 @@ class Daemon:
         self._webhook.url = state.policy.schema.health.webhook
         await running.monitor.reconfigure(state.policy.schema)
         running.learner.exports_changed()
+        running.lists.follow(state.loaded)
         self.reloads["ok"] += 1
         settle()
         log.info(

@@ -43,10 +43,11 @@ class Worker:
         self.options = options
         self._geo: GeoIPDatabase | None = open_geoip(options.geoip)
         self._sets = IPSets()
+        self._lists = options.lists_reader
 
     def load(self, exits: str) -> State:
         """The daemon's schema and plan; raises SchemaError."""
-        loaded = self.options.load()
+        loaded = self.options.load(self._lists)
         plan = kernel_plan(loaded.schema, {}, exits_from_json(exits))
         return State(Policy(loaded.schema, self._geo), plan, loaded)
 

@@ -61,11 +61,13 @@ class RuleMatch:
     name: str | None  # the name a domain pattern matched
     weight: int
     specificity: int  # prefix length; a host route for a domain match
+    listed: str | None = None  # "LIST:LINE" when the pattern or net came from a list
 
     def to_json(self) -> dict[str, Any]:
         return {
             "rule": self.rule,
             "line": self.line,
+            "list": self.listed,
             "exit": self.exit,
             "kind": self.kind.value,
             "detail": self.detail,
@@ -80,6 +82,8 @@ class RuleMatch:
             MatchKind.NET: f"net {self.detail}",
             MatchKind.COUNTRY: f"country {self.detail}",
         }[self.kind]
+        if self.listed is not None:
+            what += f" (list {self.listed})"
         specificity = "host route" if self.kind is MatchKind.DOMAIN else f"/{self.specificity}"
         if self.kind is MatchKind.DOMAIN and ip is not None:
             specificity += f" /{self.specificity}"
@@ -171,7 +175,27 @@ def _rule_match(loaded: Loaded, policy: Policy, c: Candidate) -> RuleMatch:
         name=c.name,
         weight=c.weight,
         specificity=c.specificity,
+        listed=_listed(loaded, c),
     )
+
+
+def _listed(loaded: Loaded, c: Candidate) -> str | None:
+    """Where in the rule's lists the matching pattern or net is written, if it is."""
+    if c.kind is MatchKind.COUNTRY:
+        return None
+    for spec in loaded.schema.rules[c.rule].lists:
+        parsed = loaded.lists[spec.location].parsed if spec.location in loaded.lists else None
+        if parsed is None:
+            continue
+        if c.kind is MatchKind.DOMAIN:
+            for i, pattern in enumerate(parsed.domains):
+                if pattern.text == c.detail:
+                    return str(parsed.domain_origin(i))
+        else:
+            for i, net in enumerate(parsed.networks):
+                if str(net) == c.detail:
+                    return str(parsed.network_origin(i))
+    return None
 
 
 _WHY = {

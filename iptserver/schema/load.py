@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from difflib import get_close_matches
 from functools import cache
 from pathlib import Path as FilePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
@@ -22,6 +22,9 @@ from iptserver.schema.legacy import Format, Translation, detect_format, translat
 from iptserver.schema.mesh import mesh_problems
 from iptserver.schema.model import Schema
 from iptserver.schema.source import Document, Path, parse_yaml
+
+if TYPE_CHECKING:
+    from iptserver.lists.store import ListRead
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,10 @@ class Loaded:
     notes: list[Problem] = field(default_factory=list)
     # Native path -> line in the file, for explain to cite rules by line.
     rule_lines: tuple[int, ...] = ()
+    # (rule, list) -> line of that rule's list in the file, for errors about the list.
+    list_lines: dict[tuple[int, int], int] = field(default_factory=dict)
+    # Each list the rules name, by location, once read (iptserver.lists.store).
+    lists: dict[str, ListRead] = field(default_factory=dict)
 
 
 def load_schema(path: str | FilePath) -> Loaded:
@@ -85,7 +92,12 @@ def parse_schema(text: str, file: str = "<schema>") -> Loaded:
     lines = tuple(
         doc.position(translation.legacy_path(("rules", i))).line for i in range(len(schema.rules))
     )
-    return Loaded(schema, fmt, file, translation.notes, lines)
+    list_lines = {
+        (i, j): doc.position(translation.legacy_path(("rules", i, "lists", j))).line
+        for i, rule in enumerate(schema.rules)
+        for j in range(len(rule.lists))
+    }
+    return Loaded(schema, fmt, file, translation.notes, lines, list_lines)
 
 
 def _cross_check(doc: Document, t: Translation) -> list[Problem]:

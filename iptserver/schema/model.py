@@ -7,13 +7,14 @@ This is the native format. The legacy MRVPN2 formats are translated into it by
 from __future__ import annotations
 
 import enum
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from iptserver.schema.health import BLOCK, Health, HealthSettings, OnDown
 from iptserver.schema.mesh import Clients, Node, NodeName, Tunnel
-from iptserver.schema.values import Country, Domain, Endpoint, IPNetwork, Network
+from iptserver.schema.values import Country, Domain, Duration, Endpoint, IPNetwork, Network
 
 HOST_GATEWAY = "_DEFAULT"
 """The interface name that means "the host's own default gateway" (go direct)."""
@@ -79,6 +80,62 @@ class Exit(_Model):
         return self
 
 
+class ListFormat(enum.Enum):
+    """The formats a rule's list may be written in (README, "Lists")."""
+
+    AUTO = "auto"  # told from the name and the text
+    DOMAINS = "domains"  # one domain a line; hosts-file lines and networks too
+    CIDRS = "cidrs"  # one network or address a line
+    DNSMASQ = "dnsmasq"  # server=/a/b/..., ipset=, nftset=, address=, local=
+    V2FLY = "v2fly"  # a v2fly domain-list-community data file
+    SING_BOX = "sing-box"  # a sing-box source rule-set (JSON)
+
+
+DEFAULT_REFRESH = 24 * 3600
+
+
+class RuleList(_Model):
+    """Domains and networks that someone else maintains, read from a file or a URL."""
+
+    url: str | None = Field(
+        None,
+        description="http(s) URL the daemon downloads the list from (and again every refresh)",
+    )
+    file: str | None = Field(
+        None, description="Path of the list (relative: to the schema file's directory)"
+    )
+    format: ListFormat = ListFormat.AUTO
+    refresh: Duration | None = Field(
+        None,
+        description="How often the list is downloaded (a URL; default 1d) or re-read when "
+        "it changed (a file; default: on reload only): seconds, or 30s, 15m, 6h, 1d",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^\s/?#]+(?:[/?#]\S*)?$", url):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return url
+
+    @model_validator(mode="after")
+    def _one_place(self) -> RuleList:
+        if (self.url is None) == (self.file is None):
+            raise ValueError("a list has either 'url' or 'file'")
+        return self
+
+    @property
+    def location(self) -> str:
+        """The URL or the path as written: how logs, metrics and ``explain`` name it."""
+        return self.url if self.url is not None else str(self.file)
+
+    @property
+    def refresh_every(self) -> int | None:
+        if self.refresh is not None:
+            return self.refresh
+        return DEFAULT_REFRESH if self.url is not None else None
+
+
 class Rule(_Model):
     """Send what matches to ``exit``. See DESIGN §3 for how rules compete."""
 
@@ -86,6 +143,9 @@ class Rule(_Model):
     domains: list[Domain] = Field(default_factory=list)
     countries: list[Country] = Field(default_factory=list)
     nets: list[Network] = Field(default_factory=list)
+    lists: list[RuleList] = Field(
+        default_factory=list, description="Lists of domains and networks matched like these"
+    )
     weight: StrictInt = Field(
         0, ge=-1_000_000, le=1_000_000, description="Higher weight wins before specificity"
     )
@@ -96,8 +156,8 @@ class Rule(_Model):
 
     @model_validator(mode="after")
     def _not_empty(self) -> Rule:
-        if not (self.domains or self.countries or self.nets):
-            raise ValueError("empty rule: give at least one of domains, countries, nets")
+        if not (self.domains or self.countries or self.nets or self.lists):
+            raise ValueError("empty rule: give at least one of domains, countries, nets, lists")
         return self
 
 

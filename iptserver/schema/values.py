@@ -133,6 +133,24 @@ def parse_network(raw: Any) -> IPNetwork:
         raise ValueError(f"{text!r} has host bits set; did you mean {proper}?") from None
 
 
+_DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = 30 * 86400
+
+
+def parse_duration(raw: Any) -> int:
+    """Seconds, as a whole number or ``30s``, ``15m``, ``6h``, ``1d``: 1 s to 30 days."""
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise ValueError(f"a duration is seconds or 30s/15m/6h/1d, not {type(raw).__name__}")
+    found = _DURATION.match(str(raw).strip().lower())
+    if found is None:
+        raise ValueError(f"{raw!r} is not a duration: write seconds, or 30s, 15m, 6h, 1d")
+    seconds = int(found[1]) * _UNITS[found[2]]
+    if not 1 <= seconds <= MAX_DURATION:
+        raise ValueError(f"{raw!r} must be from 1 second to 30 days")
+    return seconds
+
+
 DNS_PORT = 53
 
 
@@ -237,4 +255,14 @@ Network = Annotated[
     PlainValidator(parse_network),
     PlainSerializer(str),
     WithJsonSchema({"type": "string", "description": "CIDR, e.g. 203.0.113.0/24 or 2001:db8::/32"}),
+]
+Duration = Annotated[
+    int,
+    PlainValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "type": ["integer", "string"],
+            "description": "seconds, or a number with s, m, h or d (30s, 15m, 6h, 1d)",
+        }
+    ),
 ]

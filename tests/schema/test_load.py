@@ -167,8 +167,8 @@ MALFORMED = [
         "empty-rule",
         HEAD + "  - exit: uk\n  - exit: ru\n    domains: []\n",
         [
-            "s.yaml:5:5: rules.0: empty rule: give at least one of domains, countries, nets",
-            "s.yaml:6:5: rules.1: empty rule: give at least one of domains, countries, nets",
+            "s.yaml:5:5: rules.0: empty rule: give at least one of domains, countries, nets, lists",
+            "s.yaml:6:5: rules.1: empty rule: give at least one of domains, countries, nets, lists",
         ],
     ),
     (
