@@ -182,12 +182,9 @@ def plan(
                 entries[network] = (index, marks[rule.exit])
     classes = []
     for weight in sorted(static, reverse=True):
+        ordered = sorted(static[weight].items(), key=_order)  # once: lists make 100,000s
         by_family = {
-            family: tuple(
-                (net, mark)
-                for net, (_, mark) in sorted(static[weight].items(), key=_order)
-                if net.version == family
-            )
+            family: tuple((net, mark) for net, (_, mark) in ordered if net.version == family)
             for family in FAMILIES
         }
         classes.append(

@@ -69,7 +69,7 @@ class _Where:
 class DomainMatcher:
     def __init__(self, patterns: Iterable[tuple[int, DomainPattern]]) -> None:
         # name -> (hits when it is the whole name, hits when it is a proper suffix)
-        self._names: dict[str, tuple[Hits, Hits]] = defaultdict(lambda: ([], []))
+        self._names: dict[str, tuple[Hits, Hits]] = {}
         self._by_label: dict[str, list[tuple[Test, Hit]]] = defaultdict(list)
         self._first_label_prefix: dict[str, Hits] = defaultdict(list)
         self._later_label_prefix: dict[str, Hits] = defaultdict(list)
@@ -78,7 +78,6 @@ class DomainMatcher:
         self._screened: list[tuple[re.Pattern[str], Hit]] = []
         for rule, pattern in patterns:
             self._add(Hit(rule, pattern))
-        self._names = dict(self._names)
         self._has_suffixes = any(below for _, below in self._names.values())
         self._first_lengths = sorted({len(k) for k in self._first_label_prefix})
         self._later_lengths = sorted({len(k) for k in self._later_label_prefix})
@@ -90,15 +89,19 @@ class DomainMatcher:
 
     def _add(self, hit: Hit) -> None:
         kind, value = hit.pattern.kind, hit.pattern.value
-        if kind is PatternKind.EXACT:
-            self._names[value][0].append(hit)
-        elif kind is PatternKind.SUBTREE:
-            self._names[value][0].append(hit)
-            self._names[value][1].append(hit)
-        elif kind is PatternKind.BELOW:
-            self._names[value][1].append(hit)
-        else:
+        if kind is PatternKind.REGEX:
             self._add_regex(hit)
+            return
+        entry = self._names.get(value)
+        if entry is None:  # the common case, for lists of 100,000s of names
+            whole: Hits = [hit] if kind is not PatternKind.BELOW else []
+            below: Hits = [hit] if kind is not PatternKind.EXACT else []
+            self._names[value] = (whole, below)
+            return
+        if kind is not PatternKind.BELOW:
+            entry[0].append(hit)
+        if kind is not PatternKind.EXACT:
+            entry[1].append(hit)
 
     def _add_regex(self, hit: Hit) -> None:
         simple = _SIMPLE_REGEX.match(hit.pattern.value)
@@ -115,22 +118,26 @@ class DomainMatcher:
         body = simple["body"].replace("\\", "").lower()
         lead, anchored = simple["lead"], bool(simple["end"])
         if lead is None and anchored:
-            self._names[body][0].append(hit)
+            self._name_entry(body)[0].append(hit)
         elif lead is None:
             self._add_literal(body, _Where.START, hit)
         elif lead == ".*":
             self._add_literal(body, _Where.END if anchored else _Where.ANYWHERE, hit)
         elif lead == ".*\\.":
             if anchored:
-                self._names[body][1].append(hit)
+                self._name_entry(body)[1].append(hit)
             else:
                 self._add_literal(body, _Where.AFTER_DOT, hit)
         elif anchored:  # (.*\.)?body$
-            self._names[body][0].append(hit)
-            self._names[body][1].append(hit)
+            entry = self._name_entry(body)
+            entry[0].append(hit)
+            entry[1].append(hit)
         else:  # (.*\.)?body: at the start, or after a dot
             self._add_literal(body, _Where.START, hit)
             self._add_literal(body, _Where.AFTER_DOT, hit)
+
+    def _name_entry(self, name: str) -> tuple[Hits, Hits]:
+        return self._names.setdefault(name, ([], []))
 
     def _add_literal(self, literal: str, where: str, hit: Hit) -> None:
         fragments = literal.split(".")

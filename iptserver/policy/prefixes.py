@@ -29,7 +29,9 @@ class PrefixMap(Generic[V]):
         self._families: dict[type, tuple[list[int], list[int], list[V]]] = {}
         by_family: dict[int, dict[tuple[int, int], V]] = {4: {}, 6: {}}
         for net, value in entries:
-            span = (int(net.network_address), int(net.broadcast_address))
+            start = int(net.network_address)
+            # The last address, without ipaddress's broadcast_address (3 objects a net).
+            span = (start, start | ((1 << (net.max_prefixlen - net.prefixlen)) - 1))
             blocks = by_family[net.version]
             if span not in blocks or better(value, blocks[span]):
                 blocks[span] = value
