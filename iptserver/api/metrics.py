@@ -151,7 +151,8 @@ class StateCollector(Collector):
         plan = self._config.learner.state.plan
         kinds = {s.name: "never-diverted" for s in plan.private}
         kinds |= {s.name: "doh" for s in plan.doh or ()}
-        for weight_class in plan.classes:
+        kinds |= {s.name: "sources" for source in plan.sources for s in source.clients}
+        for weight_class in plan.all_classes:
             kinds |= {s.name: "learned" for s in weight_class.learned}
             kinds |= {s.name: "static" for s in weight_class.static}
         sizes = GaugeMetricFamily(

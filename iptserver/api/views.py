@@ -7,6 +7,7 @@ sends in a query string is checked before it reaches anything.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from aiohttp import web
@@ -161,11 +162,15 @@ async def explain_view(request: web.Request) -> web.Response:
         raise BadRequest(f"at most {MAX_QUERIES} queries per request")
     try:
         queries = [parse_query(text) for text in texts]
+        client = ipaddress.ip_address(request.query["from"]) if "from" in request.query else None
     except ValueError as e:
         raise BadRequest(str(e)) from None
     state = config.learner.state
     if state.loaded is None:
         return error(503, "the running policy does not know its file: explain is unavailable")
     return web.json_response(
-        [explain(state.loaded, state.policy, query, config.geo).to_json() for query in queries]
+        [
+            explain(state.loaded, state.policy, query, config.geo, client).to_json()
+            for query in queries
+        ]
     )

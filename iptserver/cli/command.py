@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from iptserver.geoip import DEFAULT_DATABASE
-from iptserver.schema.values import Endpoint, IPNetwork, parse_endpoint
+from iptserver.schema.values import Endpoint, IPAddress, IPNetwork, parse_endpoint
 
 if TYPE_CHECKING:
     from iptserver.lists.store import ListReader
@@ -37,6 +37,14 @@ def endpoint(text: str) -> Endpoint:
     """``ADDR:PORT`` as an argument type: a bad one is argparse's usage error."""
     try:
         return parse_endpoint(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def address(text: str) -> IPAddress:
+    """An IP address as an argument type."""
+    try:
+        return ipaddress.ip_address(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 

@@ -14,6 +14,7 @@ from iptserver.cli.command import (
     add_command,
     add_geoip_option,
     add_state_dir_option,
+    address,
     lists_reader,
 )
 from iptserver.cli.output import write_or_print
@@ -41,6 +42,13 @@ def register(commands: Commands) -> None:
     )
     add_geoip_option(explain)
     add_state_dir_option(explain)
+    explain.add_argument(
+        "--from",
+        dest="client",
+        metavar="ADDR",
+        type=address,
+        help="the asking client's address: rules with sources apply to some clients only",
+    )
     explain.add_argument("--json", action="store_true", help="print a JSON list")
 
 
@@ -118,7 +126,7 @@ def _explain(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     policy = Policy(loaded.schema, geo)
-    results = [explain(loaded, policy, q, geo) for q in queries]
+    results = [explain(loaded, policy, q, geo, args.client) for q in queries]
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2))
     else:

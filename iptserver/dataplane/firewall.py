@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import iptc
 
-from iptserver.dataplane.plan import CHAIN, DNS_CHAIN, DOH_CHAIN, MARK_MASK, KernelPlan
+from iptserver.dataplane.plan import CHAIN, DNS_CHAIN, DOH_CHAIN, MARK_MASK, KernelPlan, SetPlan
 from iptserver.errors import DataplaneError
 
 _MASK = f"0x{MARK_MASK:x}"
@@ -108,16 +108,34 @@ def _install_mangle(plan: KernelPlan, version: int) -> None:
     rule.create_match("set").match_set = [plan.private[family].name, "dst"]
     rule.create_target("RETURN")
     chain.append_rule(rule)
-    for weight_class in plan.classes:
-        for set_plan in (weight_class.learned[family], weight_class.static[family]):
-            rule = _rule(version)
-            rule.create_match("set").match_set = [set_plan.name, "dst"]
-            target = rule.create_target("SET")
-            target.map_set = [set_plan.name, "dst"]
-            target.map_mark = ""
-            chain.append_rule(rule)
-            chain.append_rule(_save(version, only_marked=True))
-            chain.append_rule(_marked(version, "RETURN"))
+    general = {c.weight: c for c in plan.classes}
+    for source in plan.sources:
+        _mark_by_sets(
+            version,
+            _chain(table, source.chain),
+            [
+                set_plan
+                for c in source.classes
+                for set_plan in (
+                    c.learned[family],
+                    *((general[c.weight].learned[family],) if c.weight in general else ()),
+                    c.static[family],
+                )
+            ],
+        )
+        rule = _rule(version)
+        rule.create_match("set").match_set = [source.clients[family].name, "src"]
+        rule.create_target(source.chain)
+        chain.append_rule(rule)
+        chain.append_rule(_marked(version, "RETURN"))
+    _mark_by_sets(
+        version, chain, [s for c in plan.classes for s in (c.learned[family], c.static[family])]
+    )
+    wanted = {source.chain for source in plan.sources}
+    for stale in table.chains:  # source classes that are gone (nothing jumps there now)
+        if stale.name.startswith(f"{CHAIN}-C") and stale.name not in wanted:
+            stale.flush()
+            stale.delete()
     if plan.default_mark is not None:
         rule = _rule(version)
         rule.create_target("MARK").set_xmark = f"0x{plan.default_mark:x}/{_MASK}"
@@ -126,6 +144,19 @@ def _install_mangle(plan: KernelPlan, version: int) -> None:
     _ensure_jumps(table, "PREROUTING", CHAIN, plan.ingress, version)
     table.commit()
     table.autocommit = True
+
+
+def _mark_by_sets(version: int, chain: iptc.Chain, sets: Sequence[SetPlan]) -> None:
+    """Each set in turn: its entry's mark for the packet, saved for the connection, done."""
+    for set_plan in sets:
+        rule = _rule(version)
+        rule.create_match("set").match_set = [set_plan.name, "dst"]
+        target = rule.create_target("SET")
+        target.map_set = [set_plan.name, "dst"]
+        target.map_mark = ""
+        chain.append_rule(rule)
+        chain.append_rule(_save(version, only_marked=True))
+        chain.append_rule(_marked(version, "RETURN"))
 
 
 def _install_dns(plan: KernelPlan, version: int, port: int | None) -> None:
@@ -218,5 +249,9 @@ def remove() -> None:
                 chain = iptc.Chain(table, chain_name)
                 chain.flush()
                 chain.delete()
+                for source_chain in table.chains:  # the source classes' (now unused)
+                    if source_chain.name.startswith(f"{chain_name}-C"):
+                        source_chain.flush()
+                        source_chain.delete()
             except (iptc.IPTCError, iptc.XTablesError) as e:
                 raise DataplaneError(f"cannot remove chain {chain_name}: {e}") from e

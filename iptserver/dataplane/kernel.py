@@ -45,7 +45,7 @@ def learned_entries(sets: IPSets, plan: KernelPlan) -> list[tuple[int, Entry]]:
     now and for how long (``Entry.timeout``: seconds left)."""
     return [
         (weight_class.weight, entry)
-        for weight_class in plan.classes
+        for weight_class in plan.all_classes
         for set_plan in weight_class.learned
         for entry in sets.entries(set_plan.name)
     ]
@@ -115,9 +115,13 @@ class Dataplane:
             raise
 
     def _apply(self, plan: KernelPlan) -> list[str]:
-        for set_plan in (*plan.private, *(plan.doh or ())):
+        for set_plan in (
+            *plan.private,
+            *(plan.doh or ()),
+            *(s for c in plan.sources for s in c.clients),
+        ):
             self._fill(set_plan, mark=False)
-        for weight_class in plan.classes:
+        for weight_class in plan.all_classes:
             for set_plan in weight_class.learned:
                 self._sets.create(
                     set_plan.name,
@@ -189,7 +193,7 @@ class Dataplane:
             return  # every mark an entry can carry is still an exit's: nothing is stale
         # Listing a set takes seconds past 100,000 entries, on the thread answers wait
         # for: done only when exits went away (or nobody knows which the kernel had).
-        for weight_class in plan.classes:
+        for weight_class in plan.all_classes:
             for set_plan in weight_class.learned:
                 if not self._sets.size(set_plan.name):
                     continue

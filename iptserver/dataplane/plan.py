@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from iptserver.policy.core import PRIVATE_NETS
+from iptserver.policy.sources import source_classes
 from iptserver.schema.model import Exit, Route, Schema
 from iptserver.schema.values import IPNetwork
 
@@ -99,6 +100,19 @@ class WeightClass:
 
 
 @dataclass(frozen=True, slots=True)
+class SourcePlan:
+    """The kernel's view of one source class (``iptserver.policy.sources``): traffic from
+    its clients jumps to a chain of its own, which tries, weight by weight, its learned
+    set, the general learned set, then its static set (the general nets and its rules'
+    nets together, so longest prefix and file order hold across both)."""
+
+    index: int
+    chain: str
+    clients: tuple[SetPlan, SetPlan]  # the class's client addresses: IPv4, IPv6
+    classes: tuple[WeightClass, ...]  # highest weight first
+
+
+@dataclass(frozen=True, slots=True)
 class KernelPlan:
     exits: tuple[ExitPlan, ...]
     classes: tuple[WeightClass, ...]  # highest weight first
@@ -108,20 +122,29 @@ class KernelPlan:
     doh: tuple[SetPlan, SetPlan] | None = None  # DoH servers to reject, when blocking
     export_table: int | None = None  # learned host routes for FRR (kernel.export_table)
     max_learned: int = 1_000_000  # entries a learned set holds at most (kernel.max_learned)
+    sources: tuple[SourcePlan, ...] = ()  # per source class (rules with sources)
 
     def exit(self, name: str) -> ExitPlan:
         return next(e for e in self.exits if e.name == name)
 
-    def learned_set(self, weight: int, family: int) -> str:
-        for weight_class in self.classes:
+    def learned_set(self, weight: int, family: int, source: int | None = None) -> str:
+        classes = self.classes if source is None else self.sources[source].classes
+        for weight_class in classes:
             if weight_class.weight == weight:
                 return weight_class.learned[FAMILIES.index(family)].name
         raise KeyError(f"no rule has weight {weight}")
 
     @property
+    def all_classes(self) -> tuple[WeightClass, ...]:
+        """The general weight classes, then every source class's."""
+        return (*self.classes, *(c for source in self.sources for c in source.classes))
+
+    @property
     def sets(self) -> tuple[SetPlan, ...]:
         found = [*self.private, *(self.doh or ())]
-        for weight_class in self.classes:
+        for source in self.sources:
+            found += source.clients
+        for weight_class in self.all_classes:
             found += [*weight_class.learned, *weight_class.static]
         return tuple(found)
 
@@ -170,9 +193,49 @@ def plan(
     ``previous`` are the exits the kernel holds (they keep their marks)."""
     exits = exit_plans(schema, previous)
     marks = {e.name: e.mark for e in exits}
-    # (weight, family) -> network -> (rule index, mark); the first rule keeps a prefix.
+    general = [i for i, rule in enumerate(schema.rules) if not rule.sources]
+    classes = _weight_classes(schema, general, countries, marks, "")
+    sources = tuple(
+        SourcePlan(
+            index=c.index,
+            chain=f"{CHAIN}-C{c.index}",
+            clients=_plain_sets(f"c{c.index}-src", c.networks),
+            classes=_weight_classes(
+                schema, sorted([*general, *c.rules]), countries, marks, f"c{c.index}-"
+            ),
+        )
+        for c in source_classes(schema)
+    )
+    never = _plain_sets("private", (*PRIVATE_NETS, *schema.never_diverted()))
+    doh = None
+    if schema.dns.block_doh:
+        doh = _plain_sets("doh", (*WELL_KNOWN_DOH, *schema.dns.doh_servers))
+    return KernelPlan(
+        doh=doh,
+        exits=exits,
+        classes=tuple(classes),
+        private=never,
+        default_mark=marks[schema.default] if schema.default is not None else None,
+        ingress=tuple(schema.ingress),
+        export_table=schema.kernel.export_table,
+        max_learned=schema.kernel.max_learned,
+        sources=sources,
+    )
+
+
+def _weight_classes(
+    schema: Schema,
+    rules: Sequence[int],
+    countries: Mapping[str, Iterable[IPNetwork]],
+    marks: Mapping[str, int],
+    prefix: str,
+) -> tuple[WeightClass, ...]:
+    """The weight classes of ``rules`` (indexes, in file order); ``prefix`` tells a
+    source class's sets from the general ones (``ipts-c0-d10-4``)."""
+    # weight -> network -> (rule index, mark); the first rule keeps a prefix.
     static: dict[int, dict[IPNetwork, tuple[int, int]]] = {}
-    for index, rule in enumerate(schema.rules):
+    for index in rules:
+        rule = schema.rules[index]
         entries = static.setdefault(rule.weight, {})
         networks = [*rule.nets]
         for country in rule.countries:
@@ -191,29 +254,16 @@ def plan(
             WeightClass(
                 weight,
                 learned=(
-                    SetPlan(set_name("d", weight, 4), 4, learned=True),
-                    SetPlan(set_name("d", weight, 6), 6, learned=True),
+                    SetPlan(set_name(prefix + "d", weight, 4), 4, learned=True),
+                    SetPlan(set_name(prefix + "d", weight, 6), 6, learned=True),
                 ),
                 static=(
-                    SetPlan(set_name("n", weight, 4), 4, False, by_family[4]),
-                    SetPlan(set_name("n", weight, 6), 6, False, by_family[6]),
+                    SetPlan(set_name(prefix + "n", weight, 4), 4, False, by_family[4]),
+                    SetPlan(set_name(prefix + "n", weight, 6), 6, False, by_family[6]),
                 ),
             )
         )
-    never = _plain_sets("private", (*PRIVATE_NETS, *schema.never_diverted()))
-    doh = None
-    if schema.dns.block_doh:
-        doh = _plain_sets("doh", (*WELL_KNOWN_DOH, *schema.dns.doh_servers))
-    return KernelPlan(
-        doh=doh,
-        exits=exits,
-        classes=tuple(classes),
-        private=never,
-        default_mark=marks[schema.default] if schema.default is not None else None,
-        ingress=tuple(schema.ingress),
-        export_table=schema.kernel.export_table,
-        max_learned=schema.kernel.max_learned,
-    )
+    return tuple(classes)
 
 
 def _plain_sets(kind: str, networks: Sequence[IPNetwork]) -> tuple[SetPlan, SetPlan]:

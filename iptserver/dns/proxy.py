@@ -197,7 +197,7 @@ class DnsProxy:
         """The sink's TTL cap, or None when it failed (counted and logged)."""
         try:
             async with asyncio.timeout(self.config.sink_timeout):
-                cap = await self._sink.learn(learned.names, learned.addresses, learned.ttl)
+                cap = await self._sink.learn(learned.names, learned.addresses, learned.ttl, client)
                 cap = max(0, int(cap))
         except Exception as e:
             self._sink_failed(e, learned.names[0], client)

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from iptserver.dataplane.plan import KernelPlan, LearnedEntry
 from iptserver.policy import Decision, MatchKind
+from iptserver.policy.sources import SourceClass
 from iptserver.schema.model import Schema, Ttl
 from iptserver.schema.values import IPAddress
 
@@ -39,17 +40,27 @@ class RuleTarget:
     sets: tuple[str, str]  # the learned sets of its weight: IPv4, IPv6
 
 
-def rule_targets(schema: Schema, plan: KernelPlan) -> dict[int, RuleTarget]:
-    """Each domain rule's target, by rule index."""
-    return {
-        index: RuleTarget(
+def rule_targets(
+    schema: Schema, plan: KernelPlan, source: SourceClass | None = None
+) -> dict[int, RuleTarget]:
+    """Each domain rule's target, by rule index: for a client of ``source``, its own
+    rules write to its class's learned sets, the rules without sources to the general
+    ones (they decide as they would for any client)."""
+    own = set(source.rules) if source is not None else set()
+    targets = {}
+    for index, rule in enumerate(schema.rules):
+        if not rule.domains or (rule.sources and index not in own):
+            continue
+        where = source.index if index in own and source is not None else None
+        targets[index] = RuleTarget(
             rule.hold or schema.ttl.hold,
             plan.exit(rule.exit).mark,
-            (plan.learned_set(rule.weight, 4), plan.learned_set(rule.weight, 6)),
+            (
+                plan.learned_set(rule.weight, 4, where),
+                plan.learned_set(rule.weight, 6, where),
+            ),
         )
-        for index, rule in enumerate(schema.rules)
-        if rule.domains
-    }
+    return targets
 
 
 # A learned entry the kernel was given: its mark, when its timeout ends, the answer's

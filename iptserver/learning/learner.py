@@ -6,6 +6,7 @@ an address longer than its route lives. Shared by the DNS proxy and the HTTP API
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,6 +17,7 @@ from iptserver.learning.batching import Apply, Batcher, ExpiryTimer, settle
 from iptserver.learning.holds import (
     HOLD_MARGIN,
     Routed,
+    RuleTarget,
     WrittenEntries,
     client_ttl,
     route_answer,
@@ -65,6 +67,7 @@ class Learner:
         # Answers of this event-loop turn waiting for one immediate write together.
         self._turn: list[tuple[Routed, asyncio.Future[bool]]] = []
         self._targets = rule_targets(state.policy.schema, state.plan)
+        self._source_targets = _source_targets(state)
         # The last decisions, for the status page and /v1/decisions.
         self.recent: deque[tuple[tuple[str, ...], Decision]] = deque(maxlen=RECENT)
         # For metrics, read at scrape time: answers seen, IPs learned per exit, and a
@@ -82,6 +85,7 @@ class Learner:
         """A reload: its sets may be new ones (another weight) or rebuilt."""
         self._state = state
         self._targets = rule_targets(state.policy.schema, state.plan)
+        self._source_targets = _source_targets(state)
         self.forget()
 
     def forget(self) -> None:
@@ -89,19 +93,32 @@ class Learner:
         flushed or removed, so every answer writes its entries again."""
         self._written.forget()
 
-    def route(self, names: Sequence[str], addresses: Sequence[IPAddress], ttl: int) -> Routed:
-        """Decide an answer: its TTL, and the entries the kernel does not hold yet, for
+    def route(
+        self,
+        names: Sequence[str],
+        addresses: Sequence[IPAddress],
+        ttl: int,
+        client: str | None = None,
+    ) -> Routed:
+        """Decide an answer for ``client`` (its address; with a port, as logs write it,
+        is fine): its TTL, and the entries the kernel does not hold yet, for
         ``write_now`` or ``write``."""
         self.answers += 1
         state = self._state
         started = time.perf_counter()
-        decisions = state.policy.decide(names, addresses)
+        targets = self._targets
+        source = None
+        if self._source_targets and client is not None:
+            source = state.policy.source_of(client_address(client))
+            if source is not None:
+                targets = self._source_targets[source]
+        decisions = state.policy.decide(names, addresses, source)
         if self.observe_decision is not None:
             self.observe_decision(time.perf_counter() - started)
         key = tuple(names)
         self.recent.extend((key, d) for d in decisions)
         cap = client_ttl(ttl, state.policy.schema.ttl)
-        routed = route_answer(decisions, self._targets, self._written, cap, key, time.monotonic())
+        routed = route_answer(decisions, targets, self._written, cap, key, time.monotonic())
         if not routed.entries or self._batcher is None:  # nothing to write, or no kernel
             routed.pending = False
             self.learned.update(routed.exits)
@@ -144,12 +161,19 @@ class Learner:
         self.learned.update(routed.exits)
         self._written.remember(routed)
 
-    async def learn(self, names: Sequence[str], addresses: Sequence[IPAddress], ttl: int) -> int:
-        """Route an answer; the TTL clients may keep it. Raises DataplaneError.
+    async def learn(
+        self,
+        names: Sequence[str],
+        addresses: Sequence[IPAddress],
+        ttl: int,
+        client: str | None = None,
+    ) -> int:
+        """Route an answer for ``client``; the TTL clients may keep it. Raises
+        DataplaneError.
 
         Answers learned in one turn of the event loop share one immediate write (one
         netlink message under load instead of one per answer)."""
-        routed = self.route(names, addresses, ttl)
+        routed = self.route(names, addresses, ttl, client)
         if routed.pending and not await self._write_this_turn(routed):
             await self.write(routed)
         return routed.ttl
@@ -187,3 +211,22 @@ class Learner:
         """Address -> the names and domain rule of the answer that last wrote its entry
         (for /v1/routes; entries written before the last reload are not known)."""
         return self._written.by_address()
+
+
+def _source_targets(state: State) -> list[dict[int, RuleTarget]]:
+    """Per source class, where its clients' domain decisions are written."""
+    schema = state.policy.schema
+    return [rule_targets(schema, state.plan, c) for c in state.policy.source_classes]
+
+
+def client_address(client: str) -> IPAddress | None:
+    """The address of ``ADDR``, ``ADDR:PORT`` or ``[ADDR6]:PORT`` (None: not one)."""
+    host = client
+    if client.startswith("["):
+        host = client[1:].partition("]")[0]
+    elif client.count(":") == 1:
+        host = client.partition(":")[0]
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None

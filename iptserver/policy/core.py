@@ -19,9 +19,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from iptserver.policy.domains import DomainMatcher, Hit
+from iptserver.policy.domains import DomainMatcher
 from iptserver.policy.prefixes import PrefixMap
-from iptserver.schema.model import Exit, Schema
+from iptserver.policy.sources import source_classes
+from iptserver.schema.model import Exit, Rule, Schema
 from iptserver.schema.values import IPAddress, IPNetwork, normalize_name
 
 # Never diverted, whatever the rules say. Documentation and benchmark ranges are absent
@@ -101,6 +102,37 @@ def _better(a: _Best, b: _Best) -> bool:
     return a[0] > b[0]
 
 
+class _Tables:
+    """The lookup tables of some of the schema's rules (by their index in the schema)."""
+
+    def __init__(
+        self,
+        rules: Sequence[tuple[int, Rule]],
+        never: Iterable[IPNetwork] = (),
+    ) -> None:
+        self.domains = DomainMatcher((i, pattern) for i, rule in rules for pattern in rule.domains)
+        # Rule nets and the never-diverted nets in one map: the latter outrank any rule.
+        self.nets: PrefixMap[_Best] = PrefixMap(
+            [
+                *((net, _PRIVATE) for net in never),
+                *(
+                    (net, ((rule.weight, net.prefixlen, -i), i, MatchKind.NET))
+                    for i, rule in rules
+                    for net in rule.nets
+                ),
+            ],
+            _better,
+        )
+        # Per country, the rule that wins among equals: highest weight, then first.
+        self.countries: dict[str, tuple[int, int]] = {}
+        for i, rule in rules:
+            for country in rule.countries:
+                held = self.countries.get(country)
+                if held is None or rule.weight > held[0]:
+                    self.countries[country] = (rule.weight, i)
+        self.max_country_weight = max((w for w, _ in self.countries.values()), default=None)
+
+
 class Policy:
     def __init__(self, schema: Schema, geo: GeoLookup | None = None) -> None:
         self.schema = schema
@@ -108,29 +140,28 @@ class Policy:
         rules = schema.rules
         self._exits = [rule.exit for rule in rules]
         self._weights = [rule.weight for rule in rules]
-        self._domains = DomainMatcher(
-            (i, pattern) for i, rule in enumerate(rules) for pattern in rule.domains
+        # Rules with sources apply to some clients only: one table per source class.
+        self.source_classes = source_classes(schema)
+        general = [(i, rule) for i, rule in enumerate(rules) if not rule.sources]
+        tables = _Tables(general, (*PRIVATE_NETS, *schema.never_diverted()))
+        self._domains = tables.domains
+        self._nets = tables.nets
+        self._countries = tables.countries
+        self._max_country_weight = tables.max_country_weight
+        self._classes = [_Tables([(i, rules[i]) for i in c.rules]) for c in self.source_classes]
+        self._class_of: PrefixMap[int] = PrefixMap(
+            [(net, c.index) for c in self.source_classes for net in c.networks],
+            lambda a, b: False,
         )
-        # Rule nets and the never-diverted nets in one map: the latter outrank any rule.
-        self._nets: PrefixMap[_Best] = PrefixMap(
-            [
-                *((net, _PRIVATE) for net in (*PRIVATE_NETS, *schema.never_diverted())),
-                *(
-                    (net, ((rule.weight, net.prefixlen, -i), i, MatchKind.NET))
-                    for i, rule in enumerate(rules)
-                    for net in rule.nets
-                ),
-            ],
-            _better,
-        )
-        # Per country, the rule that wins among equals: highest weight, then first.
-        self._countries: dict[str, tuple[int, int]] = {}
-        for i, rule in enumerate(rules):
-            for country in rule.countries:
-                held = self._countries.get(country)
-                if held is None or rule.weight > held[0]:
-                    self._countries[country] = (rule.weight, i)
-        self._max_country_weight = max((w for w, _ in self._countries.values()), default=None)
+
+    def source_of(self, client: IPAddress | None) -> int | None:
+        """The source class of a client's address (None: only the rules without sources
+        apply to it)."""
+        if client is None or not self._class_of:
+            return None
+        if client.version == 6 and client.ipv4_mapped is not None:  # a dual-stack socket
+            client = client.ipv4_mapped
+        return self._class_of.lookup(client)
 
     @property
     def exits(self) -> dict[str, Exit]:
@@ -138,43 +169,88 @@ class Policy:
 
     # -- the hot path -------------------------------------------------------------------
 
-    def domain_hits(self, names: Iterable[str]) -> list[Hit]:
-        """Every domain pattern that matches any of ``names`` (query name and CNAMEs)."""
-        found: list[Hit] = []
-        for name in names:
-            found += self._domains.match(normalize_name(name))
-        return found
-
-    def decide(self, names: Sequence[str], ips: Iterable[IPAddress]) -> list[Decision]:
-        """The exit of each IP of one answer; ``names`` are the query name and CNAMEs."""
+    def decide(
+        self, names: Sequence[str], ips: Iterable[IPAddress], source: int | None = None
+    ) -> list[Decision]:
+        """The exit of each IP of one answer; ``names`` are the query name and CNAMEs;
+        ``source``: the asking client's source class (``source_of``)."""
+        if source is not None:
+            tables = self._classes[source]
+            best_domain = self._best_domain(names, tables.domains)
+            return [self._decide_ip_sourced(ip, best_domain, tables) for ip in ips]
         best_domain = self._best_domain(names)
         return [self._decide_ip(ip, best_domain) for ip in ips]
 
-    def _best_domain(self, names: Sequence[str]) -> tuple[int, int] | None:
+    def _best_domain(
+        self, names: Sequence[str], more: DomainMatcher | None = None
+    ) -> tuple[int, int] | None:
         """(weight, -rule) of the winning domain rule: all share host-route specificity."""
         best: tuple[int, int] | None = None
-        weights, match = self._weights, self._domains.match
-        for name in names:
-            for hit in match(normalize_name(name)):
-                candidate = (weights[hit.rule], -hit.rule)
-                if best is None or candidate > best:
-                    best = candidate
+        weights = self._weights
+        for matcher in (self._domains, more) if more is not None else (self._domains,):
+            for name in names:
+                for hit in matcher.match(normalize_name(name)):
+                    candidate = (weights[hit.rule], -hit.rule)
+                    if best is None or candidate > best:
+                        best = candidate
         return best
 
-    def decide_name(self, names: Sequence[str]) -> Decision:
+    def decide_name(self, names: Sequence[str], source: int | None = None) -> Decision:
         """Where an answer for ``names`` would go, by the domain rules alone.
 
         A net or country rule of higher weight may still claim a particular answer IP.
         """
-        best = self._best_domain(names)
+        more = self._classes[source].domains if source is not None else None
+        best = self._best_domain(names, more)
         if best is not None:
             rule = -best[1]
             return Decision(None, self._exits[rule], Reason.RULE, rule, MatchKind.DOMAIN)
         return self._unmatched(None)
 
-    def decide_ip(self, ip: IPAddress) -> Decision:
+    def decide_ip(self, ip: IPAddress, source: int | None = None) -> Decision:
         """The exit of an IP seen in no DNS answer."""
+        if source is not None:
+            return self._decide_ip_sourced(ip, None, self._classes[source])
         return self._decide_ip(ip, None)
+
+    def _decide_ip_sourced(
+        self, ip: IPAddress, best_domain: tuple[int, int] | None, tables: _Tables
+    ) -> Decision:
+        """``_decide_ip`` for a client of a source class: its rules compete too."""
+        decision = self._decide_ip(ip, best_domain)
+        if decision.reason is Reason.PRIVATE:
+            return decision
+        best: _Best | None = None
+        if decision.rule is not None:
+            assert decision.kind is not None
+            best = (self._key(decision, ip), decision.rule, decision.kind)
+        net = tables.nets.lookup(ip)
+        if net is not None and (best is None or net[0] > best[0]):
+            best = net
+        if self.geo is not None and tables.max_country_weight is not None:
+            found = self.geo.lookup(ip)
+            held = tables.countries.get(found[0]) if found else None
+            if found and held:
+                key = (held[0], found[1], -held[1])
+                if best is None or key > best[0]:
+                    best = (key, held[1], MatchKind.COUNTRY)
+        if best is None:
+            return decision
+        return Decision(ip, self._exits[best[1]], Reason.RULE, best[1], best[2])
+
+    def _key(self, decision: Decision, ip: IPAddress) -> tuple[int, int, int]:
+        """The (weight, specificity, -rule) a general rule's decision won with."""
+        assert decision.rule is not None
+        rule = decision.rule
+        if decision.kind is MatchKind.DOMAIN:
+            return (self._weights[rule], ip.max_prefixlen, -rule)
+        if decision.kind is MatchKind.NET:
+            found = self._nets.lookup(ip)
+            assert found is not None
+            return found[0]
+        found_geo = self.geo.lookup(ip) if self.geo is not None else None
+        assert found_geo is not None
+        return (self._weights[rule], found_geo[1], -rule)
 
     def _decide_ip(self, ip: IPAddress, best_domain: tuple[int, int] | None) -> Decision:
         net = self._nets.lookup(ip)
@@ -208,8 +284,11 @@ class Policy:
 
     # -- explanations (slow path: every candidate, for people) -------------------------
 
-    def candidates(self, names: Sequence[str], ip: IPAddress | None) -> list[Candidate]:
-        """Every rule matching this destination, best first, each by its best match.
+    def candidates(
+        self, names: Sequence[str], ip: IPAddress | None, source: int | None = None
+    ) -> list[Candidate]:
+        """Every rule matching this destination (for a client of ``source``), best first,
+        each by its best match.
 
         With no ``ip``, only the domain rules are known, at host-route specificity.
         """
@@ -220,21 +299,29 @@ class Policy:
                 found[c.rule] = c
 
         host = ip.max_prefixlen if ip is not None else 128
-        for name in names:
-            for hit in self._domains.match(normalize_name(name)):
-                offer(
-                    Candidate(
-                        hit.rule,
-                        MatchKind.DOMAIN,
-                        self._weights[hit.rule],
-                        host,
-                        hit.pattern.text,
-                        normalize_name(name),
-                    )
+        matchers = [self._domains]
+        if source is not None:
+            matchers.append(self._classes[source].domains)
+        applies = set(self.source_classes[source].rules) if source is not None else set()
+        hits = [
+            (hit, name) for m in matchers for name in names for hit in m.match(normalize_name(name))
+        ]
+        for hit, name in hits:
+            offer(
+                Candidate(
+                    hit.rule,
+                    MatchKind.DOMAIN,
+                    self._weights[hit.rule],
+                    host,
+                    hit.pattern.text,
+                    normalize_name(name),
                 )
+            )
         if ip is not None:
             geo = self.geo.lookup(ip) if self.geo is not None else None
             for i, rule in enumerate(self.schema.rules):
+                if rule.sources and i not in applies:
+                    continue
                 for net in rule.nets:
                     if ip.version == net.version and ip in net:
                         offer(Candidate(i, MatchKind.NET, rule.weight, net.prefixlen, str(net)))

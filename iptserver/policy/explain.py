@@ -102,6 +102,7 @@ class Explanation:
     """
 
     query: str
+    client: IPAddress | None  # who asks (rules with sources apply to some clients)
     names: tuple[str, ...]
     ip: IPAddress | None
     exit: str | None  # None: the host's main routing table
@@ -116,6 +117,7 @@ class Explanation:
     def to_json(self) -> dict[str, Any]:
         return {
             "query": self.query,
+            "from": str(self.client) if self.client is not None else None,
             "names": list(self.names),
             "ip": str(self.ip) if self.ip is not None else None,
             "exit": self.exit,
@@ -132,20 +134,27 @@ class Explanation:
 
 
 def explain(
-    loaded: Loaded, policy: Policy, query: Query, geo: GeoIPDatabase | None = None
+    loaded: Loaded,
+    policy: Policy,
+    query: Query,
+    geo: GeoIPDatabase | None = None,
+    client: IPAddress | None = None,
 ) -> Explanation:
-    """Decide ``query`` as the daemon would, and gather why."""
+    """Decide ``query`` as the daemon would for ``client`` (None: a client no rule's
+    sources name), and gather why."""
+    source = policy.source_of(client)
     if query.ip is None:
-        decision = policy.decide_name(query.names)
+        decision = policy.decide_name(query.names, source)
     elif query.names:
-        decision = policy.decide(query.names, [query.ip])[0]
+        decision = policy.decide(query.names, [query.ip], source)[0]
     else:
-        decision = policy.decide_ip(query.ip)
-    candidates = policy.candidates(query.names, query.ip)
+        decision = policy.decide_ip(query.ip, source)
+    candidates = policy.candidates(query.names, query.ip, source)
     winner = next((c for c in candidates if c.rule == decision.rule), None)
     others = [c for c in candidates if c is not winner]
     return Explanation(
         query=query.text,
+        client=client,
         names=query.names,
         ip=query.ip,
         exit=decision.exit,
@@ -211,6 +220,8 @@ def format_text(result: Explanation) -> str:
     names = ", ".join(result.names)
     ip = str(result.ip) if result.ip is not None else None
     head = f"{names} = {ip}" if names and ip else (ip or names)
+    if result.client is not None:
+        head += f" (from {result.client})"
     lines = [head, f"  -> {_where(result)}{_WHY[result.reason]}"]
     if result.match:
         lines.append(f"     {result.match.describe(result.ip)}")

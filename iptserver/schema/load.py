@@ -87,6 +87,10 @@ def parse_schema(text: str, file: str = "<schema>") -> Loaded:
             doc.problem(translation.legacy_path(path), message)
             for path, message in mesh_problems(schema.nodes, schema.tunnels, schema.clients)
         ]
+        problems += [
+            doc.problem(translation.legacy_path(path), message)
+            for path, message in _source_problems(schema)
+        ]
     if problems or schema is None:
         raise SchemaError(problems)
     lines = tuple(
@@ -142,6 +146,25 @@ def _cross_check(doc: Document, t: Translation) -> list[Problem]:
                     )
                 seen.setdefault(value, name)
     return problems
+
+
+def _source_problems(schema: Schema) -> list[tuple[Path, str]]:
+    """A rule's sources name clients that ``clients.peers`` has."""
+    peers = schema.clients.peers if schema.clients is not None else {}
+    found: list[tuple[Path, str]] = []
+    for i, rule in enumerate(schema.rules):
+        for j, source in enumerate(rule.sources):
+            if isinstance(source, str) and source not in peers:
+                close = get_close_matches(source, sorted(peers), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                known = ", ".join(sorted(peers)) or "none"
+                found.append(
+                    (
+                        ("rules", i, "sources", j),
+                        f"no client {source!r} (clients.peers: {known}){hint}",
+                    )
+                )
+    return found
 
 
 def _failover_problems(

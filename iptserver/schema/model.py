@@ -14,7 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 
 from iptserver.schema.health import BLOCK, Health, HealthSettings, OnDown
 from iptserver.schema.mesh import Clients, Node, NodeName, Tunnel
-from iptserver.schema.values import Country, Domain, Duration, Endpoint, IPNetwork, Network
+from iptserver.schema.values import (
+    Country,
+    Domain,
+    Duration,
+    Endpoint,
+    IPNetwork,
+    Network,
+    Source,
+)
 
 HOST_GATEWAY = "_DEFAULT"
 """The interface name that means "the host's own default gateway" (go direct)."""
@@ -145,6 +153,11 @@ class Rule(_Model):
     nets: list[Network] = Field(default_factory=list)
     lists: list[RuleList] = Field(
         default_factory=list, description="Lists of domains and networks matched like these"
+    )
+    sources: list[Source] = Field(
+        default_factory=list,
+        description="Only for traffic from these clients: networks (CIDR), or names of "
+        "clients.peers (default: every client)",
     )
     weight: StrictInt = Field(
         0, ge=-1_000_000, le=1_000_000, description="Higher weight wins before specificity"

@@ -266,3 +266,32 @@ Duration = Annotated[
         }
     ),
 ]
+
+
+def parse_source(raw: Any) -> IPNetwork | str:
+    """A rule's source: a network (CIDR or address), or the name of a client, which the
+    loader checks against ``clients.peers``."""
+    if (
+        isinstance(raw, str)
+        and raw.strip()
+        and not any(c in raw for c in ":/")
+        and not (raw.strip()[-1:].isdigit())
+    ):
+        name = raw.strip()
+        if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", name):
+            raise ValueError(f"{raw!r} is neither a network nor a client's name")
+        return name
+    return parse_network(raw)
+
+
+Source = Annotated[
+    IPNetwork | str,
+    PlainValidator(parse_source),
+    PlainSerializer(str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "a network (10.77.1.0/24, fd77:1::2) or a name of clients.peers",
+        }
+    ),
+]

@@ -30,7 +30,13 @@ PROXY = "127.0.0.1"
 class PassSink:
     """Routes nothing, allows the answer's own TTL: the proxy's cost alone."""
 
-    async def learn(self, names: Sequence[str], addresses: Sequence[IPAddress], ttl: int) -> int:
+    async def learn(
+        self,
+        names: Sequence[str],
+        addresses: Sequence[IPAddress],
+        ttl: int,
+        client: str | None = None,
+    ) -> int:
         return ttl
 
 

@@ -33,7 +33,13 @@ class RecordingSink:
     calls: list[LearnCall] = field(default_factory=list)
     started: list[tuple[str, ...]] = field(default_factory=list)
 
-    async def learn(self, names: Sequence[str], addresses: Sequence[IPAddress], ttl: int) -> int:
+    async def learn(
+        self,
+        names: Sequence[str],
+        addresses: Sequence[IPAddress],
+        ttl: int,
+        client: str | None = None,
+    ) -> int:
         started = time.monotonic()
         self.started.append(tuple(names))
         if self.delay:
