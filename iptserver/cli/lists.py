@@ -55,7 +55,7 @@ def _show(args: argparse.Namespace) -> int:
         for position, spec in enumerate(rule.lists):
             read = loaded.lists[spec.location]
             every = spec.refresh_every
-            line = loaded.list_lines[(index, position)]
+            line = loaded.list_lines[(index, position)][0]
             print(f"{spec.location}  (rule {index}, line {line}, exit {rule.exit})")
             print(f"  format: {read.parsed.format.value if read.parsed else spec.format.value}")
             print(f"  refresh: {f'every {every} s' if every else 'on reload'}")

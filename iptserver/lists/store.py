@@ -144,13 +144,13 @@ class ListReader:
             try:
                 found[spec.location] = self._read(spec, base)
             except OSError as e:
-                line = loaded.list_lines.get((rule, index), 1)
+                line, column = loaded.list_lines.get((rule, index), (1, 1))
                 reason = e.strerror or str(e)
                 problems.append(
                     Problem(
                         loaded.file,
                         line,
-                        1,
+                        column,
                         f"rules.{rule}.lists.{index}.file",
                         f"cannot read the list {spec.file}: {reason}",
                     )

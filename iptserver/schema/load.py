@@ -36,8 +36,8 @@ class Loaded:
     notes: list[Problem] = field(default_factory=list)
     # Native path -> line in the file, for explain to cite rules by line.
     rule_lines: tuple[int, ...] = ()
-    # (rule, list) -> line of that rule's list in the file, for errors about the list.
-    list_lines: dict[tuple[int, int], int] = field(default_factory=dict)
+    # (rule, list) -> (line, column) of that list's file or url, for errors about it.
+    list_lines: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     # Each list the rules name, by location, once read (iptserver.lists.store).
     lists: dict[str, ListRead] = field(default_factory=dict)
 
@@ -96,11 +96,12 @@ def parse_schema(text: str, file: str = "<schema>") -> Loaded:
     lines = tuple(
         doc.position(translation.legacy_path(("rules", i))).line for i in range(len(schema.rules))
     )
-    list_lines = {
-        (i, j): doc.position(translation.legacy_path(("rules", i, "lists", j))).line
-        for i, rule in enumerate(schema.rules)
-        for j in range(len(rule.lists))
-    }
+    list_lines = {}
+    for i, rule in enumerate(schema.rules):
+        for j, spec in enumerate(rule.lists):
+            where = ("rules", i, "lists", j, "file" if spec.file is not None else "url")
+            position = doc.position(translation.legacy_path(where))
+            list_lines[(i, j)] = (position.line, position.column)
     return Loaded(schema, fmt, file, translation.notes, lines, list_lines)
 
 
