@@ -76,7 +76,7 @@ def _rule(out: ListBuilder, lines: _StringLines, rule: Any) -> None:
     if not isinstance(rule, dict):
         out.problem(lines.line, f"a rule must be a JSON object, not {json.dumps(rule)[:40]}")
         return
-    line = lines.find(next(iter(rule))) if rule else lines.line
+    line = lines.peek(next(iter(rule))) if rule else lines.line
     if rule.get("type", "default") != "default":
         out.problem(line, f"{rule.get('type')!r} rules are not supported (default rules only)")
         return
@@ -127,6 +127,13 @@ class _StringLines:
         self._text = text
         self._at = 0
         self.line = 1  # the line of the last string found
+
+    def peek(self, value: str) -> int:
+        """The line ``find`` would give, without moving past it."""
+        at, line = self._at, self.line
+        found = self.find(value)
+        self._at, self.line = at, line
+        return found
 
     def find(self, value: str) -> int:
         """The line of the next occurrence of ``value`` as a JSON string (or the last
