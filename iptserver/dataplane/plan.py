@@ -232,22 +232,26 @@ def _weight_classes(
 ) -> tuple[WeightClass, ...]:
     """The weight classes of ``rules`` (indexes, in file order); ``prefix`` tells a
     source class's sets from the general ones (``ipts-c0-d10-4``)."""
-    # weight -> network -> (rule index, mark); the first rule keeps a prefix.
-    static: dict[int, dict[IPNetwork, tuple[int, int]]] = {}
+    # weight -> (family, address, length) -> (network, mark); the first rule keeps a
+    # prefix. Keyed by a tuple of ints, which sorts as the sets list them and hashes far
+    # faster than a network (lists bring 100,000s).
+    static: dict[int, dict[tuple[int, int, int], tuple[IPNetwork, int]]] = {}
     for index in rules:
         rule = schema.rules[index]
         entries = static.setdefault(rule.weight, {})
+        mark = marks[rule.exit]
         networks = [*rule.nets]
         for country in rule.countries:
             networks += countries.get(country, ())
         for network in networks:
-            if network not in entries:
-                entries[network] = (index, marks[rule.exit])
+            key = (network.version, int(network.network_address), network.prefixlen)
+            if key not in entries:
+                entries[key] = (network, mark)
     classes = []
     for weight in sorted(static, reverse=True):
-        ordered = sorted(static[weight].items(), key=_order)  # once: lists make 100,000s
+        ordered = sorted(static[weight].items())  # once: lists make 100,000s
         by_family = {
-            family: tuple((net, mark) for net, (_, mark) in ordered if net.version == family)
+            family: tuple(entry for (version, _, _), entry in ordered if version == family)
             for family in FAMILIES
         }
         classes.append(
@@ -278,11 +282,6 @@ def _plain_sets(kind: str, networks: Sequence[IPNetwork]) -> tuple[SetPlan, SetP
         for family in FAMILIES
     )
     return v4, v6
-
-
-def _order(item: tuple[IPNetwork, tuple[int, int]]) -> tuple[int, int, int]:
-    net = item[0]
-    return (net.version, int(net.network_address), net.prefixlen)
 
 
 def exits_to_json(exits: Sequence[ExitPlan]) -> str:

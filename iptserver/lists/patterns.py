@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 
 from iptserver.schema.values import (
     DomainPattern,
@@ -59,6 +60,15 @@ def domain_name(text: str) -> str:
             "(a domain's last label is never all digits)"
         )
     return name
+
+
+def plain_name(text: str) -> str | None:
+    """``text`` when it already is a normalized name (lower case, no trailing dot, not
+    ending in a digit), else None: the cheap test most lines of a list pass, so that
+    only the rest pay for ``domain_name``."""
+    if text[-1:].isdigit() or not _is_name(text):
+        return None
+    return text
 
 
 def _is_name(name: str) -> bool:
@@ -158,6 +168,20 @@ def network(text: str) -> IPNetwork:
     try:
         if ":" in text:
             return ipaddress.IPv6Network(text)
-        return ipaddress.IPv4Network(text)
-    except ValueError:
+        return _ipv4_network(text)
+    except (ValueError, OSError):
         return parse_network(text)  # raises, with the schema's message
+
+
+def _ipv4_network(text: str) -> ipaddress.IPv4Network:
+    """``A.B.C.D[/N]`` at half the cost of ``IPv4Network(text)`` (lists hold 100,000s):
+    the C parser reads the address, the tuple form skips parsing it again."""
+    address, _, length = text.partition("/")
+    if address.count(".") != 3 or any(len(o) > 1 and o[0] == "0" for o in address.split(".")):
+        raise ValueError(text)  # inet_pton reads "1.2.3" and leading zeros too
+    prefix = int(length) if length.isdigit() and len(length) <= 2 else 32 if not length else -1
+    if not 0 <= prefix <= 32:
+        raise ValueError(text)
+    return ipaddress.IPv4Network(
+        (int.from_bytes(socket.inet_pton(socket.AF_INET, address)), prefix)
+    )

@@ -57,7 +57,11 @@ def content_lines(text: str) -> Iterator[tuple[int, str]]:
 def parse_domains(source: str, text: str) -> ParsedList:
     """A list of domains (and hosts-file lines, and networks), see the module docstring."""
     out = ListBuilder(source, ListFormat.DOMAINS)
+    plain_name = patterns.plain_name
     for number, line in content_lines(text):
+        if (name := plain_name(line)) is not None:  # most lines: a bare name
+            out.domain(patterns.subtree(name), number)
+            continue
         try:
             if " " in line or "\t" in line:
                 _hosts_line(out, number, line.split())

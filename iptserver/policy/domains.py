@@ -54,6 +54,7 @@ class Hit:
 
 
 Hits = list[Hit]
+_NO_HITS: tuple[tuple[Hit, ...], tuple[Hit, ...]] = ((), ())
 Test = Callable[[str], object]
 
 
@@ -69,7 +70,7 @@ class _Where:
 class DomainMatcher:
     def __init__(self, patterns: Iterable[tuple[int, DomainPattern]]) -> None:
         # name -> (hits when it is the whole name, hits when it is a proper suffix)
-        self._names: dict[str, tuple[Hits, Hits]] = {}
+        self._names: dict[str, tuple[tuple[Hit, ...], tuple[Hit, ...]]] = {}
         self._by_label: dict[str, list[tuple[Test, Hit]]] = defaultdict(list)
         self._first_label_prefix: dict[str, Hits] = defaultdict(list)
         self._later_label_prefix: dict[str, Hits] = defaultdict(list)
@@ -92,16 +93,14 @@ class DomainMatcher:
         if kind is PatternKind.REGEX:
             self._add_regex(hit)
             return
-        entry = self._names.get(value)
-        if entry is None:  # the common case, for lists of 100,000s of names
-            whole: Hits = [hit] if kind is not PatternKind.BELOW else []
-            below: Hits = [hit] if kind is not PatternKind.EXACT else []
-            self._names[value] = (whole, below)
-            return
+        whole, below = self._names.get(value, _NO_HITS)
         if kind is not PatternKind.BELOW:
-            entry[0].append(hit)
+            whole = (*whole, hit)
         if kind is not PatternKind.EXACT:
-            entry[1].append(hit)
+            # A subtree alone on its name shares one tuple: lists put 100,000s here.
+            alone = not below and len(whole) == 1 and whole[0] is hit
+            below = whole if alone else (*below, hit)
+        self._names[value] = (whole, below)
 
     def _add_regex(self, hit: Hit) -> None:
         simple = _SIMPLE_REGEX.match(hit.pattern.value)
@@ -118,26 +117,28 @@ class DomainMatcher:
         body = simple["body"].replace("\\", "").lower()
         lead, anchored = simple["lead"], bool(simple["end"])
         if lead is None and anchored:
-            self._name_entry(body)[0].append(hit)
+            self._add_name(body, hit, whole=True, below=False)
         elif lead is None:
             self._add_literal(body, _Where.START, hit)
         elif lead == ".*":
             self._add_literal(body, _Where.END if anchored else _Where.ANYWHERE, hit)
         elif lead == ".*\\.":
             if anchored:
-                self._name_entry(body)[1].append(hit)
+                self._add_name(body, hit, whole=False, below=True)
             else:
                 self._add_literal(body, _Where.AFTER_DOT, hit)
         elif anchored:  # (.*\.)?body$
-            entry = self._name_entry(body)
-            entry[0].append(hit)
-            entry[1].append(hit)
+            self._add_name(body, hit, whole=True, below=True)
         else:  # (.*\.)?body: at the start, or after a dot
             self._add_literal(body, _Where.START, hit)
             self._add_literal(body, _Where.AFTER_DOT, hit)
 
-    def _name_entry(self, name: str) -> tuple[Hits, Hits]:
-        return self._names.setdefault(name, ([], []))
+    def _add_name(self, name: str, hit: Hit, *, whole: bool, below: bool) -> None:
+        held_whole, held_below = self._names.get(name, _NO_HITS)
+        self._names[name] = (
+            (*held_whole, hit) if whole else held_whole,
+            (*held_below, hit) if below else held_below,
+        )
 
     def _add_literal(self, literal: str, where: str, hit: Hit) -> None:
         fragments = literal.split(".")

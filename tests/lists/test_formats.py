@@ -55,9 +55,9 @@ def test_domains_list_with_hosts_lines_adblock_rules_and_comments() -> None:
         "suffix.example",
         "example.org",
     ], "localhost boilerplate skipped, the duplicate kept once"
-    assert parsed.domain_lines == (4, 4, 7, 8, 9, 10)
+    assert list(parsed.domain_lines) == [4, 4, 7, 8, 9, 10]
     assert [str(n) for n in parsed.networks] == ["203.0.113.0/24"]
-    assert parsed.network_lines == (12,)
+    assert list(parsed.network_lines) == [12]
     lines = problems(parsed)
     assert [line for line, _ in lines] == [5, 13]
     assert "bad_host!.example.org" in lines[0][1]

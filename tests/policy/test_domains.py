@@ -313,3 +313,13 @@ def test_mixed_kinds_match_like_reference(texts: Sequence[str], name: str) -> No
     m = DomainMatcher(enumerate(patterns))
     expected = [i for i, p in enumerate(patterns) if reference(p, name)]
     assert sorted(set(matched_rules(m, name))) == expected
+
+
+def test_patterns_of_several_kinds_on_one_name_keep_their_meaning() -> None:
+    """One name written exact, then as a subtree, then as names-under (by three rules):
+    each keeps what it matches, whatever the order they were added in."""
+    patterns = [parse_domain_pattern(t) for t in ("=a.example", "a.example", "*.a.example")]
+    for order in ((0, 1, 2), (2, 1, 0), (1, 0, 2), (1, 2, 0)):
+        matcher = DomainMatcher((i, patterns[i]) for i in order)
+        assert sorted(h.rule for h in matcher.match("a.example")) == [0, 1]
+        assert sorted(h.rule for h in matcher.match("b.a.example")) == [1, 2]
