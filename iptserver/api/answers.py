@@ -32,6 +32,7 @@ class AnswerRequest:
     addresses: tuple[IPAddress, ...]
     ttl: int
     request_id: str = "-"  # the datagram's id, echoed in its reply ("-": none, HTTP)
+    client: str | None = None  # who asked the recursor (rules with sources apply to some)
 
 
 def check_name(raw: object, where: str | None = None) -> str:

@@ -11,7 +11,7 @@ The answer is routed by the same ``Learner`` and checked by the same rules as th
 
 A request (ASCII, four lines, each ending in a newline)::
 
-    IPT1 <id> <ttl> [shared]
+    IPT1 <id> <ttl> [from=<client address>] [shared]
     <token, or an empty line when the API has none>
     <qname> [<name in the CNAME chain> ...]
     <address> [<address> ...]
@@ -58,6 +58,7 @@ REPLY_GAP = 0.02
 # transport does); a client on a port of its own (the ffi transport, a test, a tool that
 # sends many requests from one socket) leaves it out and gets every reply at once.
 SHARED = "shared"
+FROM = "from="
 _SHARED_SUFFIX = b" " + SHARED.encode()
 
 
@@ -83,8 +84,12 @@ def parse_request(data: bytes, token: str | None) -> AnswerRequest:
         raise BadDatagram("-", "expected 4 lines, each ending in a newline")
     header, given_token, names_line, addresses_line = lines[:4]
     parts = header.split(" ")
-    if len(parts) not in (3, 4) or parts[0] != MAGIC or parts[3:] not in ([], [SHARED]):
-        raise BadDatagram("-", f"the first line must be '{MAGIC} ID TTL [{SHARED}]'")
+    options = parts[3:]
+    if options[-1:] == [SHARED]:
+        options.pop()
+    client = options.pop(0)[len(FROM) :] if options[:1] and options[0].startswith(FROM) else None
+    if len(parts) < 3 or parts[0] != MAGIC or options:
+        raise BadDatagram("-", f"the first line must be '{MAGIC} ID TTL [{FROM}ADDR] [{SHARED}]'")
     request_id = parts[1]
     number = _number(request_id)
     if number is None or number > MAX_ID:
@@ -99,9 +104,11 @@ def parse_request(data: bytes, token: str | None) -> AnswerRequest:
         raw_addresses = addresses_line.split(" ")
         answers.check_address_count(len(raw_addresses))
         addresses = tuple(answers.check_address(raw) for raw in raw_addresses)
+        if client is not None:
+            client = str(answers.check_address(client, "the client (from=)"))
     except BadRequest as e:
         raise BadDatagram(request_id, str(e)) from None
-    return AnswerRequest(names, addresses, ttl, request_id)
+    return AnswerRequest(names, addresses, ttl, request_id, client)
 
 
 def shares_port(data: bytes) -> bool:
@@ -190,7 +197,9 @@ class PluginEndpoint:
             if request is None:
                 continue
             try:
-                routed = self._learner.route(request.names, request.addresses, request.ttl)
+                routed = self._learner.route(
+                    request.names, request.addresses, request.ttl, request.client
+                )
             except Exception as e:
                 self._send(self._failure(request, e), addr, since)
                 continue

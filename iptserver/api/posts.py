@@ -16,7 +16,7 @@ from iptserver.errors import DataplaneError
 
 log = logging.getLogger(__name__)
 
-ANSWER_FIELDS = ("qname", "chain", "addresses", "ttl")
+ANSWER_FIELDS = ("qname", "chain", "addresses", "ttl", "client")
 
 
 async def post_answer(request: web.Request) -> web.Response:
@@ -24,7 +24,8 @@ async def post_answer(request: web.Request) -> web.Response:
     authorize(request)
     answer = parse_answer(await json_body(request))
     try:
-        cap = await request.app[CONFIG].learner.learn(answer.names, answer.addresses, answer.ttl)
+        learner = request.app[CONFIG].learner
+        cap = await learner.learn(answer.names, answer.addresses, answer.ttl, answer.client)
     except DataplaneError as e:
         log.error("answer for %s not routed: %s", answer.names[0], e)
         return error(503, f"the kernel refused the routes: {e}")
@@ -42,8 +43,8 @@ async def post_reload(request: web.Request) -> web.Response:
 
 
 def parse_answer(body: Any) -> AnswerRequest:
-    """``{"qname", "chain"?, "addresses", "ttl"}``, checked field by field; raises
-    BadRequest naming the field."""
+    """``{"qname", "chain"?, "addresses", "ttl", "client"?}``, checked field by field;
+    raises BadRequest naming the field."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     unknown = sorted(set(body) - set(ANSWER_FIELDS))
@@ -65,4 +66,7 @@ def parse_answer(body: Any) -> AnswerRequest:
     addresses = tuple(
         answers.check_address(a, f"addresses[{i}]") for i, a in enumerate(raw_addresses)
     )
-    return AnswerRequest(names, addresses, answers.check_ttl(body["ttl"]))
+    client = body.get("client")
+    if client is not None:
+        client = str(answers.check_address(client, "client"))
+    return AnswerRequest(names, addresses, answers.check_ttl(body["ttl"]), client=client)

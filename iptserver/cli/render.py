@@ -58,6 +58,12 @@ def _register_recursor(actions: Commands) -> None:
         "--timeout", type=float, help="http, ffi: seconds (default: http 0.5, ffi 0.2)"
     )
     recursor.add_argument("--api-token-file", metavar="FILE", type=Path)
+    recursor.add_argument(
+        "--per-client",
+        action="store_true",
+        help="the schema has rules with sources: turn the packet cache off, so every "
+        "answer reaches iptserver with its client (udp and http transports)",
+    )
     recursor.add_argument("--plugin", metavar="LUA", type=Path, help="the plugin's path")
     recursor.add_argument(
         "--out-dir", metavar="DIR", type=Path, help="write the files here (default: print)"
@@ -80,6 +86,7 @@ def _recursor(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         token_file=args.api_token_file.resolve() if args.api_token_file else None,
         transport=args.transport,
+        per_client=args.per_client,
     )
     files = render_recursor(settings)
     if args.out_dir is None:

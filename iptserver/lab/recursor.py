@@ -65,6 +65,7 @@ def start_recursor(
     transport: Transport = "udp",
     token_file: Path | None = None,
     api: str = API,
+    per_client: bool = False,
 ) -> Recursor:
     """Render the config into ``directory``, start the recursor; return once it answers."""
     include = directory / "recursor.d"
@@ -78,6 +79,7 @@ def start_recursor(
             fail_closed=fail_closed,
             transport=transport,
             token_file=token_file,
+            per_client=per_client,
         )
         for name, text in render_recursor(settings).items():
             (include / name).write_text(text, encoding="utf-8")

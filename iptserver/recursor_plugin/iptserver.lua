@@ -66,11 +66,14 @@ local sent = getRecursorThreadId() * 2^32
 local failures = getMetric("iptserver_plugin_failures")
 local conn = nil -- one kept-alive connection per worker thread (each has its own Lua state)
 
--- The request datagram (the udp and ffi transports). `shared`: the recursor sends it
--- (udpQueryResponse) from a port another of its sockets may have too, so iptserver
--- spaces its replies to that port; the ffi transport's socket is its own.
-local function datagram(id, ttl, names, addresses, shared)
-  return "IPT1 " .. id .. " " .. ttl .. (shared and " shared" or "") .. "\n" .. TOKEN_LINE
+-- The request datagram (the udp and ffi transports). `client`: the address that asked
+-- (rules with sources apply to some clients); nil where the hook cannot tell.
+-- `shared`: the recursor sends it (udpQueryResponse) from a port another of its sockets
+-- may have too, so iptserver spaces its replies to that port; the ffi transport's
+-- socket is its own.
+local function datagram(id, ttl, names, addresses, client, shared)
+  return "IPT1 " .. id .. " " .. ttl .. (client and (" from=" .. client) or "")
+    .. (shared and " shared" or "") .. "\n" .. TOKEN_LINE
     .. table.concat(names, " ") .. "\n" .. table.concat(addresses, " ") .. "\n"
 end
 
@@ -466,12 +469,13 @@ function postresolve(dq)
   local records = dq:getRecords()
   local names, addresses, ttl, longest = walk(dq, records)
   if #addresses == 0 then return false end
+  local client = dq.remoteaddr:toString()
   if TRANSPORT == "udp" then
     sent = sent + 1
     local id = tostring(sent)
     dq.data = { id = id, longest = longest, resent = false } -- for the callback
     dq.udpQueryDest = DEST
-    dq.udpQuery = datagram(id, ttl, names, addresses, true)
+    dq.udpQuery = datagram(id, ttl, names, addresses, client, true)
     dq.udpCallback = "iptserver_udp_reply"
     dq.followupFunction = "udpQueryResponse"
     return true
@@ -479,12 +483,13 @@ function postresolve(dq)
   if TRANSPORT == "ffi" then
     sent = sent + 1
     local id = tostring(sent)
-    local cap, err = ask(id, datagram(id, ttl, names, addresses))
+    local cap, err = ask(id, datagram(id, ttl, names, addresses, client))
     if not cap then return failed(dq, err, records, longest) end
     return cap_ttls(dq, records, cap, longest)
   end
   local body = '{"qname":' .. quote(names[1]) .. ',"chain":[' .. quote_all(names, 2)
-    .. '],"addresses":[' .. quote_all(addresses, 1) .. '],"ttl":' .. ttl .. '}'
+    .. '],"addresses":[' .. quote_all(addresses, 1) .. '],"ttl":' .. ttl
+    .. ',"client":' .. quote(client) .. '}'
   local reply, err = post(body)
   local cap = reply and tonumber(reply:match('"ttl"%s*:%s*(%d+)'))
   if not cap then return failed(dq, err or ("unexpected reply " .. reply), records, longest) end

@@ -61,6 +61,10 @@ class RecursorSettings:
     timeout: float | None = None
     token_file: Path | None = None
     transport: Transport = "udp"
+    # Rules with sources: every answer must reach the plugin with its client, and the
+    # packet cache answers repeats without it (the ffi transport's fail-open hook cannot
+    # tell the client either).
+    per_client: bool = False
 
     @property
     def wait(self) -> float:
@@ -108,6 +112,13 @@ def render_conf(settings: RecursorSettings) -> str:
         f"# before it goes out ({'SERVFAIL' if settings.fail_closed else 'answered anyway'}"
         " when it cannot be).\n"
         f"lua-dns-script={settings.directory / SETTINGS_FILE}\n"
+        + (
+            "# Rules with sources decide per client: no packet cache, which would answer a\n"
+            "# repeat without asking the plugin (the record cache still spares the work).\n"
+            "disable-packetcache=yes\n"
+            if settings.per_client
+            else ""
+        )
     )
 
 

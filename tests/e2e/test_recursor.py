@@ -6,15 +6,19 @@ hold. With iptserver gone, fail-open still answers and fail-closed answers SERVF
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from iptserver.lab import Lab
+from iptserver.lab import Lab, probes
+from iptserver.lab.addresses import SEEN_AS
 from iptserver.lab.entry import ENTRY_DNS
+from iptserver.lab.node_config import CLIENT_LAN
 from iptserver.lab.recursor import API, Recursor, start_recursor
 from iptserver.lab.zones import DEFAULT_TTL
 from iptserver.render.recursor import TRANSPORTS, Transport
@@ -244,3 +248,44 @@ def test_the_api_token_is_sent_and_a_wrong_one_routes_nothing(
     assert lab.whoami("client", address) == "ru"
     assert "not routed" not in recursors[-1].log
     assert explained_exit(running, address) == "us"
+
+
+SOURCED = SCHEMA.replace(
+    "rules:\n",
+    'rules:\n  - exit: uk\n    sources: [10.77.1.3]\n    domains: ["=mail.ru"]\n    weight: 5\n',
+)
+
+
+@pytest.mark.parametrize("transport", ["udp", "http"])
+def test_the_plugin_passes_the_client_so_rules_with_sources_apply(
+    lab: Lab,
+    iptservers: Iptservers,
+    recursors: list[Recursor],
+    recursor_dir: Path,
+    transport: Transport,
+) -> None:
+    """Two clients ask the recursor for one name: each answer reaches iptserver with its
+    client, and each client's first connection leaves by its own rule's exit."""
+    iptservers.start(SOURCED, "--api", API, probe=("entry", *PROXY))
+    recursors.append(start_recursor(lab, recursor_dir, transport=transport, per_client=True))
+    lab.ip_batch("client", [f"addr add 10.77.1.3/24 dev {CLIENT_LAN}"])
+    try:
+        second = probes.dns_query(bound_to(lab, "10.77.1.3"), ENTRY_DNS, "mail.ru")
+        first = answer(lab, "mail.ru")
+        [(address, _)] = first
+        assert [r[2] for r in second.records if r[1] == "A"] == [address]
+        assert lab.whoami("client", address) == "ru"
+        seen = probes.whoami(bound_to(lab, "10.77.1.3"), address, 80, 3.0)["seen"]
+        assert SEEN_AS[ipaddress.ip_address(seen)] == "uk"
+    finally:
+        lab.ip_batch("client", [f"addr del 10.77.1.3/24 dev {CLIENT_LAN}"])
+    assert "not routed" not in recursors[0].log
+
+
+def bound_to(lab: Lab, source: str) -> probes.SocketFactory:
+    def make(family: int, kind: int) -> socket.socket:
+        sock = lab.socket("client", family, kind)
+        sock.bind((source, 0))
+        return sock
+
+    return make
