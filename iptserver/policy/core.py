@@ -112,11 +112,21 @@ class _Tables:
     ) -> None:
         self.domains = DomainMatcher((i, pattern) for i, rule in rules for pattern in rule.domains)
         # Rule nets and the never-diverted nets in one map: the latter outrank any rule.
+        # One value per rule and prefix length, shared: lists bring 100,000s of nets, and
+        # neighbours with one value merge into one segment.
+        values: dict[tuple[int, int], _Best] = {}
+
+        def value(i: int, weight: int, length: int) -> _Best:
+            found = values.get((i, length))
+            if found is None:
+                found = values[(i, length)] = ((weight, length, -i), i, MatchKind.NET)
+            return found
+
         self.nets: PrefixMap[_Best] = PrefixMap(
             [
                 *((net, _PRIVATE) for net in never),
                 *(
-                    (net, ((rule.weight, net.prefixlen, -i), i, MatchKind.NET))
+                    (net, value(i, rule.weight, net.prefixlen))
                     for i, rule in rules
                     for net in rule.nets
                 ),
