@@ -14,6 +14,7 @@ import ipaddress
 import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from iptserver.lab.addresses import SEEN_AS
 from iptserver.lab.entry import ENTRY_DNS
 from iptserver.lab.node_config import CLIENT_LAN
 from tests.e2e.conftest import BASE_SCHEMA, Iptservers, Running
+from tests.e2e.entry_kernel import entry_state, ours
 
 FIRST = {4: "10.77.1.2", 6: "fd77:1::2"}  # the lab's client: no rule names it
 SECOND = {4: "10.77.1.3", 6: "fd77:1::3"}
@@ -119,3 +121,35 @@ def test_a_net_rule_with_sources_routes_its_clients_only(
     assert way(lab, FIRST[4], "203.0.113.77") == "direct"
     assert explained(daemon, SECOND[4], "203.0.113.77")["exit"] == "ru"
     assert explained(daemon, FIRST[4], "203.0.113.77")["exit"] == "direct"
+
+    # A reload that takes the sources away: the class's chain and sets go (the teardown
+    # checks nothing is left), and the rule applies to every client.
+    assert any("IPTSERVER-C0" in line for line in ours(entry_state(lab)))
+    iptservers.rewrite(daemon, SCHEMA.replace('    sources: [10.77.1.3, "fd77:1::3"]\n', ""))
+    assert daemon.reload(), daemon.log
+    left = [line for line in ours(entry_state(lab)) if "IPTSERVER-C" in line or "ipts-c" in line]
+    assert not left, left
+    assert way(lab, FIRST[4], "203.0.113.77") == "ru"
+    assert way(lab, SECOND[4], "203.0.113.77") == "ru"
+
+
+def test_a_rule_with_sources_takes_its_domains_from_a_list(
+    iptservers: Iptservers, second_client: None, tmp_path: Path
+) -> None:
+    (tmp_path / "ru.txt").write_text("# a list\nshop.ru\n")
+    schema = iptservers.schema(
+        BASE_SCHEMA
+        + f"""
+default: direct
+rules:
+  - exit: ru
+    sources: [10.77.1.3]
+    lists: [{{file: {tmp_path / "ru.txt"}}}]
+"""
+    )
+    daemon = iptservers.start(schema)
+    lab = daemon.lab
+    address = resolve(lab, SECOND[4], "shop.ru", "A")
+    assert way(lab, SECOND[4], address) == "ru"
+    assert resolve(lab, FIRST[4], "shop.ru", "A") == address
+    assert way(lab, FIRST[4], address) == "direct"
