@@ -237,13 +237,7 @@ class Policy:
         net = tables.nets.lookup(ip)
         if net is not None and (best is None or net[0] > best[0]):
             best = net
-        if self.geo is not None and tables.max_country_weight is not None:
-            found = self.geo.lookup(ip)
-            held = tables.countries.get(found[0]) if found else None
-            if found and held:
-                key = (held[0], found[1], -held[1])
-                if best is None or key > best[0]:
-                    best = (key, held[1], MatchKind.COUNTRY)
+        best = self._by_country(ip, best, tables.countries, tables.max_country_weight)
         if best is None:
             return decision
         return Decision(ip, self._exits[best[1]], Reason.RULE, best[1], best[2])
@@ -272,20 +266,29 @@ class Policy:
             best = ((weight, ip.max_prefixlen, neg_rule), -neg_rule, MatchKind.DOMAIN)
         if net is not None and (best is None or net[0] > best[0]):
             best = net
-        if (
-            self.geo is not None
-            and self._max_country_weight is not None
-            and (best is None or best[0][0] <= self._max_country_weight)
-        ):
-            found = self.geo.lookup(ip)
-            held = self._countries.get(found[0]) if found else None
-            if found and held:
-                key = (held[0], found[1], -held[1])
-                if best is None or key > best[0]:
-                    best = (key, held[1], MatchKind.COUNTRY)
+        best = self._by_country(ip, best, self._countries, self._max_country_weight)
         if best is not None:
             return Decision(ip, self._exits[best[1]], Reason.RULE, best[1], best[2])
         return self._unmatched(ip)
+
+    def _by_country(
+        self,
+        ip: IPAddress,
+        best: _Best | None,
+        countries: dict[str, tuple[int, int]],
+        max_weight: int | None,
+    ) -> _Best | None:
+        """``best``, or the country rule that beats it; GeoIP is asked only when a
+        country rule could."""
+        if self.geo is None or max_weight is None or (best is not None and best[0][0] > max_weight):
+            return best
+        found = self.geo.lookup(ip)
+        held = countries.get(found[0]) if found else None
+        if found and held:
+            key = (held[0], found[1], -held[1])
+            if best is None or key > best[0]:
+                return (key, held[1], MatchKind.COUNTRY)
+        return best
 
     def _unmatched(self, ip: IPAddress | None) -> Decision:
         if self.schema.default is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import socket
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import pytest
 
 from iptserver.cli import main
-from iptserver.lab import Lab
+from iptserver.lab import Lab, probes
 from iptserver.lab.entry import (
     ENTRY_DNS,
     START_TIMEOUT,
@@ -100,6 +101,18 @@ def api_get(lab: Lab, port: int, path: str) -> tuple[int, Any]:
     head, _, body = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     return status, json.loads(body) if path.startswith("/v1/") else body.decode()
+
+
+def bound(lab: Lab, source: str, node: str = "client") -> probes.SocketFactory:
+    """Sockets in ``node``'s namespace that send from ``source`` (one of its addresses):
+    a second client on the same machine."""
+
+    def make(family: int, kind: int) -> socket.socket:
+        sock = lab.socket(node, family, kind)
+        sock.bind((source, 0))
+        return sock
+
+    return make
 
 
 def lab_schema(lab: Lab, path: Path, text: str) -> Path:

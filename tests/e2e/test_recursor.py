@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from iptserver.lab.node_config import CLIENT_LAN
 from iptserver.lab.recursor import API, Recursor, start_recursor
 from iptserver.lab.zones import DEFAULT_TTL
 from iptserver.render.recursor import TRANSPORTS, Transport
-from tests.e2e.conftest import BASE_SCHEMA, Iptservers, explained_exit
+from tests.e2e.conftest import BASE_SCHEMA, Iptservers, bound, explained_exit
 
 pytestmark = pytest.mark.skipif(
     shutil.which("pdns_recursor") is None, reason="pdns-recursor is not installed (make apt)"
@@ -270,22 +269,13 @@ def test_the_plugin_passes_the_client_so_rules_with_sources_apply(
     recursors.append(start_recursor(lab, recursor_dir, transport=transport, per_client=True))
     lab.ip_batch("client", [f"addr add 10.77.1.3/24 dev {CLIENT_LAN}"])
     try:
-        second = probes.dns_query(bound_to(lab, "10.77.1.3"), ENTRY_DNS, "mail.ru")
+        second = probes.dns_query(bound(lab, "10.77.1.3"), ENTRY_DNS, "mail.ru")
         first = answer(lab, "mail.ru")
         [(address, _)] = first
         assert [r[2] for r in second.records if r[1] == "A"] == [address]
         assert lab.whoami("client", address) == "ru"
-        seen = probes.whoami(bound_to(lab, "10.77.1.3"), address, 80, 3.0)["seen"]
+        seen = probes.whoami(bound(lab, "10.77.1.3"), address, 80, 3.0)["seen"]
         assert SEEN_AS[ipaddress.ip_address(seen)] == "uk"
     finally:
         lab.ip_batch("client", [f"addr del 10.77.1.3/24 dev {CLIENT_LAN}"])
     assert "not routed" not in recursors[0].log
-
-
-def bound_to(lab: Lab, source: str) -> probes.SocketFactory:
-    def make(family: int, kind: int) -> socket.socket:
-        sock = lab.socket("client", family, kind)
-        sock.bind((source, 0))
-        return sock
-
-    return make

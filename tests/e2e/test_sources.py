@@ -12,7 +12,6 @@ import contextlib
 import io
 import ipaddress
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from iptserver.lab import Lab, probes
 from iptserver.lab.addresses import SEEN_AS
 from iptserver.lab.entry import ENTRY_DNS
 from iptserver.lab.node_config import CLIENT_LAN
-from tests.e2e.conftest import BASE_SCHEMA, Iptservers, Running
+from tests.e2e.conftest import BASE_SCHEMA, Iptservers, Running, bound
 from tests.e2e.entry_kernel import entry_state, ours
 
 FIRST = {4: "10.77.1.2", 6: "fd77:1::2"}  # the lab's client: no rule names it
@@ -58,17 +57,6 @@ def second_client(lab: Lab) -> Iterator[None]:
         "client",
         [f"addr del {SECOND[4]}/24 dev {CLIENT_LAN}", f"addr del {SECOND[6]}/64 dev {CLIENT_LAN}"],
     )
-
-
-def bound(lab: Lab, source: str) -> probes.SocketFactory:
-    """Sockets in the client's namespace that send from ``source``."""
-
-    def make(family: int, kind: int) -> socket.socket:
-        sock = lab.socket("client", family, kind)
-        sock.bind((source, 0))
-        return sock
-
-    return make
 
 
 def resolve(lab: Lab, source: str, name: str, rtype: str) -> str:
