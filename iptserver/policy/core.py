@@ -102,6 +102,22 @@ def _better(a: _Best, b: _Best) -> bool:
     return a[0] > b[0]
 
 
+def _best_hit(
+    matcher: DomainMatcher,
+    names: Sequence[str],
+    weights: Sequence[int],
+    best: tuple[int, int] | None,
+) -> tuple[int, int] | None:
+    """``best``, or the (weight, -rule) of a better hit of ``matcher`` on ``names``."""
+    match = matcher.match
+    for name in names:
+        for hit in match(normalize_name(name)):
+            candidate = (weights[hit.rule], -hit.rule)
+            if best is None or candidate > best:
+                best = candidate
+    return best
+
+
 class _Tables:
     """The lookup tables of some of the schema's rules (by their index in the schema)."""
 
@@ -195,14 +211,9 @@ class Policy:
         self, names: Sequence[str], more: DomainMatcher | None = None
     ) -> tuple[int, int] | None:
         """(weight, -rule) of the winning domain rule: all share host-route specificity."""
-        best: tuple[int, int] | None = None
-        weights = self._weights
-        for matcher in (self._domains, more) if more is not None else (self._domains,):
-            for name in names:
-                for hit in matcher.match(normalize_name(name)):
-                    candidate = (weights[hit.rule], -hit.rule)
-                    if best is None or candidate > best:
-                        best = candidate
+        best = _best_hit(self._domains, names, self._weights, None)
+        if more is not None:
+            best = _best_hit(more, names, self._weights, best)
         return best
 
     def decide_name(self, names: Sequence[str], source: int | None = None) -> Decision:
