@@ -32,6 +32,12 @@ def register(actions: Commands) -> None:
         type=Path,
         help="write DIR/NODE/frr.conf and daemons (default: print)",
     )
+    frr.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        type=Path,
+        help="taken, as the other renders take it, and unused: FRR needs no keys",
+    )
     wireguard = _mesh_command(
         actions, "wireguard", _wireguard, "wg-quick configs for the mesh's nodes"
     )

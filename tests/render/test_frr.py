@@ -127,3 +127,16 @@ def test_errors_name_what_to_fix(
     )
     assert code == 2 and out == ""
     assert err.startswith("iptserver render frr: ") and message in err, err
+
+
+def test_every_mesh_render_takes_the_same_state_dir(
+    write_schema: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One command line renders everything: frr takes --state-dir as wireguard does (the
+    README lists it for all), and writes the same files with it."""
+    schema = write_schema(MESH)
+    state = ["--state-dir", str(tmp_path / "state")]
+    code, out, err = render(schema, "--node", "office", *state, capsys=capsys)
+    assert code == 0, err
+    assert out == render(schema, "--node", "office", capsys=capsys)[1]
+    assert main(["render", "wireguard", str(schema), "--node", "office", *state]) == 0
