@@ -3,6 +3,7 @@
 #   make test   set up, then run the whole test suite
 #   make lint   ruff and mypy
 #   make bench  the benchmarks under bench/
+#   make fuzz   a million fuzzed datagrams against a real iptserver
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -15,7 +16,7 @@ ARTIFACTS := artifacts
 # Debian packages the project and its tests use.
 APT_PACKAGES := python3 python3-venv python3-dev gcc iproute2 iptables ipset npm wireguard-go wireguard-tools chromium pdns-recursor lua-socket frr zbar-tools docker.io docker-compose debootstrap dnsperf dnsmasq-base
 
-.PHONY: setup apt venv geoip demo test lint bench clean
+.PHONY: setup apt venv geoip demo test lint bench fuzz clean
 
 setup: apt venv geoip
 
@@ -54,6 +55,9 @@ lint: venv
 	$(BIN)/ruff check iptserver tests bench
 	$(BIN)/ruff format --check iptserver tests bench
 	$(BIN)/mypy
+
+fuzz: setup
+	$(BIN)/python bench/fuzz.py
 
 bench: setup
 	$(BIN)/python bench/policy.py

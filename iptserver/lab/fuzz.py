@@ -182,3 +182,41 @@ def _control(
                 result.controls_wrong.append(f"control {name}: got {found}, not {address}")
             return
     result.controls_wrong.append(f"control {name}: no answer within 5 s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m iptserver.lab.fuzz ADDR PORT COUNT NAME=ADDRESS [--rate R]``: a run from
+    this namespace, its result as one JSON line (bench/fuzz.py runs it in its own)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="fuzz a DNS proxy over UDP")
+    parser.add_argument("address")
+    parser.add_argument("port", type=int)
+    parser.add_argument("count", type=int)
+    parser.add_argument("control", help="NAME=ADDRESS the proxy must keep answering")
+    parser.add_argument("--rate", type=float, default=5000.0)
+    parser.add_argument("--names", type=int, default=1000, help="n0.bench.test ... names")
+    args = parser.parse_args(argv)
+    name, _, address = args.control.partition("=")
+    names = [f"n{i}.bench.test" for i in range(args.names)]
+    started = time.monotonic()
+    result = fuzz(
+        socket.socket, (args.address, args.port), args.count, names, (name, address),
+        rate=args.rate, control_every=10_000,
+    )  # fmt: skip
+    summary = {
+        "seconds": round(time.monotonic() - started, 1),
+        "sent": result.sent,
+        "replies": result.replies,
+        "rcodes": result.rcodes,
+        "controls": result.controls,
+        "problems": result.problems,
+        "samples": [(why, data.hex()) for data, why in result.samples[:5]],
+    }
+    print(json.dumps(summary))
+    return 1 if result.problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
