@@ -19,6 +19,7 @@ from iptserver.schema.model import Route
 log = logging.getLogger(__name__)
 
 Relink = Callable[[str], Awaitable[list[str]]]  # interface -> problems
+FollowMain = Callable[[], Awaitable[list[str]]]  # -> problems
 ExitsThrough = Callable[[str], list[str]]  # interface -> the exits whose traffic it carries
 
 
@@ -35,8 +36,12 @@ class TunnelFollower:
         self._tasks: set[asyncio.Task[None]] = set()
         self._relink: Relink | None = None
         self._exits_through: ExitsThrough | None = None
+        self._follow_main: FollowMain | None = None
+        self._following = False  # a copy of main's default routes is under way
         try:
-            self._watcher: LinkWatcher | None = LinkWatcher(self._on_link, self._on_links_lost)
+            self._watcher: LinkWatcher | None = LinkWatcher(
+                self._on_link, self._on_links_lost, on_main_default=self._on_main_default
+            )
         except OSError as e:
             log.error(
                 "cannot follow interface events (%s): an exit tunnel made anew or brought "
@@ -52,8 +57,11 @@ class TunnelFollower:
             if exit_.route is Route.INTERFACE and exit_.interface not in self._links:
                 self._links[exit_.interface] = link_state(exit_.interface)
 
-    def start(self, relink: Relink, exits_through: ExitsThrough) -> None:
+    def start(
+        self, relink: Relink, exits_through: ExitsThrough, follow_main: FollowMain | None = None
+    ) -> None:
         self._relink, self._exits_through = relink, exits_through
+        self._follow_main = follow_main
         if self._watcher is not None:
             self._watcher.start()
 
@@ -84,10 +92,27 @@ class TunnelFollower:
                 ", ".join(exits),
             )
 
+    def _on_main_default(self) -> None:
+        """main's default route changed (DHCP, the operator): the host gateway exits'
+        tables copy it again, once for a burst of changes."""
+        if self._follow_main is None or self._following:
+            return
+        self._following = True
+        self._spawn(self._followed())
+
+    async def _followed(self) -> None:
+        assert self._follow_main is not None
+        await asyncio.sleep(0)  # the rest of a burst arrives first
+        self._following = False
+        for problem in await self._follow_main():
+            log.error("%s", problem)
+        log.info("main's default route changed: the host gateway exits follow it")
+
     def _on_links_lost(self) -> None:
         """The kernel dropped link events: put back the routes of every tunnel there is."""
         assert self._exits_through is not None
         log.warning("interface events were lost (too many at once): every tunnel is relinked")
+        self._on_main_default()
         for interface in self._links:
             if (index := link_state(interface)) is not None:
                 self._spawn(self._relinked(interface, self._exits_through(interface)))

@@ -248,6 +248,25 @@ class Dataplane:
             problems += self._routing.replace_host_routes(plan.export_table, lost)
         return problems
 
+    def follow_main(self) -> list[str]:
+        """Copy main's default routes again into the tables that route by the host's own
+        gateway: the host gateway exits', and tunnel exits' failed over to one. Returns
+        the problems."""
+        plan = self._plan
+        if plan is None:
+            return []
+        problems = []
+        for exit_ in plan.exits:
+            if exit_.route is Route.INTERFACE:
+                via = self._route_of(plan, exit_)
+                if via is None or via.route is not Route.HOST_GATEWAY:
+                    continue
+            try:
+                self._routing.follow_main(exit_.table)
+            except DataplaneError as e:
+                problems.append(str(e))
+        return problems
+
     def _set_route(self, exit_: ExitPlan, via: ExitPlan | None) -> list[str]:
         try:
             self._routing.set_route(exit_, via)

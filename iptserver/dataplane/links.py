@@ -25,7 +25,12 @@ from iptserver.schema.values import IPNetwork
 log = logging.getLogger(__name__)
 
 RTMGRP_LINK = 0x1
+RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE = 0x40, 0x400
 RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type
+RTA_TABLE = 15
+MAIN_TABLE = 254
 IFLA_IFNAME = 3
 IFF_UP = 0x1
 NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port
@@ -74,6 +79,21 @@ def link_events(data: bytes) -> Iterator[tuple[str, int | None]]:
                 break
 
 
+def main_default_changed(data: bytes) -> bool:
+    """Whether a route message of ``data`` adds or deletes a default route of ``main``
+    (what the host gateway exits' tables copy)."""
+    for kind, body, end in messages(data):
+        if kind not in (RTM_NEWROUTE, RTM_DELROUTE) or body + RTMSG.size > end:
+            continue
+        _, dst_len, _, _, table, _, _, _, _ = RTMSG.unpack_from(data, body)
+        for attr, value in attributes(data, body + RTMSG.size, end):
+            if attr == RTA_TABLE and len(value) == 4:
+                table = struct.unpack("=I", value)[0]
+        if dst_len == 0 and table == MAIN_TABLE:
+            return True
+    return False
+
+
 def link_state(interface: str) -> int | None:
     """The interface's index while it is up; None when it is down or missing."""
     try:
@@ -114,8 +134,9 @@ def interface_networks(interfaces: Iterable[str]) -> list[IPNetwork]:
 
 class LinkWatcher:
     """Calls ``on_change(interface, index)`` for every link event (index None: the
-    interface is down or gone), and ``on_overrun()`` when the kernel dropped events
-    because they came faster than they were read: then nothing is known for sure.
+    interface is down or gone), ``on_main_default()`` when a default route of ``main``
+    comes or goes, and ``on_overrun()`` when the kernel dropped events because they came
+    faster than they were read: then nothing is known for sure.
 
     Subscribed from construction (events queue up in the socket), read from ``start``:
     an interface that appears while the kernel is first programmed is not missed.
@@ -128,14 +149,19 @@ class LinkWatcher:
         on_change: Callable[[str, int | None], None],
         on_overrun: Callable[[], None],
         sock: socket.socket | None = None,
+        on_main_default: Callable[[], None] | None = None,
     ) -> None:
         self._on_change = on_change
         self._on_overrun = on_overrun
+        self._on_main_default = on_main_default
         if sock is None:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self._sock = sock
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        self._sock.bind((0, RTMGRP_LINK))
+        groups = RTMGRP_LINK
+        if on_main_default is not None:
+            groups |= RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+        self._sock.bind((0, groups))
         self._sock.setblocking(False)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -162,6 +188,8 @@ class LinkWatcher:
                 continue
             for interface, index in link_events(data):
                 self._on_change(interface, index)
+            if self._on_main_default is not None and main_default_changed(data):
+                self._on_main_default()
 
     def close(self) -> None:
         if self._loop is not None:

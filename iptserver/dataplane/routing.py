@@ -27,6 +27,7 @@ from iptserver.schema.model import Route
 from iptserver.schema.values import IPNetwork
 
 MAIN_TABLE = 254
+RESERVED_TABLES = frozenset({0, 253, 254, 255})  # unspec, default, main, local
 KILL_SWITCH_METRIC = 4_000_000_000  # after any default route a table is given
 RTN_UNICAST = 1
 # The `proto` of the host routes iptserver exports (kernel.export_table): what is ours.
@@ -53,24 +54,24 @@ class Routing:
 
         The rule and the kill-switch go in even when the interface is missing: its
         traffic is then dropped, not sent out of the host's own uplink."""
-        table = MAIN_TABLE if exit_.route is Route.HOST_GATEWAY else exit_.table
         try:
             if exit_.route is Route.INTERFACE:
                 self.set_route(exit_, via)
+            else:
+                self.follow_main(exit_.table)
         finally:
             for family in FAMILIES.values():
-                self._rule(exit_, family, table)
+                self._rule(exit_, family, exit_.table)
 
     def set_route(self, exit_: ExitPlan, via: ExitPlan | None) -> None:
         """Make the tunnel exit's table send its traffic by ``via``'s route: its own,
-        another tunnel's (failover), the host's main table (a ``_DEFAULT`` exit: the table
-        is emptied so the lookup falls through), or nowhere (None: blocked)."""
-        if via is not None and via.route is Route.HOST_GATEWAY:
-            for family in FAMILIES.values():
-                self._flush(exit_.table, family)
-            return
+        another tunnel's (failover), the host's own gateway (a ``_DEFAULT`` exit: the table
+        gets copies of main's default routes), or nowhere (None: blocked)."""
         for family in FAMILIES.values():
             self._kill_switch(exit_, family)
+        if via is not None and via.route is Route.HOST_GATEWAY:
+            self.follow_main(exit_.table)
+            return
         index = None
         if via is not None:
             index = self.interface_index(via.interface)
@@ -84,6 +85,51 @@ class Routing:
         for version, family in FAMILIES.items():
             if via is None or not self._default_route(exit_, via, family, version, index):
                 self._drop_defaults(exit_.table, family)
+            else:  # what a failover to the host gateway had copied there
+                self._drop_defaults(exit_.table, family, keep=index)
+
+    def follow_main(self, table: int) -> None:
+        """Give ``table`` the default routes of ``main``, and only those: what the host
+        gateway (``_DEFAULT``) exits route by. Not ``main`` itself: FRR puts the routes it
+        imports from ``kernel.export_table`` there, and a host route to a tunnel would
+        overrule an address the schema sends direct (or an exit failed over to direct).
+        Routes added before stale ones are deleted, so the table is never empty."""
+        if table in RESERVED_TABLES:
+            return
+        for family in FAMILIES.values():
+            wanted = self._defaults(MAIN_TABLE, family)
+            held = self._defaults(table, family)
+            for route in wanted.keys() - held.keys():
+                spec = {**wanted[route], "table": table}
+                with kernel_errors(f"cannot copy main's default route to table {table}"):
+                    self._ip.route("replace", **spec)
+            for route in held.keys() - wanted.keys():
+                spec = {**held[route], "table": table}
+                with kernel_errors(f"cannot delete a route of table {table}", fine=_GONE):
+                    self._ip.route("del", **spec)
+
+    def _defaults(self, table: int, family: int) -> dict[tuple[object, ...], dict[str, object]]:
+        """The table's default routes that lead somewhere (not a kill-switch), by their
+        (interface, gateway, metric); multipath routes are left out."""
+        with kernel_errors(f"cannot list routing table {table}"):
+            found = self._ip.get_routes(family=family, table=table)
+        routes: dict[tuple[object, ...], dict[str, object]] = {}
+        for message in found:
+            if message["dst_len"] != 0 or message["type"] != RTN_UNICAST:
+                continue
+            if message.get_attr("RTA_TABLE") not in (None, table):
+                continue
+            oif, gateway = message.get_attr("RTA_OIF"), message.get_attr("RTA_GATEWAY")
+            if oif is None and gateway is None:
+                continue
+            priority = message.get_attr("RTA_PRIORITY") or 0
+            spec: dict[str, object] = {"family": family, "dst": "default", "priority": priority}
+            if oif is not None:
+                spec["oif"] = oif
+            if gateway is not None:
+                spec["gateway"] = gateway
+            routes[(oif, gateway, priority)] = spec
+        return routes
 
     def _kill_switch(self, exit_: ExitPlan, family: int) -> None:
         doing = f"exit {exit_.name}: cannot add the kill-switch route to table {exit_.table}"
@@ -97,28 +143,18 @@ class Routing:
                 priority=KILL_SWITCH_METRIC,
             )
 
-    def _drop_defaults(self, table: int, family: int) -> None:
-        """Delete the table's default routes that lead somewhere (not the kill-switch)."""
-        with kernel_errors(f"cannot list routing table {table}"):
-            found = self._ip.get_routes(family=family, table=table)
-        for message in found:
-            # IPv6 hangs the kill-switch route on lo: it is told apart by its type.
-            if message["dst_len"] != 0 or message["type"] != RTN_UNICAST:
+    def _drop_defaults(self, table: int, family: int, keep: int | None = None) -> None:
+        """Delete the table's default routes that lead somewhere (not the kill-switch),
+        but the one out of interface ``keep`` that ``_default_route`` adds."""
+        for (oif, _, _), spec in self._defaults(table, family).items():
+            if keep is not None and oif == keep:
                 continue
-            spec: dict[str, object] = {
-                "table": table,
-                "family": family,
-                "dst": "default",
-                "oif": message.get_attr("RTA_OIF"),
-                "priority": message.get_attr("RTA_PRIORITY") or 0,
-            }
-            if (gateway := message.get_attr("RTA_GATEWAY")) is not None:
-                spec["gateway"] = gateway
-            doing = f"cannot delete a route of table {table}"
-            with kernel_errors(doing, fine=_GONE):
-                self._ip.route("del", **spec)
+            with kernel_errors(f"cannot delete a route of table {table}", fine=_GONE):
+                self._ip.route("del", **spec, table=table)
 
     def _flush(self, table: int, family: int) -> None:
+        if table in RESERVED_TABLES:
+            return  # a schema that named main (or local) as an exit's table
         with kernel_errors(f"cannot flush table {table}"):
             self._ip.flush_routes(table=table, family=family)
 
@@ -174,7 +210,7 @@ class Routing:
         for family in FAMILIES.values():
             while rule and self._rules(family, exit_.priority):
                 self._delete_rule(family, exit_.priority)
-            if routes and exit_.route is Route.INTERFACE:
+            if routes:
                 self._flush(exit_.table, family)
 
     def replace_host_routes(self, table: int, routes: Sequence[HostRoute]) -> list[str]:

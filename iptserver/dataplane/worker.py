@@ -96,6 +96,9 @@ class KernelWorker:
     async def relink(self, interface: str) -> list[str]:
         return await self._call(self.dataplane.relink, interface)
 
+    async def follow_main(self) -> list[str]:
+        return await self._call(self.dataplane.follow_main)
+
     async def learned_now(self) -> list[tuple[int, Entry]]:
         """Read in a thread and on a socket of their own, not the kernel thread: answers'
         writes do not wait behind a listing of a large set."""

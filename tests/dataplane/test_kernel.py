@@ -101,10 +101,11 @@ def test_apply_is_idempotent_and_stop_removes_everything(
     apply(netns, schema, lab_mmdb, times=2, end="stay")
     assert state(netns) == once  # a restart or reload adds nothing twice
 
-    # One rule per exit and family: fwmark -> its table, the host gateway's -> main.
+    # One rule per exit and family: fwmark -> its table (the host gateway's too: copies
+    # of main's default routes).
     assert once["rules4"].count("fwmark 0x100 lookup 100") == 1
     assert once["rules4"].count("fwmark 0x101 lookup 101") == 1
-    assert once["rules4"].count("fwmark 0x103 lookup main") == 1
+    assert once["rules4"].count("fwmark 0x103 lookup 103") == 1
     assert once["rules6"].count("fwmark 0x101 lookup 101") == 1
     assert once["routes"].count("default dev xuk") == 2  # IPv4 and IPv6, table 100
     assert once["routes"].count("default dev xru") == 2

@@ -102,3 +102,31 @@ def test_damaged_messages_yield_nothing() -> None:
     assert list(link_events(b"\xff" * 15)) == []
     # a header that claims more than the datagram holds
     assert list(link_events(b"\x00\x01\x00\x00\x10\x00" + b"\x00" * 10)) == []
+
+
+def test_changes_of_mains_default_route_are_reported_and_others_not(netns: str) -> None:
+    async def main_defaults(commands: list[str]) -> int:
+        seen: list[str] = []
+        sock = socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW)
+        watcher = LinkWatcher(
+            lambda iface, index: None,
+            lambda: seen.append("overrun"),
+            sock,
+            on_main_default=lambda: seen.append("default"),
+        )
+        try:
+            await asyncio.to_thread(ip, netns, *commands)
+            watcher.start()
+            await asyncio.sleep(0.2)
+        finally:
+            watcher.close()
+        return seen.count("default")
+
+    ip(netns, "link set xuk up", "addr add 192.0.2.2/24 dev xuk")
+    others = [
+        "route add 198.51.100.7/32 dev xuk",  # a host route, as zebra's imports
+        "route add default dev xuk table 100",  # an exit's table
+    ]
+    assert asyncio.run(main_defaults(others)) == 0
+    changes = ["route add default via 192.0.2.1 dev xuk", "route del default"]
+    assert asyncio.run(main_defaults(changes)) == 2

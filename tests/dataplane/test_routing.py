@@ -105,11 +105,24 @@ def test_applying_twice_leaves_one_of_each(netns: str) -> None:
     } == once
 
 
-def test_a_host_gateway_exit_looks_up_main_and_has_no_table(netns: str) -> None:
+def test_a_host_gateway_exit_routes_by_copies_of_mains_default_routes(netns: str) -> None:
+    """Not main itself: FRR puts the routes it imports from the export table there, and a
+    host route to a tunnel must not overrule an address the schema sends direct."""
+    ip(netns, "addr", "add", "192.0.2.2/24", "dev", "xru")
+    ip(netns, "route", "add", "default", "via", "192.0.2.1", "dev", "xru", "metric", "50")
+    ip(netns, "route", "add", "198.51.100.7/32", "dev", "xuk")  # as zebra would
     with_routing(netns, lambda r: r.install_exit(DIRECT, DIRECT))
-    for version in (4, 6):
-        assert rules(netns, version) == ["1003:\tfrom all fwmark 0x103 lookup main"]
-        assert table(netns, version, 103) == []
+    assert rules(netns, 4) == ["1003:\tfrom all fwmark 0x103 lookup 103"]
+    assert table(netns, 4, 103) == ["default via 192.0.2.1 dev xru metric 50"]
+    assert table(netns, 6, 103) == []  # main has no IPv6 default here
+    assert "dev xru" in ip(netns, "route", "get", "198.51.100.7", "mark", "0x103")
+    # main's default changes: following it replaces the copy
+    ip(netns, "route", "replace", "default", "via", "192.0.2.3", "dev", "xru", "metric", "50")
+    with_routing(netns, lambda r: r.follow_main(103))
+    assert table(netns, 4, 103) == ["default via 192.0.2.3 dev xru metric 50"]
+    ip(netns, "route", "del", "default")
+    with_routing(netns, lambda r: r.follow_main(103))
+    assert table(netns, 4, 103) == []
 
 
 def test_a_missing_interface_is_reported_and_its_traffic_dropped(netns: str) -> None:
@@ -142,8 +155,10 @@ def test_failover_blocking_and_back(netns: str) -> None:
     with_routing(netns, through(None))  # blocked: only the kill-switch is left
     assert table(netns, 4, 100) == [KILL_SWITCH]
     assert [line.split()[0] for line in table(netns, 6, 100)] == ["unreachable"]
-    with_routing(netns, through(DIRECT))  # the host's own route: the table falls through
-    assert table(netns, 4, 100) == [] and table(netns, 6, 100) == []
+    ip(netns, "addr", "add", "192.0.2.2/24", "dev", "xru")
+    ip(netns, "route", "add", "default", "via", "192.0.2.1", "dev", "xru")
+    with_routing(netns, through(DIRECT))  # the host's own gateway: main's default, copied
+    assert table(netns, 4, 100) == ["default via 192.0.2.1 dev xru", KILL_SWITCH]
     with_routing(netns, through(UK))
     assert table(netns, 4, 100) == ["default dev xuk", KILL_SWITCH]
     assert rules(netns, 4) == ["1000:\tfrom all fwmark 0x100 lookup 100"]  # rule untouched
