@@ -257,3 +257,38 @@ def test_convergence_from_dns_answer_to_route_at_the_office(
     ARTIFACT.parent.mkdir(exist_ok=True)
     ARTIFACT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+# Two names of the synthetic zone that answer one address (a CDN's, as it were).
+SHARED_RU, SHARED_DIRECT = "n2.bench.ru", "n11.bench.ru"
+
+
+def test_a_higher_weight_direct_rule_on_an_exported_address_goes_direct(
+    mesh: Mesh, lab_mmdb: Path, tmp_path: Path
+) -> None:
+    """The first name is ruled to ru, so its address is exported and FRR imports the
+    host route into the entry's main table; the second is ruled direct with a higher
+    weight. A connection after the second answer must leave direct, as explain says:
+    the host gateway exit routes by copies of main's default routes, not by main."""
+    lab = mesh.lab
+    (address,) = {record.value for name in (SHARED_RU, SHARED_DIRECT) for record in synthetic(name)}
+    schema = tmp_path / "direct.yaml"
+    text = mesh.schema.read_text().replace(
+        "rules:\n", f'rules:\n  - {{exit: direct, domains: ["={SHARED_DIRECT}"], weight: 10}}\n'
+    )
+    schema.write_text(text)
+    running = start_iptserver(lab, schema, lab_mmdb)
+    try:
+        assert [
+            v for _, k, v, _ in lab.resolve("client", SHARED_RU, server=ENTRY_DNS) if k == "A"
+        ] == [address]
+        deadline = time.monotonic() + 10
+        while "proto zebra" not in lab.run("entry", ["ip", "route", "show", address]).stdout:
+            assert time.monotonic() < deadline, "zebra never put the exported route in main"
+            time.sleep(0.05)
+        assert lab.whoami("client", address) == "ru"
+        lab.resolve("client", SHARED_DIRECT, server=ENTRY_DNS)
+        assert lab.whoami("client", address) == "direct"
+    finally:
+        code = stop_iptserver(running)
+    assert code == 0, running.log
