@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from iptserver.cli import main
+from iptserver.lab import LabError
 from iptserver.lab.entry import ENTRY_DNS, start_iptserver, stop_iptserver
 from iptserver.lab.mesh import (
     LAN_WHOAMI_PORT,
@@ -292,3 +293,53 @@ def test_a_higher_weight_direct_rule_on_an_exported_address_goes_direct(
     finally:
         code = stop_iptserver(running)
     assert code == 0, running.log
+
+
+def test_an_exit_failed_over_to_direct_leaves_direct_though_its_route_was_exported(
+    mesh: Mesh, lab_mmdb: Path, tmp_path: Path
+) -> None:
+    """uk watched, ``on_down: [direct]``: once uk dies, its traffic to an address exported
+    via uk's tunnel (a host route zebra keeps in main) leaves by the entry's own uplink
+    within the failover bound, not into the dead tunnel. Last in the module: it kills uk
+    and brings it back."""
+    lab = mesh.lab
+    uk = f"  uk: {{interface: {lab.wg_interface('uk')}}}"
+    text = mesh.schema.read_text()
+    assert uk in text
+    watched = (
+        f"  uk: {{interface: {lab.wg_interface('uk')}, on_down: [direct],"
+        " health: {probe: ['198.51.100.50:80']}}"
+    )
+    schema = tmp_path / "failover.yaml"
+    schema.write_text(text.replace(uk, watched))
+    running = start_iptserver(lab, schema, lab_mmdb)
+    try:
+        [address] = [
+            v for _, k, v, _ in lab.resolve("client", ROUTED_NAME, server=ENTRY_DNS) if k == "A"
+        ]
+        started = time.monotonic()
+        while (way := _way(lab, address)) != "uk":  # once health has seen uk up
+            if time.monotonic() - started > 10:
+                rules = lab.run("entry", ["ip", "rule"]).stdout
+                tables = lab.run("entry", ["ip", "route", "show", "table", "all"]).stdout
+                raise AssertionError(f"{way}\n{rules}\n{tables}\n{running.log}")
+            time.sleep(0.2)
+        lab.faults.kill_exit("uk")
+        try:
+            killed = time.monotonic()
+            while (way := _way(lab, address)) != "direct":
+                assert time.monotonic() - killed < 10, f"still {way} 10 s after uk died"
+                time.sleep(0.2)
+        finally:
+            lab.faults.revive_exit("uk")
+    finally:
+        code = stop_iptserver(running)
+    assert code == 0, running.log
+    lab.frr("uk").wait_route("10.88.0.0/24")  # OSPF over uk again, for what comes after
+
+
+def _way(lab: MeshLab, address: str) -> str:
+    try:
+        return lab.whoami("client", address, timeout=0.5)
+    except LabError as e:
+        return f"nowhere ({e})"
