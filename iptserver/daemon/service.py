@@ -197,7 +197,7 @@ class Daemon:
         monitor.start()
         stack.push_async_callback(monitor.stop)
         lists.start()
-        tunnels.start(kernel.relink, running.exits_through, kernel.follow_main)
+        tunnels.start(kernel.relink, running.exits_through, kernel.follow_main, kernel.reannounce)
         stack.callback(tunnels.close)  # first of all: no relink while the rest stops
         self._running = running
 

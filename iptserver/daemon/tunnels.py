@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 Relink = Callable[[str], Awaitable[list[str]]]  # interface -> problems
 FollowMain = Callable[[], Awaitable[list[str]]]  # -> problems
+# Seconds between putting an interface's routes back and announcing its exported host
+# routes again: FRR's zebra must take the interface for up first.
+REANNOUNCE_DELAY = 1.0
 ExitsThrough = Callable[[str], list[str]]  # interface -> the exits whose traffic it carries
 
 
@@ -37,6 +40,7 @@ class TunnelFollower:
         self._relink: Relink | None = None
         self._exits_through: ExitsThrough | None = None
         self._follow_main: FollowMain | None = None
+        self._reannounce: Relink | None = None
         self._following = False  # a copy of main's default routes is under way
         try:
             self._watcher: LinkWatcher | None = LinkWatcher(
@@ -58,10 +62,15 @@ class TunnelFollower:
                 self._links[exit_.interface] = link_state(exit_.interface)
 
     def start(
-        self, relink: Relink, exits_through: ExitsThrough, follow_main: FollowMain | None = None
+        self,
+        relink: Relink,
+        exits_through: ExitsThrough,
+        follow_main: FollowMain | None = None,
+        reannounce: Relink | None = None,
     ) -> None:
         self._relink, self._exits_through = relink, exits_through
         self._follow_main = follow_main
+        self._reannounce = reannounce
         if self._watcher is not None:
             self._watcher.start()
 
@@ -129,3 +138,7 @@ class TunnelFollower:
                 interface,
                 ", ".join(exits),
             )
+        if self._reannounce is not None:
+            await asyncio.sleep(REANNOUNCE_DELAY)
+            for problem in await self._reannounce(interface):
+                log.error("%s", problem)

@@ -233,8 +233,8 @@ class Dataplane:
 
     def relink(self, interface: str) -> list[str]:
         """Put back the routes through ``interface``, which is up again or made anew:
-        the kernel dropped them with it (exit tables routed by it, exported host routes
-        out of it). Returns the problems."""
+        the kernel dropped them with it (exit tables routed by it; the exported host
+        routes out of it go back with ``reannounce``). Returns the problems."""
         plan = self._plan
         if plan is None:
             return []
@@ -243,9 +243,24 @@ class Dataplane:
             via = self._route_of(plan, exit_) if exit_.route is Route.INTERFACE else None
             if via is not None and via.interface == interface:
                 problems += self._set_route(exit_, via)
-        if plan.export_table is not None:
-            lost = [route for route in self._exports.routes() if route.interface == interface]
-            problems += self._routing.replace_host_routes(plan.export_table, lost)
+        return problems
+
+    def reannounce(self, interface: str) -> list[str]:
+        """Put the exported host routes out of ``interface`` back as new routes (they were
+        blackholes while it was gone). Called a moment after ``relink``: zebra takes a
+        route out of an interface it does not yet take for up as inactive."""
+        plan = self._plan
+        if plan is None or plan.export_table is None:
+            return []
+        lost = [route for route in self._exports.routes() if route.interface == interface]
+        problems = self._routing.reannounce_host_routes(plan.export_table, lost)
+        if lost:
+            log.info(
+                "export table %d: %d host routes out of %s announced again",
+                plan.export_table,
+                len(lost),
+                interface,
+            )
         return problems
 
     def follow_main(self) -> list[str]:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pyroute2 import IPRoute
 
 from iptserver.dataplane.export import HostRoute
+from iptserver.dataplane.links import link_state
 from iptserver.dataplane.netlink import kernel_errors
 from iptserver.dataplane.plan import MARK_MASK, ExitPlan
 from iptserver.errors import DataplaneError
@@ -216,23 +217,44 @@ class Routing:
     def replace_host_routes(self, table: int, routes: Sequence[HostRoute]) -> list[str]:
         """Install (or move to another interface) host routes in ``table``.
 
-        Returns one problem per route whose interface is missing: that route is left
-        out, the others go in."""
+        A route whose interface is missing or down goes in as a blackhole: OSPF still
+        announces it, so the mesh (an office) sends that traffic here, where the exit's
+        kill-switch drops it, rather than out of its own uplink; ``relink`` puts the
+        interface's route back. Returns one problem per such route."""
         problems = []
         indexes: dict[str, int | None] = {}
         for route in routes:
             if route.interface not in indexes:
-                indexes[route.interface] = self.interface_index(route.interface)
+                indexes[route.interface] = link_state(route.interface)
             index = indexes[route.interface]
             if index is None:
                 problems.append(
-                    f"export table {table}: not announcing {route.network}: interface "
-                    f"{route.interface} does not exist"
+                    f"export table {table}: {route.network} announced as a blackhole: "
+                    f"interface {route.interface} is down or missing (the mesh sends its "
+                    "traffic here, where the kill-switch drops it)"
                 )
+                doing = f"export table {table}: cannot add a blackhole for {route.network}"
+                with kernel_errors(doing):
+                    self._ip.route("replace", **_host_route(table, route.network), type="blackhole")
                 continue
             doing = f"export table {table}: cannot route {route.network} via {route.interface}"
             with kernel_errors(doing):
                 self._ip.route("replace", **_host_route(table, route.network), oif=index)
+        return problems
+
+    def reannounce_host_routes(self, table: int, routes: Sequence[HostRoute]) -> list[str]:
+        """Delete host routes from ``table`` and add them again, as new routes: zebra
+        takes an imported route out of an interface it did not yet take for up as
+        inactive, and neither a replace nor a stand-in route at another metric makes it
+        look again (it keys imported routes by prefix). The mesh misses the route for
+        the moment between the two."""
+        problems = []
+        for route in routes:
+            if link_state(route.interface) is None:
+                problems += self.replace_host_routes(table, [route])
+                continue
+            self.delete_host_routes(table, [route])
+            problems += self.replace_host_routes(table, [route])
         return problems
 
     def delete_host_routes(self, table: int, routes: Sequence[HostRoute]) -> None:
@@ -251,10 +273,13 @@ class Routing:
             for message in dump:
                 dst = message.get_attr("RTA_DST")
                 oif = message.get_attr("RTA_OIF")
-                if dst is None or oif is None:
+                if dst is None:
                     continue
-                links = self._ip.get_links(oif)
-                name = links[0].get_attr("IFLA_IFNAME") if links else str(oif)
+                if oif is None:  # a blackhole, while its interface is down or missing
+                    name = ""
+                else:
+                    links = self._ip.get_links(oif)
+                    name = links[0].get_attr("IFLA_IFNAME") if links else str(oif)
                 network = ipaddress.ip_network(f"{dst}/{message['dst_len']}")
                 found.append(HostRoute(network, name))
         return found

@@ -96,6 +96,9 @@ class KernelWorker:
     async def relink(self, interface: str) -> list[str]:
         return await self._call(self.dataplane.relink, interface)
 
+    async def reannounce(self, interface: str) -> list[str]:
+        return await self._call(self.dataplane.reannounce, interface)
+
     async def follow_main(self) -> list[str]:
         return await self._call(self.dataplane.follow_main)
 

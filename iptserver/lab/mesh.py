@@ -169,6 +169,24 @@ class MeshLab(Lab):
             + [f"link set {interface} up"],
         )
 
+    def drop_tunnel_end(self, interface: str) -> None:
+        """The tunnel end is gone, as when its container stops: its interface (and with it
+        its wireguard-go and every route through it)."""
+        node = self.tunnel_ends()[interface]
+        self.ip_batch(node, [f"link del {interface}"])
+        self.wait_for(f"{interface} to disappear", lambda: not self.has_link(node, interface))
+
+    def make_tunnel_end(self, interface: str, config: str) -> None:
+        """A dropped tunnel end made anew (a new interface) from its rendered config."""
+        node = self.tunnel_ends()[interface]
+        env = {**os.environ, "LOG_LEVEL": "verbose"}
+        proc = self.spawn(
+            node, ["wireguard-go", "-f", interface], name=f"{interface}-again", env=env
+        )
+        sock = wg_socket(interface)
+        self.wait_for(f"{sock} (wireguard-go)", sock.exists, [proc])
+        self.apply_wireguard(node, interface, config)
+
     def wait_tunnels(self, timeout: float | None = None) -> None:
         """Until every tunnel end has completed a WireGuard handshake."""
         deadline = time.monotonic() + (self.ready_timeout if timeout is None else timeout)

@@ -49,8 +49,9 @@ def main() -> None:
             now = time.monotonic()
             upcoming = dataplane.expire_exports(now + command["expire"])
             result = None if upcoming is None else upcoming - now
-        elif "relink" in command:
-            result = dataplane.relink(command["relink"])
+        elif "relink" in command:  # and the re-announcement the daemon makes after it
+            interface = command["relink"]
+            result = dataplane.relink(interface) + dataplane.reannounce(interface)
         elif "stop" in command:
             dataplane.stop(keep_state=command["stop"])
             print(json.dumps({"ok": True}), flush=True)

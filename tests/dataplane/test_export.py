@@ -76,7 +76,8 @@ def driver(netns: str) -> Iterator[Callable[[], Driver]]:
 
 
 def routes(netns: str, table: int = TABLE) -> dict[str, str]:
-    """Destination -> interface of every route in ``table`` (both families)."""
+    """Destination -> interface of every route in ``table`` (both families); a blackhole
+    is "blackhole"."""
     found = {}
     for family in ("-4", "-6"):
         argv = ["ip", family, "-n", netns, "route", "show", "table", str(table)]
@@ -86,7 +87,10 @@ def routes(netns: str, table: int = TABLE) -> dict[str, str]:
         for line in done.stdout.splitlines():
             words = line.split()
             assert "proto" in words and words[words.index("proto") + 1] == "157", line
-            found[words[0]] = words[words.index("dev") + 1]
+            if words[0] == "blackhole":
+                found[words[1]] = "blackhole"
+            else:
+                found[words[0]] = words[words.index("dev") + 1]
     return found
 
 
@@ -102,10 +106,17 @@ def test_learned_ips_of_tunnel_exits_become_host_routes(
             ["203.0.113.8", "ru", 30],
             ["2001:db8:ff::8", "ru", 30],
             ["203.0.113.9", "direct", 30],  # the host gateway: no tunnel to announce
-            ["203.0.113.10", "gone", 30],  # its interface is missing: skipped, not fatal
+            # its interface is missing: announced all the same (the mesh sends it here,
+            # where the kill-switch drops it), as a blackhole
+            ["203.0.113.10", "gone", 30],
         ]
     )
-    assert routes(netns) == {"203.0.113.7": "xuk", "203.0.113.8": "xru", "2001:db8:ff::8": "xru"}
+    assert routes(netns) == {
+        "203.0.113.7": "xuk",
+        "203.0.113.8": "xru",
+        "2001:db8:ff::8": "xru",
+        "203.0.113.10": "blackhole",
+    }
     # The table only feeds FRR: no rule looks it up.
     assert str(TABLE) not in sh("ip", "-n", netns, "rule", "show")
 

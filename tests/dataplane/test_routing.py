@@ -214,13 +214,18 @@ def test_host_routes_replace_delete_and_export(netns: str) -> None:
         lambda r: r.replace_host_routes(EXPORT, [*routes, host("203.0.113.9/32", "xgone")]),
     )
     assert problems == [
-        "export table 200: not announcing 203.0.113.9/32: interface xgone does not exist"
+        "export table 200: 203.0.113.9/32 announced as a blackhole: interface xgone is down "
+        "or missing (the mesh sends its traffic here, where the kill-switch drops it)"
     ]
-    assert table(netns, 4, EXPORT) == [f"203.0.113.7 dev xuk proto {EXPORT_PROTO}"]
+    assert table(netns, 4, EXPORT) == [
+        f"203.0.113.7 dev xuk proto {EXPORT_PROTO}",
+        f"blackhole 203.0.113.9 proto {EXPORT_PROTO}",
+    ]
     assert table(netns, 6, EXPORT)[0].startswith(f"2001:db8::7 dev xru proto {EXPORT_PROTO}")
     assert sorted(with_routing(netns, lambda r: r.exported_routes(EXPORT)), key=str) == sorted(
-        routes, key=str
+        [*routes, host("203.0.113.9/32", "")], key=str
     )
+    with_routing(netns, lambda r: r.delete_host_routes(EXPORT, [host("203.0.113.9/32", "")]))
 
     # moved to another tunnel: replaced, not added beside
     with_routing(netns, lambda r: r.replace_host_routes(EXPORT, [host("203.0.113.7/32", "xru")]))

@@ -338,8 +338,56 @@ def test_an_exit_failed_over_to_direct_leaves_direct_though_its_route_was_export
     lab.frr("uk").wait_route("10.88.0.0/24")  # OSPF over uk again, for what comes after
 
 
-def _way(lab: MeshLab, address: str) -> str:
+def _way(lab: MeshLab, address: str, node: str = "client") -> str:
     try:
-        return lab.whoami("client", address, timeout=0.5)
+        return lab.whoami(node, address, timeout=0.5)
     except LabError as e:
         return f"nowhere ({e})"
+
+
+LEAK_COMMENT = "ipts-mesh-leak"
+LEAK_RULE = ["FORWARD", "-o", "uplink", "-d", ROUTED_IP, "-m", "comment", "--comment", LEAK_COMMENT]
+
+
+def _leaked(lab: MeshLab, node: str) -> int:
+    """Packets to ROUTED_IP that left ``node`` by its own uplink (counted by LEAK_RULE)."""
+    listing = lab.run(node, ["iptables", "-w", "-L", "FORWARD", "-v", "-x", "-n"]).stdout
+    return sum(int(line.split()[0]) for line in listing.splitlines() if LEAK_COMMENT in line)
+
+
+def test_the_office_leaves_by_no_uplink_while_the_exits_tunnel_is_gone(
+    mesh: Mesh, lab_mmdb: Path
+) -> None:
+    """The entry's end of uk's tunnel is gone (its container stopped): a name ruled to uk,
+    answered now, is still announced to the office (as a blackhole at the entry), so the
+    office host's first connection goes to the entry and dies at uk's kill-switch: not
+    one packet out of the office's or the entry's uplink. Once the tunnel is back, the
+    same address takes uk."""
+    lab = mesh.lab
+    iface = lab.wg_interface("uk")
+    config = (mesh.rendered / "wireguard" / "entry" / f"{iface}.conf").read_text()
+    running = start_iptserver(lab, mesh.schema, lab_mmdb)
+    nodes = ("office", "entry")
+    try:
+        for node in nodes:
+            lab.run(node, ["iptables", "-w", "-I", *LEAK_RULE])
+        lab.drop_tunnel_end(iface)
+        try:
+            answer = lab.resolve("officehost", ROUTED_NAME, server=ENTRY_DNS)
+            assert [v for _, kind, v, _ in answer if kind == "A"] == [ROUTED_IP]
+            way = _way(lab, ROUTED_IP, "officehost")
+            assert way.startswith("nowhere"), f"{way}: not dropped at the entry"
+            assert {node: _leaked(lab, node) for node in nodes} == dict.fromkeys(nodes, 0)
+            route = lab.run("office", ["ip", "route", "show", ROUTED_IP]).stdout
+            assert "proto ospf" in route, route
+        finally:
+            lab.make_tunnel_end(iface, config)
+        started = time.monotonic()
+        while (way := _way(lab, ROUTED_IP, "officehost")) != "uk":
+            assert time.monotonic() - started < 15, f"{way}, not uk, once the tunnel is back"
+            time.sleep(0.2)
+    finally:
+        code = stop_iptserver(running)
+        for node in nodes:
+            lab.run(node, ["iptables", "-w", "-D", *LEAK_RULE])
+    assert code == 0, running.log
