@@ -177,10 +177,10 @@ class Dataplane:
                 self._sets.destroy(name)
         if self.exits_in_kernel:
             # An exit's rule and its table are dropped apart: a kept exit may have moved to
-            # another table (its rule was replaced above, so leave the rule) or stopped
-            # using one (now the host gateway: flush the table, or it outlives stop()).
+            # another table (its rule was replaced above, so leave the rule; flush the old
+            # table, or it outlives stop()).
             priorities = {e.priority for e in plan.exits}
-            tables = {e.table for e in plan.exits if e.route is Route.INTERFACE}
+            tables = {e.table for e in plan.exits}
             for old in self.exits_in_kernel:
                 self._routing.remove_exit(
                     old,
