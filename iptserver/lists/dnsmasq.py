@@ -61,6 +61,8 @@ def _pattern(domain: str) -> DomainPattern:
         )
     if domain == "#":
         raise ValueError("the domain '#' (every domain) is not supported in a list")
+    if not domain.strip("*."):
+        raise ValueError(f"the domain {domain!r} names no domain")
     if domain.startswith("*."):
         return patterns.below(patterns.domain_name(domain[2:]))
     if domain.startswith("*"):

@@ -100,7 +100,7 @@ def parse_list(
         parsed = parse_v2fly(name, text, include)
     else:
         parsed = parse_singbox(name, text)
-    if bad_line is None:
-        return parsed
+    if bad_line is None or (list_format is ListFormat.SING_BOX and text.startswith("SRS")):
+        return parsed  # a binary rule-set is never UTF-8: its own problem says enough
     problem = ListProblem(name, bad_line, "bytes that are not UTF-8, read as U+FFFD")
     return dataclasses.replace(parsed, problems=(problem, *parsed.problems))

@@ -63,7 +63,7 @@ def parse_singbox(source: str, text: str) -> ParsedList:
     version = document.get("version")
     if version not in VERSIONS or isinstance(version, bool):
         out.problem(
-            lines.find("version"),
+            lines.peek("version"),  # "version" may follow the rules: look, do not move
             f"rule-set version {version!r} is not one this parser knows "
             f"({VERSIONS.start}-{VERSIONS.stop - 1}); reading the keys it knows",
         )
@@ -74,14 +74,18 @@ def parse_singbox(source: str, text: str) -> ParsedList:
 
 def _rule(out: ListBuilder, lines: _StringLines, rule: Any) -> None:
     if not isinstance(rule, dict):
-        out.problem(lines.line, f"a rule must be a JSON object, not {json.dumps(rule)[:40]}")
+        line = lines.peek(rule) if isinstance(rule, str) else lines.line
+        out.problem(line, f"a rule must be a JSON object, not {json.dumps(rule)[:40]}")
+        lines.skip(rule)
         return
     line = lines.peek(next(iter(rule))) if rule else lines.line
     if rule.get("type", "default") != "default":
         out.problem(line, f"{rule.get('type')!r} rules are not supported (default rules only)")
+        lines.skip(rule)
         return
     if rule.get("invert", False) is not False:
         out.problem(line, "inverted rules ('invert': true) are not supported; rule skipped")
+        lines.skip(rule)
         return
     known = {*_DOMAIN_KEYS, "ip_cidr", "type", "invert", *_OR_KEYS_REFUSED}
     unknown = [key for key in rule if key not in known]
@@ -91,6 +95,7 @@ def _rule(out: ListBuilder, lines: _StringLines, rule: Any) -> None:
             f"rule keys {', '.join(unknown)} are not supported; the rule is skipped, "
             "since its domains and networks apply only together with them",
         )
+        lines.skip(rule)
         return
     for key, value in rule.items():
         key_line = lines.find(key)
@@ -98,12 +103,15 @@ def _rule(out: ListBuilder, lines: _StringLines, rule: Any) -> None:
             out.problem(key_line, f"rule key {key} is not supported; the rule's other keys are")
         elif key in _DOMAIN_KEYS or key == "ip_cidr":
             _values(out, lines, key, value)
+        else:
+            lines.skip(value)
 
 
 def _values(out: ListBuilder, lines: _StringLines, key: str, value: Any) -> None:
     for item in value if isinstance(value, list) else [value]:
         if not isinstance(item, str):
             out.problem(lines.line, f"{key}: {json.dumps(item)[:40]} is not a string")
+            lines.skip(item)
             continue
         line = lines.find(item)
         try:
@@ -134,6 +142,19 @@ class _StringLines:
         found = self.find(value)
         self._at, self.line = at, line
         return found
+
+    def skip(self, value: Any) -> None:
+        """Move past every string of a JSON value that is not read (a skipped rule), so
+        that the entries after it are not found inside it."""
+        if isinstance(value, str):
+            self.find(value)
+        elif isinstance(value, list):
+            for item in value:
+                self.skip(item)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                self.find(key)
+                self.skip(item)
 
     def find(self, value: str) -> int:
         """The line of the next occurrence of ``value`` as a JSON string (or the last

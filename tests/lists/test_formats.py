@@ -1,238 +1,40 @@
-"""Each list format, parsed from a sample shaped like the lists people publish: what
-entries come out, that they match the names they should (through the policy core's
-own matcher), and that malformed lines are reported on their line, never fatal."""
+"""The one entry point: ``format: auto`` told from the name and the text, bytes that are
+not UTF-8, and that no input makes a parser raise."""
 
 from __future__ import annotations
 
-import ipaddress
-import json
-from pathlib import Path
+import random
 
 import pytest
 
-from iptserver.lists import ListFormat, ParsedList, detect_format, parse_list
-from iptserver.policy.domains import DomainMatcher
+from iptserver.lists import ListFormat, ListProblem, Origin, detect_format, parse_list
+from iptserver.lists.formats import SNIFF_LINES
 
-
-def matches(parsed: ParsedList, name: str) -> bool:
-    return bool(DomainMatcher((0, p) for p in parsed.domains).match(name))
-
-
-def problems(parsed: ParsedList) -> list[tuple[int, str]]:
-    return [(p.line, p.message) for p in parsed.problems]
-
-
-def texts(parsed: ParsedList) -> list[str]:
-    return [p.text for p in parsed.domains]
-
-
-# -- plain domains and hosts files ------------------------------------------------------
-
-HOSTS = """\
-# Title: a blocklist in hosts format
-127.0.0.1 localhost
-::1 ip6-localhost ip6-loopback
-0.0.0.0 ads.example.com tracker.example.net
-0.0.0.0 bad_host!.example.org
-! an Adblock-style comment
-||doubleclick.example^
-*.cdn.example.io
-.suffix.example   # trailing comment
-example.org
-example.org
-203.0.113.0/24
-neither this nor that
-"""
-
-
-def test_domains_list_with_hosts_lines_adblock_rules_and_comments() -> None:
-    parsed = parse_list("hosts.txt", HOSTS, ListFormat.DOMAINS)
-    assert texts(parsed) == [
-        "=ads.example.com",
-        "=tracker.example.net",
-        "doubleclick.example",
-        "*.cdn.example.io",
-        "suffix.example",
-        "example.org",
-    ], "localhost boilerplate skipped, the duplicate kept once"
-    assert list(parsed.domain_lines) == [4, 4, 7, 8, 9, 10]
-    assert [str(n) for n in parsed.networks] == ["203.0.113.0/24"]
-    assert list(parsed.network_lines) == [12]
-    lines = problems(parsed)
-    assert [line for line, _ in lines] == [5, 13]
-    assert "bad_host!.example.org" in lines[0][1]
-    assert "expected one domain a line" in lines[1][1]
-    # what a hosts entry means (that name only) and what a bare name means (its subtree)
-    assert matches(parsed, "ads.example.com") and not matches(parsed, "x.ads.example.com")
-    assert matches(parsed, "www.example.org") and matches(parsed, "example.org")
-    assert matches(parsed, "a.cdn.example.io") and not matches(parsed, "cdn.example.io")
-
-
-def test_cidr_list_of_both_families_with_comments_and_bad_lines() -> None:
-    text = (
-        "# antifilter-style list\n10.0.0.0/8\n198.51.100.7\n2001:db8::/32\n"
-        "203.0.113.1/24\n300.1.1.1/8\n192.0.2.0/24 extra\n"
-    )
-    parsed = parse_list("ips.lst", text, ListFormat.CIDRS)
-    assert [str(n) for n in parsed.networks] == ["10.0.0.0/8", "198.51.100.7/32", "2001:db8::/32"]
-    assert [line for line, _ in problems(parsed)] == [5, 6, 7]
-    assert "host bits set; did you mean 203.0.113.0/24?" in problems(parsed)[0][1]
-
-
-# -- dnsmasq --------------------------------------------------------------------------
-
-DNSMASQ = """\
-# dnsmasq-china-list style
-server=/baidu.com/114.114.114.114
-server=/.qq.com/114.114.114.114
-ipset=/youtube.com/googlevideo.com/vpn4,vpn6
-nftset=/instagram.com/4#inet#fw4#vpn_domains
-address=/ads.example/0.0.0.0
-local=/lan.example/
-server=/*.wild.example/1.1.1.1
-server=/*google.com/8.8.8.8
-server=/bad..name/1.1.1.1
-server=//1.1.1.1
-server=/#/1.1.1.1
-conf-file=/etc/dnsmasq.d/other.conf
-server=1.1.1.1
-"""
-
-
-def test_dnsmasq_lines_name_their_domains_whatever_the_value() -> None:
-    parsed = parse_list("china.conf", DNSMASQ, ListFormat.DNSMASQ)
-    assert texts(parsed) == [
-        "baidu.com",
-        "qq.com",
-        "youtube.com",
-        "googlevideo.com",
-        "instagram.com",
-        "ads.example",
-        "lan.example",
-        "*.wild.example",
-        "~.*google\\.com$",
-    ]
-    assert [line for line, _ in problems(parsed)] == [10, 11, 12, 13, 14]
-    assert "conf-file" in problems(parsed)[3][1]
-    assert matches(parsed, "r3---sn.googlevideo.com")
-    assert matches(parsed, "supergoogle.com"), "dnsmasq's *google.com is a string suffix"
-    assert not matches(parsed, "wild.example") and matches(parsed, "a.wild.example")
-
-
-# -- v2fly domain-list-community -------------------------------------------------------
-
-
-def test_v2fly_rule_types_attributes_and_includes(tmp_path: Path) -> None:
-    (tmp_path / "google-ads").write_text("domain:doubleclick.net @ads\nfull:ads.google.com @ads\n")
-    (tmp_path / "google-cn").write_text("domain:google.cn @cn\n")
-    (tmp_path / "loop").write_text("include:google\n")
-    google = """\
-# This file is part of domain-list-community
-include:google-ads @ads
-include:google-cn @-cn
-include:missing
-include:loop
-domain:google.com
-full:www.google.com
-keyword:googleapis
-regexp:^gvt[0-9]\\.com$
-regexp:(^|\\.)ggpht\\.com$
-youtube.com @!cn
-unknown:thing
-keyword:bad word!
-"""
-    (tmp_path / "google").write_text(google)
-
-    def include(name: str) -> bytes:
-        return (tmp_path / name).read_bytes()
-
-    parsed = parse_list(str(tmp_path / "google"), google, ListFormat.V2FLY, include=include)
-    assert texts(parsed) == [
-        "doubleclick.net",
-        "=ads.google.com",
-        "google.com",
-        "=www.google.com",
-        "~.*googleapis",
-        "~^gvt[0-9]\\.com$",
-        "~.*(?:(^|\\.)ggpht\\.com$)",
-        "youtube.com",
-    ], "google-cn is left out by @-cn"
-    assert parsed.domain_sources[:2] == ("google-ads", "google-ads")
-    found = [(Path(p.source).name, p.line, p.message) for p in parsed.problems]
-    assert [where[:2] for where in found] == [
-        ("google", 4),
-        ("loop", 1),  # where the loop closes: google -> loop -> google
-        ("google", 12),
-        ("google", 13),
-    ]
-    assert "include:missing cannot be read" in found[0][2]
-    assert "include loop: google -> loop -> google" in found[1][2]
-    assert "unknown rule type 'unknown'" in found[2][2]
-    assert matches(parsed, "storage.googleapis.com")
-    assert matches(parsed, "gvt1.com") and not matches(parsed, "xgvt1.com")
-    assert matches(parsed, "lh3.ggpht.com")
-    assert matches(parsed, "www.google.com") and not matches(parsed, "www.google.cn")
-
-
-# -- sing-box source rule-sets ---------------------------------------------------------
-
-
-def test_singbox_rule_set_keys_and_unsupported_rules() -> None:
-    document = {
-        "version": 2,
-        "rules": [
-            {
-                "domain": ["exact.example"],
-                "domain_suffix": ["suffix.example", ".below.example"],
-                "domain_keyword": "telegram",
-                "domain_regex": "^t\\.me$",
-            },
-            {"ip_cidr": ["91.108.4.0/22", "2001:67c:4e8::/48", "91.108.8.1/22"]},
-            {"domain": "ports.example", "port": [443]},
-            {"type": "logical", "mode": "and", "rules": []},
-            "not an object",
-        ],
-    }
-    text = json.dumps(document, indent=2)
-    parsed = parse_list("telegram.json", text)
-    assert parsed.format is ListFormat.SING_BOX
-    assert texts(parsed) == [
-        "=exact.example",
-        "suffix.example",
-        "*.below.example",
-        "~.*telegram",
-        "~^t\\.me$",
-    ]
-    assert [str(n) for n in parsed.networks] == ["91.108.4.0/22", "2001:67c:4e8::/48"]
-    # each entry's line, found in the text
-    assert parsed.domain_lines[0] == text.splitlines().index('        "exact.example"') + 1
-    messages = [message for _, message in problems(parsed)]
-    assert any("host bits" in m for m in messages)
-    assert any("port" in m and "skipped" in m for m in messages)
-    assert any("'logical' rules are not supported" in m for m in messages)
-    assert matches(parsed, "web.telegram.org") and matches(parsed, "t.me")
-    assert not matches(parsed, "below.example") and matches(parsed, "a.below.example")
-    assert not matches(parsed, "ports.example"), "a rule with port applies only with it"
-
-
-def test_singbox_binary_and_broken_json_are_reported_not_raised() -> None:
-    assert "binary rule-set" in problems(parse_list("x.srs", b"SRS\x01\x02"))[0][1]
-    broken = parse_list("x.json", '{\n  "version": 1,\n  "rules": [\n    {"domain": }\n]}')
-    assert broken.domains == () and problems(broken)[0][0] == 4
-
-
-# -- detection and bytes ---------------------------------------------------------------
+HOSTS_HEAD = "# hosts\n127.0.0.1 localhost\n::1 localhost\n0.0.0.0 ads.example\n"
 
 
 @pytest.mark.parametrize(
     ("name", "text", "expected"),
     [
-        ("list.json", "", ListFormat.SING_BOX),
-        ("https://x/y?z", '{"version": 1, "rules": []}', ListFormat.SING_BOX),
-        ("a.conf", "server=/a.com/1.1.1.1\nipset=/b.com/x\n", ListFormat.DNSMASQ),
-        ("geosite", "domain:a.com\nfull:b.com\n", ListFormat.V2FLY),
-        ("ips", "# c\n10.0.0.0/8\n2001:db8::1\n", ListFormat.CIDRS),
+        # by the name's extension, whatever the text
+        ("rules/telegram.json", "a.example\n", ListFormat.SING_BOX),
+        ("geosite-cn.SRS", "", ListFormat.SING_BOX),
+        ("https://x.example/r.json?raw=1#top", "a.example\n", ListFormat.SING_BOX),
+        # by the text
+        ("https://x.example/rules", '  \n{"version": 1, "rules": []}', ListFormat.SING_BOX),
+        ("compiled", "SRS\x01binary", ListFormat.SING_BOX),
+        ("china.conf", "# c\nserver=/a.com/1.1.1.1\nipset=/b.com/x\n", ListFormat.DNSMASQ),
+        ("half", "nftset=/a.com/4#inet#fw4#vpn\nb.com\n", ListFormat.DNSMASQ),
+        ("geosite/google", "google.com\nfull:www.google.com\n", ListFormat.V2FLY),
+        ("geosite/cn", "baidu.com @cn\nqq.com\n", ListFormat.V2FLY),
+        ("geosite/all", "include:google\n", ListFormat.V2FLY),
+        ("ipsum", "# c\n10.0.0.0/8\n198.51.100.7  # one\n2001:db8::/32\n", ListFormat.CIDRS),
         ("names", "a.com\nb.org\n", ListFormat.DOMAINS),
+        ("mixed", "a.com\n10.0.0.0/8\n", ListFormat.DOMAINS),
+        ("hosts", HOSTS_HEAD, ListFormat.DOMAINS),
+        ("third", "server=/a.com/1.1.1.1\nb.com\nc.com\n", ListFormat.DOMAINS),
+        ("empty", "", ListFormat.DOMAINS),
+        ("comments", "# only\n! comments\n", ListFormat.DOMAINS),
     ],
 )
 def test_format_auto_is_told_from_the_name_and_the_text(
@@ -241,14 +43,149 @@ def test_format_auto_is_told_from_the_name_and_the_text(
     assert detect_format(name, text) is expected
 
 
+def test_detection_reads_only_the_first_lines() -> None:
+    """A list is not read whole to guess its format: a v2fly rule after the first
+    SNIFF_LINES names does not make it a v2fly file (it still parses as a domain line's
+    problem, not silently)."""
+    names = [f"n{i}.example\n" for i in range(SNIFF_LINES)]
+    late = "full:late.example\n"
+    assert detect_format("big", "".join(names) + late) is ListFormat.DOMAINS
+    assert detect_format("big", "".join(names[:-1]) + late) is ListFormat.V2FLY
+    parsed = parse_list("big", "".join(names) + late)
+    assert [
+        (p.line, "'full:late.example' is not a domain name" in p.message) for p in parsed.problems
+    ] == [(SNIFF_LINES + 1, True)]
+
+
+def test_parse_list_uses_the_detected_format() -> None:
+    parsed = parse_list("china.conf", "server=/baidu.com/114.114.114.114\n")
+    assert parsed.format is ListFormat.DNSMASQ
+    assert [p.text for p in parsed.domains] == ["baidu.com"]
+    assert parsed.source == "china.conf"
+
+
+def test_an_explicit_format_is_not_second_guessed() -> None:
+    parsed = parse_list("list.json", "a.example\n10.0.0.0/8\n", ListFormat.DOMAINS)
+    assert parsed.format is ListFormat.DOMAINS
+    assert [p.text for p in parsed.domains] == ["a.example"]
+    cidrs = parse_list("names", "a.example\n10.0.0.0/8\n", ListFormat.CIDRS)
+    assert [str(n) for n in cidrs.networks] == ["10.0.0.0/8"]
+    assert [p.line for p in cidrs.problems] == [1]
+
+
+def test_include_is_used_by_v2fly_lists_only() -> None:
+    asked: list[str] = []
+
+    def include(name: str) -> str:
+        asked.append(name)
+        return "included.example\n"
+
+    v2fly = parse_list("geosite/x", "include:other\nown.example\n", include=include)
+    assert [p.text for p in v2fly.domains] == ["included.example", "own.example"]
+    plain = parse_list("x", "include:other\n", ListFormat.DOMAINS, include=include)
+    assert plain.domains == () and len(plain.problems) == 1
+    assert asked == ["other"]
+
+
+# -- bytes -------------------------------------------------------------------------------
+
+
 def test_bytes_that_are_not_utf8_cost_their_line_only() -> None:
-    parsed = parse_list("x.txt", b"good.example\nbad\xff.example\nalso.example\n")
-    assert texts(parsed) == ["good.example", "also.example"]
-    assert {line for line, _ in problems(parsed)} == {2}
+    data = b"good.example\n" + "пример.com\n".encode() + b"bad\xff.example\nok.org\n"
+    parsed = parse_list("x.txt", data)
+    assert [p.text for p in parsed.domains] == ["good.example", "xn--e1afmkfd.com", "ok.org"]
+    assert [p.line for p in parsed.problems] == [3, 3]
+    assert parsed.problems[0].message == "bytes that are not UTF-8, read as U+FFFD"
+    assert "'bad\ufffd.example' is not a valid domain name" in parsed.problems[1].message
 
 
-def test_a_long_network_list_keeps_its_order_and_lines() -> None:
-    nets = [ipaddress.ip_network((0x0B000000 + (i << 8), 24)) for i in range(20_000)]
-    parsed = parse_list("big.txt", "\n".join(map(str, nets)), ListFormat.CIDRS)
-    assert list(parsed.networks) == nets
-    assert parsed.network_lines[-1] == 20_000
+def test_the_line_of_the_first_bad_byte_is_reported_once_per_list() -> None:
+    parsed = parse_list("x.conf", b"server=/a.com/1\nserver=/b\xfe.com/1\nserver=/\xff/1\n")
+    assert parsed.format is ListFormat.DNSMASQ
+    assert [p.text for p in parsed.domains] == ["a.com"]
+    assert [(p.line, p.message.startswith("bytes")) for p in parsed.problems] == [
+        (2, True),
+        (2, False),
+        (3, False),
+    ]
+
+
+@pytest.mark.parametrize("data", [b"\xef\xbb\xbfa.example\n", "\ufeffa.example\n"])
+def test_a_byte_order_mark_is_no_part_of_the_first_line(data: str | bytes) -> None:
+    parsed = parse_list("bom.txt", data)
+    assert [p.text for p in parsed.domains] == ["a.example"]
+    assert parsed.problems == ()
+
+
+def test_a_bom_does_not_hide_a_json_rule_set() -> None:
+    parsed = parse_list("rules", b'\xef\xbb\xbf{"version": 1, "rules": [{"domain": "a.example"}]}')
+    assert parsed.format is ListFormat.SING_BOX
+    assert [p.text for p in parsed.domains] == ["=a.example"]
+
+
+# -- what a caller gets ----------------------------------------------------------------
+
+
+def test_problems_and_origins_cite_the_list_by_its_name() -> None:
+    parsed = parse_list("https://lists.example/ru.txt", "a.example\n\nbad!\nb.example\n")
+    (problem,) = parsed.problems
+    assert str(problem) == "https://lists.example/ru.txt:3: " + problem.message
+    as_problem = problem.as_problem()
+    assert (as_problem.file, as_problem.line) == ("https://lists.example/ru.txt", 3)
+    assert parsed.domain_origin(1) == Origin("https://lists.example/ru.txt", 4)
+    assert str(parsed.domain_origin(0)) == "https://lists.example/ru.txt:1"
+
+
+def test_duplicates_keep_their_first_line_in_every_format() -> None:
+    cases = {
+        ListFormat.DOMAINS: "a.example\nb.example\nA.example.\n",
+        ListFormat.DNSMASQ: "server=/a.example/1\nserver=/b.example/1\nipset=/a.example/s\n",
+        ListFormat.V2FLY: "domain:a.example\nb.example @cn\na.example @ads\n",
+    }
+    for list_format, text in cases.items():
+        parsed = parse_list("dups", text, list_format)
+        assert [p.text for p in parsed.domains] == ["a.example", "b.example"], list_format
+        assert list(parsed.domain_lines) == [1, 2], list_format
+    cidrs = parse_list("dups", "10.0.0.0/8\n::/0\n10.0.0.0/8\n::/0\n0.0.0.0/0\n", ListFormat.CIDRS)
+    assert [str(n) for n in cidrs.networks] == ["10.0.0.0/8", "::/0", "0.0.0.0/0"]
+    assert list(cidrs.network_lines) == [1, 2, 5]
+
+
+GARBAGE_PIECES = [
+    b"server=/",
+    b"/",
+    b"include:",
+    b"@",
+    b"{",
+    b'"rules"',
+    b"[",
+    b":",
+    b"#",
+    b"\n",
+    b"\r\n",
+    b"\xff",
+    b"\x00",
+    b"a.example",
+    b"10.0.0.0/8",
+    b"::",
+    b" ",
+    b"regexp:(",
+    b"*.",
+    b"||",
+    b"^",
+    b"SRS",
+]
+
+
+@pytest.mark.parametrize("list_format", [f for f in ListFormat if f is not ListFormat.AUTO])
+def test_no_input_makes_a_parser_raise(list_format: ListFormat) -> None:
+    """A list is someone else's file: whatever it holds comes back as problems."""
+
+    def include(name: str) -> bytes:
+        return b"include:" + name.encode() + b"\n@\xff:"  # a loop, and garbage
+
+    rng = random.Random(list_format.value)
+    for _ in range(300):
+        data = b"".join(rng.choices(GARBAGE_PIECES, k=rng.randrange(1, 30)))
+        parsed = parse_list("garbage", data, list_format, include=include)
+        assert all(isinstance(p, ListProblem) and p.line >= 1 for p in parsed.problems)
