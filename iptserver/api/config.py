@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from iptserver.api.plugin import PluginEndpoint
-from iptserver.dataplane.ipset import Entry
+from iptserver.dataplane.listing import Learned
 from iptserver.dataplane.plan import ExitPlan
 from iptserver.dns.counters import DnsCounters
 from iptserver.geoip import GeoIPDatabase
@@ -18,6 +18,7 @@ from iptserver.health.state import ExitState
 from iptserver.learning import Learner
 from iptserver.lists.status import ListStatus
 from iptserver.schema.model import Route
+from iptserver.schema.values import IPAddress
 
 
 @dataclass
@@ -31,8 +32,11 @@ class ApiConfig:
     geo: GeoIPDatabase | None = None
     token: str | None = None  # POST endpoints need "Authorization: Bearer TOKEN" if set
     monitor: Monitor | None = None  # exit health (None: every exit is up)
-    # The DNS-learned entries the kernel holds now, with their weight (None: no kernel).
-    installed: Callable[[], Awaitable[list[tuple[int, Entry]]]] | None = None
+    # The DNS-learned entries the kernel holds now, in batches (None: no kernel): those
+    # covering an address (None: all), of some exits' marks (None: all).
+    installed: (
+        Callable[[IPAddress | None, Collection[int] | None], AsyncIterator[list[Learned]]] | None
+    ) = None
     # Each kernel set's entry count, read at scrape time (None: no kernel).
     set_sizes: Callable[[], Awaitable[dict[str, int]]] | None = None
     # The recursor plugin's datagram endpoint, once it listens (for its counters).

@@ -7,7 +7,10 @@ sends in a query string is checked before it reaches anything.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +18,7 @@ from aiohttp import web
 from iptserver.api.answers import BadRequest, check_address
 from iptserver.api.config import CONFIG, ApiConfig
 from iptserver.api.http import authorize, error
+from iptserver.dataplane.listing import Learned
 from iptserver.errors import DataplaneError, GeoIPError
 from iptserver.policy.explain import explain, parse_query
 from iptserver.schema.values import IPAddress
@@ -52,11 +56,13 @@ async def exits(request: web.Request) -> web.Response:
 ROUTE_KINDS = ("learned", "net", "country")
 
 
-async def routes(request: web.Request) -> web.Response:
+async def routes(request: web.Request) -> web.StreamResponse:
     """What is routed now: the DNS-learned entries the kernel holds (with the seconds
     left), then each rule's nets and countries. ``?exit=NAME`` (repeatable), ``?kind=``
     learned|net|country and ``?ip=ADDR`` (the routes that cover it) narrow the list.
-    Needs the token when one is set: the learned entries carry the names clients asked."""
+    Needs the token when one is set: the learned entries carry the names clients asked.
+
+    Streamed: a full learned set is a million entries, read a batch at a time."""
     authorize(request)
     config = request.app[CONFIG]
     wanted = set(request.query.getall("exit", []))
@@ -65,43 +71,88 @@ async def routes(request: web.Request) -> web.Response:
         raise BadRequest(f"kind must be one of {', '.join(ROUTE_KINDS)}, not {sorted(unknown)}")
     ip = check_address(request.query["ip"], "ip") if "ip" in request.query else None
     state = config.learner.state
-    rules = state.policy.schema.rules
-    result: list[dict[str, Any]] = []
+    exit_of = {e.mark: e.name for e in state.plan.exits}
+    batches: AsyncIterator[list[Learned]] | None = None
+    first: list[Learned] = []
     if "learned" in kinds and config.installed is not None:
+        marks = {e.mark for e in state.plan.exits if e.name in wanted} if wanted else None
+        batches = config.installed(ip, marks)
         try:
-            installed = await config.installed()
+            first = await anext(batches, [])
         except DataplaneError as e:
             return error(503, f"cannot read the kernel's sets: {e}")
-        exit_of = {e.mark: e.name for e in state.plan.exits}
-        known = config.learner.learned_by()
-        installed.sort(key=lambda item: (-item[0], item[1].network.version, item[1].network))
-        for weight, entry in installed:
-            if ip is not None and ip not in entry.network:
-                continue
-            names, learned_by = known.get(entry.network.network_address, ((), None))
-            result.append(
+    out = _JsonArray(await _stream_json(request))
+    learner = config.learner
+    while first:
+        for weight, set_name, entry in first:
+            address = entry.network.network_address
+            names, by_rule = learner.learned_by(set_name, address) or ((), None)
+            await out.add(
                 {
                     "kind": "learned",
                     "net": str(entry.network),
                     "exit": exit_of.get(entry.mark) if entry.mark is not None else None,
                     "weight": weight,
                     "expires_in": entry.timeout,
-                    "rule": learned_by,
+                    "rule": by_rule,
                     "names": list(names),
                 }
             )
+        assert batches is not None
+        first = await anext(batches, [])  # an error now ends the response short
     country = _country(config, ip) if ip is not None else None
-    for index, rule in enumerate(rules):
+    for index, rule in enumerate(state.policy.schema.rules):
+        if wanted and rule.exit not in wanted:
+            continue
         base = {"exit": rule.exit, "weight": rule.weight, "rule": index}
         if "net" in kinds:
             for net in rule.nets:
                 if ip is None or ip in net:
-                    result.append({"kind": "net", "net": str(net), **base})
+                    await out.add({"kind": "net", "net": str(net), **base})
         if "country" in kinds:
             for code in rule.countries:
                 if ip is None or code == country:
-                    result.append({"kind": "country", "country": code, **base})
-    return web.json_response([r for r in result if not wanted or r["exit"] in wanted])
+                    await out.add({"kind": "country", "country": code, **base})
+    return await out.close()
+
+
+async def _stream_json(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    await response.prepare(request)
+    return response
+
+
+class _JsonArray:
+    """A JSON array written in chunks, letting the event loop run between them (the
+    answers the proxy holds must not wait behind a million routes)."""
+
+    CHUNK = 500
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self._response = response
+        self._pending: list[str] = []
+        self._opened = False
+
+    async def add(self, item: dict[str, Any]) -> None:
+        self._pending.append(json.dumps(item))
+        if len(self._pending) >= self.CHUNK:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._pending:
+            await self._response.write(
+                (b"," if self._opened else b"[") + ",".join(self._pending).encode()
+            )
+            self._opened = True
+            self._pending = []
+        await asyncio.sleep(0)
+
+    async def close(self) -> web.StreamResponse:
+        await self._flush()
+        await self._response.write(b"]" if self._opened else b"[]")
+        await self._response.write_eof()
+        return self._response
 
 
 def _country(config: ApiConfig, ip: IPAddress) -> str | None:

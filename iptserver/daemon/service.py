@@ -238,7 +238,7 @@ class Daemon:
             monitor=running.monitor,
             geo=self._geo,
             token=read_token(self.options.api_token_file),
-            installed=running.kernel.learned_now,
+            installed=running.kernel.learned_batches,
             set_sizes=running.kernel.set_sizes,
             link_up=lambda interface: link_state(interface) is not None,
             rate_limited=lambda: running.proxy.clients.limited,

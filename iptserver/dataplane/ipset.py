@@ -1,9 +1,11 @@
 """ipsets over netlink.
 
-Sets are created, listed, swapped and destroyed with pyroute2. Entries are added in
-batches: one netlink message carries up to ``BATCH`` entries (``IPSET_ATTR_ADT``, as the
-``ipset restore`` tool does), encoded here with ``struct`` because pyroute2's generic
-attribute encoder costs about 150 µs per entry, which is minutes for a whole country.
+Sets are created, swapped and destroyed with pyroute2. Entries are added in batches:
+one netlink message carries up to ``BATCH`` entries (``IPSET_ATTR_ADT``, as the ``ipset
+restore`` tool does), encoded here with ``struct`` because pyroute2's generic attribute
+encoder costs about 150 µs per entry, which is minutes for a whole country. Entries are
+listed the same way (pyroute2's decoder takes about 100 µs per entry, 100 s for a full
+learned set; this reader about 2 µs).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pyroute2 import IPSet
@@ -28,11 +30,15 @@ MAX_ELEMENTS = 1 << 20
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_IPSET = 6
+IPSET_CMD_LIST = 7
 IPSET_CMD_ADD = 9
 IPSET_CMD_DEL = 10
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
 NLMSG_ERROR = 0x2
+NLMSG_DONE = 0x3
+NLA_TYPE_MASK = 0x3FFF
 NLA_F_NESTED = 0x8000
 NLA_F_NET_BYTEORDER = 0x4000
 ATTR_PROTOCOL, ATTR_SETNAME, ATTR_DATA, ATTR_ADT, ATTR_LINENO = 1, 2, 7, 8, 9
@@ -47,6 +53,10 @@ IPSET_ERRORS = {
     4107: "timeout given to a set created without timeouts",
     4114: "skbmark given to a set created without skbinfo",
 }
+
+
+# An entry as listed: packed address, prefix length, mark or None, timeout or None.
+RawEntry = tuple[bytes, int, int | None, int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,29 +158,48 @@ class IPSets:
 
     def entries(self, name: str) -> list[Entry]:
         """The set's entries as the kernel holds them (for adoption and status)."""
+        return [
+            Entry(_network(address, cidr), mark, timeout)
+            for address, cidr, mark, timeout in self.scan(name)
+        ]
+
+    def scan(self, name: str) -> Iterator[RawEntry]:
+        """The set's entries as they come from the kernel, one dump message at a time:
+        (packed address, prefix length, mark or None, timeout or None)."""
+        self._seq += 1
+        seq = self._seq
+        attrs = _attr(ATTR_PROTOCOL, bytes([IPSET_PROTOCOL])) + _attr(
+            ATTR_SETNAME, name.encode() + b"\0"
+        )
+        payload = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0) + attrs
+        header = struct.pack(
+            "=IHHII",
+            16 + len(payload),
+            (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            0,
+        )
         with kernel_errors(f"cannot list ipset {name}"):
-            messages = list(self._ipset.list(name=name))
-        found = []
-        for message in messages:
-            adt = message.get_attr("IPSET_ATTR_ADT")
-            if adt is None:
-                continue
-            for data in adt.get_attrs("IPSET_ATTR_DATA"):
-                # pyroute2 names attribute 1 IPSET_ATTR_IP_FROM when it decodes.
-                ip = data.get_attr("IPSET_ATTR_IP_FROM") or data.get_attr("IPSET_ATTR_IP")
-                address = ipaddress.ip_address(
-                    ip.get_attr("IPSET_ATTR_IPADDR_IPV4") or ip.get_attr("IPSET_ATTR_IPADDR_IPV6")
-                )
-                cidr = data.get_attr("IPSET_ATTR_CIDR") or address.max_prefixlen
-                skbmark = data.get_attr("IPSET_ATTR_SKBMARK")
-                found.append(
-                    Entry(
-                        ipaddress.ip_network((address, cidr)),
-                        mark=skbmark[0] if skbmark is not None else None,
-                        timeout=data.get_attr("IPSET_ATTR_TIMEOUT"),
-                    )
-                )
-        return found
+            self._raw.send(header + payload)
+        while True:
+            with kernel_errors(f"cannot list ipset {name}"):
+                data = self._raw.recv(1 << 20)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind, _, message_seq = struct.unpack_from("=IHHI", data, offset)
+                if length < 16:
+                    raise DataplaneError(f"cannot list ipset {name}: malformed netlink reply")
+                if message_seq == seq:
+                    if kind == NLMSG_DONE:
+                        return
+                    if kind == NLMSG_ERROR:
+                        (code,) = struct.unpack_from("=i", data, offset + 16)
+                        if code:
+                            raise DataplaneError(f"cannot list ipset {name}: {os.strerror(-code)}")
+                    else:
+                        yield from _adt_entries(data, offset + 20, offset + length)
+                offset += (length + 3) & ~3
 
     def add(self, name: str, entries: Sequence[Entry], mark_mask: int = 0xFFFFFFFF) -> None:
         """Add (or refresh: new timeout and mark) entries, ``BATCH`` per netlink message."""
@@ -230,3 +259,40 @@ class IPSets:
 
 def entries_of(networks: Iterable[tuple[IPNetwork, int]], timeout: int | None) -> list[Entry]:
     return [Entry(net, mark, timeout) for net, mark in networks]
+
+
+def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(type without flags, payload start, payload end) of each attribute in a range."""
+    while start + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, start)
+        if length < 4:
+            return
+        yield kind & NLA_TYPE_MASK, start + 4, start + length
+        start += (length + 3) & ~3
+
+
+def _adt_entries(data: bytes, start: int, end: int) -> Iterator[RawEntry]:
+    """The entries in one list message's attributes (after its nfgenmsg)."""
+    for kind, adt_start, adt_end in _attrs(data, start, end):
+        if kind != ATTR_ADT:
+            continue
+        for _, entry_start, entry_end in _attrs(data, adt_start, adt_end):
+            address = b""
+            cidr = 0
+            mark = timeout = None
+            for field, begin, finish in _attrs(data, entry_start, entry_end):
+                if field == ATTR_IP:
+                    address = data[begin + 4 : finish]
+                elif field == ATTR_CIDR:
+                    cidr = data[begin]
+                elif field == ATTR_TIMEOUT:
+                    (timeout,) = struct.unpack_from(">I", data, begin)
+                elif field == ATTR_SKBMARK:
+                    (mark,) = struct.unpack_from(">I", data, begin)
+            yield address, cidr or len(address) * 8, mark, timeout
+
+
+def _network(address: bytes, cidr: int) -> IPNetwork:
+    if len(address) == 4:
+        return ipaddress.IPv4Network((int.from_bytes(address, "big"), cidr))
+    return ipaddress.IPv6Network((int.from_bytes(address, "big"), cidr))

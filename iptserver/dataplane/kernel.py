@@ -40,27 +40,6 @@ log = logging.getLogger(__name__)
 PREFIX = "ipts-"
 
 
-def learned_entries(sets: IPSets, plan: KernelPlan) -> list[tuple[int, Entry]]:
-    """The DNS-learned entries the kernel holds, with their weight class: what is routed
-    now and for how long (``Entry.timeout``: seconds left)."""
-    return [
-        (weight_class.weight, entry)
-        for weight_class in plan.all_classes
-        for set_plan in weight_class.learned
-        for entry in sets.entries(set_plan.name)
-    ]
-
-
-def read_learned(plan: KernelPlan) -> list[tuple[int, Entry]]:
-    """``learned_entries`` on a netlink socket of its own: listing 100,000 entries takes
-    seconds, and the kernel thread's socket must stay free for answers' writes."""
-    sets = IPSets()
-    try:
-        return learned_entries(sets, plan)
-    finally:
-        sets.close()
-
-
 class Dataplane:
     def __init__(self, dns_port: int | None = None, state_file: Path | None = None) -> None:
         self.dns_port = dns_port
@@ -88,10 +67,6 @@ class Dataplane:
     def exits_in_kernel(self) -> tuple[ExitPlan, ...]:
         """The exits whose marks, rules and tables the kernel holds now."""
         return self._plan.exits if self._plan is not None else self._previous_exits
-
-    def learned_now(self) -> list[tuple[int, Entry]]:
-        """See ``learned_entries``, on this dataplane's socket."""
-        return learned_entries(self._sets, self._plan) if self._plan is not None else []
 
     def set_sizes(self) -> dict[str, int]:
         """Each set of the plan: how many entries the kernel holds in it."""

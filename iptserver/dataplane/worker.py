@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from iptserver.dataplane.ipset import Entry
-from iptserver.dataplane.kernel import Dataplane, read_learned
+from iptserver.dataplane.kernel import Dataplane
+from iptserver.dataplane.listing import Learned, stream_learned
 from iptserver.dataplane.plan import ExitPlan, KernelPlan, LearnedEntry
-from iptserver.schema.values import IPNetwork
+from iptserver.schema.values import IPAddress, IPNetwork
 
 T = TypeVar("T")
 
@@ -102,13 +102,16 @@ class KernelWorker:
     async def follow_main(self) -> list[str]:
         return await self._call(self.dataplane.follow_main)
 
-    async def learned_now(self) -> list[tuple[int, Entry]]:
-        """Read in a thread and on a socket of their own, not the kernel thread: answers'
-        writes do not wait behind a listing of a large set."""
+    async def learned_batches(
+        self, ip: IPAddress | None, marks: Collection[int] | None
+    ) -> AsyncIterator[list[Learned]]:
+        """See ``listing.stream_learned``: listed by a child process, so neither the
+        kernel thread nor the interpreter lock answers wait for is held."""
         plan = self.dataplane.plan
         if plan is None:
-            return []
-        return await asyncio.to_thread(read_learned, plan)
+            return
+        async for batch in stream_learned(plan, ip=ip, marks=marks):
+            yield batch
 
     async def set_sizes(self) -> dict[str, int]:
         return await self._call(self.dataplane.set_sizes)

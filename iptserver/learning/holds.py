@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Network, IPv6Network
 
 from iptserver.dataplane.plan import KernelPlan, LearnedEntry
 from iptserver.policy import Decision, MatchKind
@@ -182,16 +182,13 @@ class WrittenEntries:
             self.evicted += over
         self._prune_at = min(max(PRUNE_AT, 2 * len(written)), self._limit)
 
-    def by_address(self) -> dict[IPAddress, tuple[tuple[str, ...], int]]:
-        """Address -> the names and domain rule of the answer that last wrote it."""
-        versions = {index: version for (_, version), index in self._sets.items()}
-        return {
-            (IPv4Address if versions[key & _SET_MASK] == 4 else IPv6Address)(key >> _SET_BITS): (
-                tuple(names.split(" ")) if names else (),
-                rule,
-            )
-            for key, (_, _, names, rule) in self._written.items()
-        }
+    def written_by(self, set_name: str, address: IPAddress) -> tuple[tuple[str, ...], int] | None:
+        """The names and domain rule of the answer that last wrote ``address`` in the set."""
+        found = self.get(set_name, address)
+        if found is None:
+            return None
+        _, _, names, rule = found
+        return (tuple(names.split(" ")) if names else ()), rule
 
 
 def route_answer(

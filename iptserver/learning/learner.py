@@ -207,10 +207,10 @@ class Learner:
         if self._expiry is not None:
             self._expiry.close()
 
-    def learned_by(self) -> dict[IPAddress, tuple[tuple[str, ...], int]]:
-        """Address -> the names and domain rule of the answer that last wrote its entry
+    def learned_by(self, set_name: str, address: IPAddress) -> tuple[tuple[str, ...], int] | None:
+        """The names and domain rule of the answer that last wrote ``address`` in the set
         (for /v1/routes; entries written before the last reload are not known)."""
-        return self._written.by_address()
+        return self._written.written_by(set_name, address)
 
 
 def _source_targets(state: State) -> list[dict[int, RuleTarget]]:

@@ -6,7 +6,7 @@ program. The datagram endpoint's tests use the same one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from iptserver.api import ApiConfig, make_app
 from iptserver.dataplane.ipset import Entry
+from iptserver.dataplane.listing import Learned
 from iptserver.dataplane.plan import LearnedEntry, plan
 from iptserver.dns.counters import DnsCounters
 from iptserver.errors import DataplaneError
@@ -22,6 +23,7 @@ from iptserver.geoip import GeoIPDatabase
 from iptserver.learning import Learner, State
 from iptserver.policy import Policy
 from iptserver.schema import parse_schema
+from iptserver.schema.values import IPAddress
 
 SCHEMA = """\
 exits:
@@ -59,11 +61,15 @@ class Kernel:
             raise DataplaneError("ipset add learned-4 198.51.100.10: test failure")
         self.applied.extend(entries)
 
-    async def installed(self) -> list[tuple[int, Entry]]:
-        """What the kernel would hold (every rule here has weight 0)."""
+    async def installed(
+        self, ip: IPAddress | None, marks: Collection[int] | None
+    ) -> AsyncIterator[list[Learned]]:
+        """What the kernel would hold (every rule here has weight 0), one per batch."""
         if self.fail:
             raise DataplaneError("cannot list ipset learned-4: test failure")
-        return [(0, Entry(e.network, e.mark, e.timeout)) for e in self.applied]
+        for e in self.applied:
+            if (ip is None or ip in e.network) and (marks is None or e.mark in marks):
+                yield [Learned(0, e.set_name, Entry(e.network, e.mark, e.timeout))]
 
 
 @dataclass

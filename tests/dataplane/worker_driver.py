@@ -3,10 +3,11 @@
 Usage: python -m tests.dataplane.worker_driver SCHEMA STATE_FILE {keep,remove} [busy|listing]
 
 Applies the schema's plan, learns 203.0.113.7 (exit uk) with ``learn_now`` and
-2001:db8::7 (exit ru) with ``learn``, reads ``learned_now`` and ``set_sizes``, and closes
+2001:db8::7 (exit ru) with ``learn``, reads ``learned_batches`` (all, then filtered by
+address and by mark) and ``set_sizes``, and closes
 (keep_state with ``keep``). With ``busy``, first reapplies a plan of many static entries
 and learns while that runs; with ``listing``, fills the learned set with many entries
-and learns while ``learned_now`` lists them. Prints what each step answered as JSON.
+and learns while ``learned_batches`` lists them. Prints what each step answered as JSON.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any
 from iptserver.dataplane.plan import KernelPlan, LearnedEntry, plan
 from iptserver.dataplane.worker import KernelWorker
 from iptserver.schema import load_schema
+from iptserver.schema.values import IPAddress
 
 BUSY_ENTRIES = 50_000  # enough that applying them takes a while
-LISTED_ENTRIES = 30_000  # enough that listing them takes seconds
+LISTED_ENTRIES = 100_000  # enough that listing them takes a while
 
 
 def learned(current: KernelPlan, address: str, exit_name: str) -> LearnedEntry:
@@ -46,18 +48,28 @@ async def while_busy(worker: KernelWorker, big: KernelPlan) -> dict[str, Any]:
 
 
 async def while_listing(worker: KernelWorker, current: KernelPlan) -> dict[str, Any]:
-    """Learn while ``learned_now`` lists a large set: the write is not held up."""
+    """Learn while ``learned_batches`` lists a large set: the write is not held up."""
     many = [
         learned(current, str(ipaddress.ip_address(0x0A000000 + n)), "uk")
         for n in range(LISTED_ENTRIES)
     ]
     await worker.learn(many)
-    listing = asyncio.create_task(worker.learned_now())
+    listing = asyncio.create_task(listed(worker))
     await asyncio.sleep(0.2)  # the listing under way
     written = worker.learn_now([learned(current, "203.0.113.9", "uk")])
     result = {"written_while_listing": written, "listing_was_done": listing.done()}
     result["listed"] = len(await listing)
     return result
+
+
+async def listed(
+    worker: KernelWorker, ip: IPAddress | None = None, marks: set[int] | None = None
+) -> list[list[Any]]:
+    return [
+        [weight, set_name, str(entry.network), entry.mark, entry.timeout]
+        async for batch in worker.learned_batches(ip, marks)
+        for weight, set_name, entry in batch
+    ]
 
 
 async def run(
@@ -78,10 +90,9 @@ async def run(
         result["learn_now"] = worker.learn_now([learned(current, "203.0.113.7", "uk")])
         exported = await worker.learn([learned(current, "2001:db8::7", "ru")])
         result["exported"] = sorted(map(str, exported))
-        result["learned_now"] = [
-            [weight, str(entry.network), entry.mark, entry.timeout]
-            for weight, entry in await worker.learned_now()
-        ]
+        result["learned"] = await listed(worker)
+        result["learned_covering"] = await listed(worker, ipaddress.ip_address("203.0.113.7"))
+        result["learned_by_ru"] = await listed(worker, marks={current.exit("ru").mark})
         result["set_sizes"] = await worker.set_sizes()
     finally:
         await worker.close(keep_state=keep)
