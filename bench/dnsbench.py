@@ -105,6 +105,13 @@ class Bench:
         self.procs.append(proc)
         return proc
 
+    def python(self, script: str, *argv: str) -> subprocess.Popen[str]:
+        """``script`` run in the namespace, its output piped."""
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, sys.executable, "-c", script, *argv],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
     def wait_answering(self, server: str, timeout: float = 30) -> None:
         names = self.work / "probe"
         names.write_text("n0.bench.test A\n")
@@ -118,23 +125,29 @@ class Bench:
 
     @contextlib.contextmanager
     def iptserver(
-        self, workers: int, rate_limit: str = NO_RATE_LIMIT
+        self, workers: int, rate_limit: str = NO_RATE_LIMIT, *extra: str
     ) -> Iterator[subprocess.Popen[bytes]]:
         """``rate_limit``: the schema's ``dns.rate_limit`` (default: none, as dnsperf is
-        one client at full speed)."""
-        schema = self.work / "schema.yaml"
-        text = SCHEMA.format(listen=IPTSERVER, upstream=UPSTREAM, rate_limit=rate_limit)
-        schema.write_text(text)
-        argv = [sys.executable, "-m", "iptserver", "run", "--config", str(schema)]
-        if workers > 1:
-            argv += ["--workers", str(workers)]
-        proc = self.spawn(*argv, log=self.work / "iptserver.log")
+        one client at full speed); ``extra``: more ``iptserver run`` arguments."""
+        proc = self.start_iptserver(workers, rate_limit, *extra)
         try:
             self.wait_answering(IPTSERVER)
             yield proc
         finally:
             stop(proc)
-            self.procs.remove(proc)
+            if proc in self.procs:
+                self.procs.remove(proc)
+
+    def start_iptserver(
+        self, workers: int = 1, rate_limit: str = NO_RATE_LIMIT, *extra: str
+    ) -> subprocess.Popen[bytes]:
+        schema = self.work / "schema.yaml"
+        text = SCHEMA.format(listen=IPTSERVER, upstream=UPSTREAM, rate_limit=rate_limit)
+        schema.write_text(text)
+        argv = [sys.executable, "-m", "iptserver", "run", "--config", str(schema), *extra]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
+        return self.spawn(*argv, log=self.work / "iptserver.log")
 
     # -- measuring ----------------------------------------------------------------------
 

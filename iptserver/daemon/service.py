@@ -163,6 +163,7 @@ class Daemon:
         learner = Learner(state, kernel.learn, kernel.expire_exports, kernel.learn_now)
         stack.callback(learner.close)
         learner.exports_changed()
+        kernel.exports_adopted = learner.exports_changed
         settle()  # before the proxy listens: a full collection stalls the loop
         proxy = DnsProxy(
             DnsProxyConfig(

@@ -16,11 +16,13 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from iptserver.dataplane import firewall
 from iptserver.dataplane.export import ExportTable, HostRoute
 from iptserver.dataplane.ipset import Entry, IPSets
+from iptserver.dataplane.listing import Learned
 from iptserver.dataplane.plan import (
     MARK_MASK,
     ExitPlan,
@@ -40,6 +42,19 @@ log = logging.getLogger(__name__)
 PREFIX = "ipts-"
 
 
+@dataclass(frozen=True)
+class Adoption:
+    """What an apply left for a reading of the learned sets, done off the kernel thread
+    (``KernelWorker.adopt``): drop the entries whose mark no exit has (``stale``), and
+    rebuild the export table's record and routes from the entries (``exports``)."""
+
+    stale: bool
+    exports: bool
+
+    def __bool__(self) -> bool:
+        return self.stale or self.exports
+
+
 class Dataplane:
     def __init__(self, dns_port: int | None = None, state_file: Path | None = None) -> None:
         self.dns_port = dns_port
@@ -54,6 +69,9 @@ class Dataplane:
         self._previous_exits = saved_exits(state_file)
         # kernel.export_table: the learned host routes FRR announces, with their deadlines.
         self._exports = ExportTable()
+        self._held: set[HostRoute] = set()  # the table's routes, while ``adopt`` runs
+        # What the learned sets must be read for since the last apply (see ``Adoption``).
+        self.adoption = Adoption(stale=False, exports=False)
 
     def close(self) -> None:
         self._sets.close()
@@ -116,8 +134,9 @@ class Dataplane:
             except DataplaneError as e:
                 log.error("%s", e)
                 problems.append(str(e))
+        self.adoption = Adoption(stale=False, exports=False)
         self._drop_stale(plan)
-        problems += self._sync_exports(plan)
+        self._sync_exports(plan)
         self._plan = plan
         self._save_state()
         log.info(
@@ -164,20 +183,10 @@ class Dataplane:
                 )
         marks = {e.mark for e in plan.exits}
         known = {e.mark for e in self.exits_in_kernel}
-        if known and known <= marks:
-            return  # every mark an entry can carry is still an exit's: nothing is stale
-        # Listing a set takes seconds past 100,000 entries, on the thread answers wait
-        # for: done only when exits went away (or nobody knows which the kernel had).
-        for weight_class in plan.all_classes:
-            for set_plan in weight_class.learned:
-                if not self._sets.size(set_plan.name):
-                    continue
-                stale = [e for e in self._sets.entries(set_plan.name) if e.mark not in marks]
-                if stale:
-                    log.info(
-                        "%s: dropping %d entries of exits that are gone", set_plan.name, len(stale)
-                    )
-                    self._sets.delete(set_plan.name, stale)
+        if (not known or not known <= marks) and self._holds_learned(plan):
+            # Entries may carry the mark of an exit that is gone: found by ``adopt``
+            # (listing a full set takes seconds, not on the thread answers wait for).
+            self.adoption = Adoption(stale=True, exports=self.adoption.exports)
 
     def _route_of(self, plan: KernelPlan, exit_: ExitPlan) -> ExitPlan | None:
         """The exit whose route ``exit_``'s table holds (None: blocked)."""
@@ -304,36 +313,67 @@ class Dataplane:
         now: float,
     ) -> list[tuple[HostRoute, float]]:
         """The host routes (and deadlines) of learned entries whose exit is a tunnel."""
-        tunnels = {e.mark: e.interface for e in plan.exits if e.route is Route.INTERFACE}
+        tunnels = _tunnels(plan)
         return [
             (HostRoute(network, tunnels[mark]), now + timeout)
             for network, mark, timeout in learned
             if mark in tunnels and timeout is not None
         ]
 
-    def _sync_exports(self, plan: KernelPlan) -> list[str]:
-        """Make the export table hold a host route for each learned entry of a tunnel
-        exit, taken from the learned sets themselves: after a restart (kept state) or a
-        reload that moved exits, the routes again match what the sets hold."""
+    def _sync_exports(self, plan: KernelPlan) -> None:
+        """Keep the export table's record across a reload that leaves the tunnels where
+        they were; otherwise (a start, another table, tunnels moved) start it anew and
+        leave ``adopt`` to rebuild it from the learned sets."""
         old = self._plan.export_table if self._plan is not None else None
         if old is not None and old != plan.export_table:
             self._routing.delete_host_routes(old, self._routing.exported_routes(old))
-        self._exports = ExportTable()
-        table = plan.export_table
-        if table is None:
-            return []
-        now = time.monotonic()
-        learned = [
-            (entry.network, entry.mark, entry.timeout)
-            for weight_class in plan.classes
+        if plan.export_table is None:
+            self._exports = ExportTable()
+        elif old != plan.export_table or _tunnels(self._plan) != _tunnels(plan):
+            self._exports = ExportTable()
+            if self._holds_learned(plan) or self._routing.exported_routes(plan.export_table):
+                self.adoption = Adoption(stale=self.adoption.stale, exports=True)
+
+    def _holds_learned(self, plan: KernelPlan) -> bool:
+        """Whether any learned set holds an entry (read from the sets' headers)."""
+        return any(
+            self._sets.size(set_plan.name)
+            for weight_class in plan.all_classes
             for set_plan in weight_class.learned
-            for entry in self._sets.entries(set_plan.name)
-        ]
-        self._exports.refresh(self._exported(plan, learned, now))
-        wanted = set(self._exports.routes())
-        held = set(self._routing.exported_routes(table))
-        self._routing.delete_host_routes(table, sorted(held - wanted, key=_route_order))
-        return self._routing.replace_host_routes(table, sorted(wanted - held, key=_route_order))
+        )
+
+    def drop_learned(self, found: Sequence[Learned]) -> None:
+        """Delete listed learned entries (those of exits that are gone)."""
+        by_set: dict[str, list[Entry]] = defaultdict(list)
+        for learned in found:
+            by_set[learned.set_name].append(learned.entry)
+        for name, entries in by_set.items():
+            self._sets.delete(name, entries)
+
+    def held_exports(self) -> None:
+        """Read which host routes the export table holds, before ``adopt_exports``."""
+        table = self._plan.export_table if self._plan is not None else None
+        self._held = set(self._routing.exported_routes(table)) if table is not None else set()
+
+    def adopt_exports(self, found: Sequence[Learned]) -> list[str]:
+        """Take listed learned entries of tunnel exits into the export table's record,
+        adding the host routes the table lacks. Returns the problems."""
+        plan = self._plan
+        if plan is None or plan.export_table is None:
+            return []
+        learned = ((f.entry.network, f.entry.mark, f.entry.timeout) for f in found)
+        changed = self._exports.refresh(self._exported(plan, learned, time.monotonic()))
+        missing = [route for route in changed if route not in self._held]
+        return self._routing.replace_host_routes(plan.export_table, missing)
+
+    def prune_exports(self) -> None:
+        """After ``adopt_exports``: delete the held host routes no learned entry wants."""
+        plan = self._plan
+        if plan is not None and plan.export_table is not None:
+            wanted = {route.network for route in self._exports.routes()}
+            gone = sorted((r for r in self._held if r.network not in wanted), key=_route_order)
+            self._routing.delete_host_routes(plan.export_table, gone)
+        self._held = set()
 
     def stop(self, keep_state: bool = False) -> None:
         """Remove everything this dataplane made, unless ``keep_state`` (for a restart)."""
@@ -381,6 +421,13 @@ def write_learned(sets: IPSets, entries: Sequence[LearnedEntry]) -> None:
         by_set[learned.set_name].append(Entry(learned.network, learned.mark, learned.timeout))
     for name, batch in by_set.items():
         sets.add(name, batch, MARK_MASK)
+
+
+def _tunnels(plan: KernelPlan | None) -> dict[int, str]:
+    """Mark -> interface of the tunnel exits: where exported host routes point."""
+    if plan is None:
+        return {}
+    return {e.mark: e.interface for e in plan.exits if e.route is Route.INTERFACE}
 
 
 def _route_order(route: HostRoute) -> tuple[int, int]:

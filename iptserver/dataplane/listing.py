@@ -49,10 +49,11 @@ async def stream_learned(
     *,
     ip: IPAddress | None = None,
     marks: Collection[int] | None = None,
+    except_marks: Collection[int] | None = None,
     batch: int = BATCH,
 ) -> AsyncIterator[list[Learned]]:
-    """The learned entries in ``learned_sets`` order, each set by
-    address; ``ip`` keeps those covering it, ``marks`` those of these exits' marks.
+    """The learned entries in ``learned_sets`` order, each set by address; ``ip`` keeps
+    those covering it, ``marks`` those of these marks, ``except_marks`` the others.
 
     Raises DataplaneError when the child cannot read the kernel."""
     argv = [f"{weight}:{name}" for weight, name in learned_sets(plan)]
@@ -60,6 +61,8 @@ async def stream_learned(
         argv += ["--ip", str(ip)]
     if marks is not None:
         argv += ["--marks", ",".join(str(m) for m in sorted(marks))]
+    if except_marks is not None:
+        argv += ["--except-marks", ",".join(str(m) for m in sorted(except_marks))]
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -104,7 +107,10 @@ def _parse(line: bytes) -> Learned:
 
 
 def _write(
-    sets: Sequence[tuple[int, str]], ip: IPAddress | None, marks: Collection[int] | None
+    sets: Sequence[tuple[int, str]],
+    ip: IPAddress | None,
+    marks: Collection[int] | None,
+    except_marks: Collection[int],
 ) -> None:
     kernel = IPSets()
     try:
@@ -113,7 +119,9 @@ def _write(
             found: list[RawEntry] = [
                 raw
                 for raw in kernel.scan(name)
-                if (marks is None or raw[2] in marks) and (ip is None or _covers(raw, ip))
+                if (marks is None or raw[2] in marks)
+                and raw[2] not in except_marks
+                and (ip is None or _covers(raw, ip))
             ]
             found.sort(key=lambda raw: (raw[0], raw[1]))
             for address, cidr, mark, timeout in found:
@@ -134,16 +142,21 @@ def _covers(raw: RawEntry, ip: IPAddress) -> bool:
     return int.from_bytes(address, "big") >> shift == int(ip) >> shift
 
 
+def _marks(text: str) -> set[int]:
+    return {int(m) for m in text.split(",") if m}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m iptserver.dataplane.listing")
     parser.add_argument("sets", nargs="*", metavar="WEIGHT:SET")
     parser.add_argument("--ip", type=ipaddress.ip_address)
     parser.add_argument("--marks", help="comma-separated")
+    parser.add_argument("--except-marks", default="", help="comma-separated")
     args = parser.parse_args(argv)
     sets = [(int(w), name) for w, name in (item.split(":", 1) for item in args.sets)]
-    marks = {int(m) for m in args.marks.split(",") if m} if args.marks is not None else None
+    marks = _marks(args.marks) if args.marks is not None else None
     try:
-        _write(sets, args.ip, marks)
+        _write(sets, args.ip, marks, _marks(args.except_marks))
     except DataplaneError as e:
         print(e, file=sys.stderr)
         return 1

@@ -34,6 +34,7 @@ RTN_UNICAST = 1
 # The `proto` of the host routes iptserver exports (kernel.export_table): what is ours.
 EXPORT_PROTO = 157
 FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+RT_SCOPE_NOWHERE = 255
 _GONE = frozenset({errno.ESRCH, errno.ENOENT})  # deleting a route that is not there
 
 
@@ -262,7 +263,8 @@ class Routing:
         for route in routes:
             doing = f"export table {table}: cannot delete the route to {route.network}"
             with kernel_errors(doing, fine=_GONE | {errno.ENODEV}):
-                self._ip.route("del", **_host_route(table, route.network))
+                # scope "nowhere": any scope (a hand-made "dev X" route is scope link)
+                self._ip.route("del", **_host_route(table, route.network), scope=RT_SCOPE_NOWHERE)
 
     def exported_routes(self, table: int) -> list[HostRoute]:
         """The host routes of ours in ``table`` (left by an earlier run, or this one)."""

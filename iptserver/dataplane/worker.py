@@ -10,19 +10,25 @@ answer more than the write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from iptserver.dataplane.kernel import Dataplane
+from iptserver.dataplane.kernel import Adoption, Dataplane
 from iptserver.dataplane.listing import Learned, stream_learned
 from iptserver.dataplane.plan import ExitPlan, KernelPlan, LearnedEntry
+from iptserver.errors import DataplaneError
+from iptserver.schema.model import Route
 from iptserver.schema.values import IPAddress, IPNetwork
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class KernelWorker:
@@ -32,6 +38,10 @@ class KernelWorker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self._lock = threading.Lock()  # one dataplane call at a time, any thread
         self._dataplane: Dataplane | None = None
+        self._adopting: asyncio.Task[None] | None = None
+        self._due = Adoption(stale=False, exports=False)
+        # Called once an apply's exported routes are rebuilt (the learner's expiry).
+        self.exports_adopted: Callable[[], None] | None = None
 
     @classmethod
     async def open(cls, dns_port: int | None, state_file: Path | None) -> KernelWorker:
@@ -63,8 +73,39 @@ class KernelWorker:
             return call()
 
     async def apply(self, plan: KernelPlan) -> list[str]:
-        """See ``Dataplane.apply``: the problems of exits that could not be set up."""
-        return await self._call(self.dataplane.apply, plan)
+        """See ``Dataplane.apply``: the problems of exits that could not be set up.
+
+        What the apply left for a reading of the learned sets (see ``Adoption``) runs
+        after it, in the background: a restart with a million entries held answers at
+        once, and drops stale entries and rebuilds exported routes a few seconds later."""
+        problems = await self._call(self.dataplane.apply, plan)
+        due = self.dataplane.adoption
+        if self._adopting is not None and not self._adopting.done():
+            self._adopting.cancel()  # for an older plan; what it had left to do is redone
+            due = Adoption(due.stale or self._due.stale, due.exports or self._due.exports)
+        self._due = due
+        if due:
+            self._adopting = asyncio.create_task(self._adopt(plan, due))
+        return problems
+
+    async def _adopt(self, plan: KernelPlan, due: Adoption) -> None:
+        try:
+            await adopt(self.dataplane, plan, due, self._call)
+        except DataplaneError as e:
+            log.error(
+                "cannot read the learned sets after applying the schema (%s): entries of "
+                "removed exits, or exported routes, may be left until they expire",
+                e,
+            )
+            return
+        self._due = Adoption(stale=False, exports=False)
+        if due.exports and self.exports_adopted is not None:
+            self.exports_adopted()
+
+    async def adopted(self) -> None:
+        """Wait for the reading an apply left (if any) to end."""
+        if self._adopting is not None:
+            await asyncio.shield(self._adopting)
 
     def learn_now(self, entries: Sequence[LearnedEntry]) -> bool:
         """Write ``entries`` right here if that needs no wait and no pyroute2; False
@@ -86,8 +127,8 @@ class KernelWorker:
             return frozenset()
         return await self._call(self.dataplane.learn, entries)
 
-    async def expire_exports(self) -> float | None:
-        return await self._call(self.dataplane.expire_exports)
+    async def expire_exports(self, now: float | None = None) -> float | None:
+        return await self._call(self.dataplane.expire_exports, now)
 
     async def set_routes(self, routed_by: dict[str, str | None]) -> list[str]:
         """The health monitor's route changes."""
@@ -118,8 +159,39 @@ class KernelWorker:
 
     async def close(self, keep_state: bool) -> None:
         """Remove the kernel state (unless ``keep_state``), close the sockets, end the thread."""
+        if self._adopting is not None:
+            self._adopting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._adopting
         try:
             await self._call(self.dataplane.stop, keep_state)
         finally:
             await self._call(self.dataplane.close)
             self._executor.shutdown()
+
+
+async def adopt(
+    dataplane: Dataplane,
+    plan: KernelPlan,
+    due: Adoption,
+    call: Callable[..., Awaitable[Any]],
+) -> None:
+    """Do what an apply of ``plan`` left for a reading of the learned sets: listed by a
+    child process, acted on a batch at a time through ``call`` (the kernel thread)."""
+    if due.stale:
+        marks = {e.mark for e in plan.exits}
+        dropped = 0
+        async for batch in stream_learned(plan, except_marks=marks):
+            await call(dataplane.drop_learned, batch)
+            dropped += len(batch)
+        if dropped:
+            log.info("dropped %d learned entries of exits that are gone", dropped)
+    if due.exports and plan.export_table is not None:
+        await call(dataplane.held_exports)
+        problems: list[str] = []
+        tunnels = {e.mark for e in plan.exits if e.route is Route.INTERFACE}
+        async for batch in stream_learned(plan, marks=tunnels):
+            problems += await call(dataplane.adopt_exports, batch)
+        await call(dataplane.prune_exports)
+        for problem in problems:
+            log.warning("%s", problem)

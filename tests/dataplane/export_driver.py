@@ -1,8 +1,9 @@
-"""Run inside a test namespace: one Dataplane driven by JSON commands on stdin.
+"""Run inside a test namespace: one KernelWorker driven by JSON commands on stdin.
 
 Each line is one command, answered by one JSON line on stdout, so a test can look at
 the kernel between steps:
-  {"apply": SCHEMA}                          apply the schema's plan
+  {"apply": SCHEMA}                          apply the schema's plan, then do what it
+                                             left for a reading of the learned sets
   {"learn": [[IP, EXIT, SECONDS], ...]}      learn entries (weight 0 rules)
   {"expire": SECONDS}                        expire_exports as if SECONDS had passed;
                                              answers the next deadline, relative to now
@@ -13,6 +14,7 @@ the kernel between steps:
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import sys
@@ -20,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from iptserver.dataplane.kernel import Dataplane
 from iptserver.dataplane.plan import KernelPlan, LearnedEntry, plan
+from iptserver.dataplane.worker import KernelWorker
 from iptserver.schema import load_schema
 
 
@@ -34,30 +36,32 @@ def learned(current: KernelPlan, items: list[list[Any]]) -> list[LearnedEntry]:
     return entries
 
 
-def main() -> None:
-    dataplane = Dataplane()
-    for line in sys.stdin:
+async def drive() -> None:
+    worker = await KernelWorker.open(None, None)
+    while line := await asyncio.to_thread(sys.stdin.readline):
         command = json.loads(line)
         result: object = None
+        current = worker.dataplane.plan
         if "apply" in command:
             schema = load_schema(Path(command["apply"])).schema
-            result = dataplane.apply(plan(schema, {}, dataplane.exits_in_kernel))
+            result = await worker.apply(plan(schema, {}, worker.exits_in_kernel))
+            await worker.adopted()
         elif "learn" in command:
-            assert dataplane.plan is not None
-            dataplane.learn(learned(dataplane.plan, command["learn"]))
+            assert current is not None
+            await worker.learn(learned(current, command["learn"]))
         elif "expire" in command:
             now = time.monotonic()
-            upcoming = dataplane.expire_exports(now + command["expire"])
+            upcoming = await worker.expire_exports(now + command["expire"])
             result = None if upcoming is None else upcoming - now
         elif "relink" in command:  # and the re-announcement the daemon makes after it
             interface = command["relink"]
-            result = dataplane.relink(interface) + dataplane.reannounce(interface)
+            result = await worker.relink(interface) + await worker.reannounce(interface)
         elif "stop" in command:
-            dataplane.stop(keep_state=command["stop"])
+            await worker.close(keep_state=command["stop"])
             print(json.dumps({"ok": True}), flush=True)
             return
         print(json.dumps({"ok": True, "result": result}), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    asyncio.run(drive())

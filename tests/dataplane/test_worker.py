@@ -146,3 +146,56 @@ def test_listing_a_large_learned_set_does_not_hold_up_answers_writes(
     assert result["written_while_listing"] is True
     assert result["listed"] >= 100_000
     assert learned(result)["203.0.113.9/32"] == (0, UK)
+
+
+def restore(netns: str, lines: list[str]) -> None:
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, "ipset", "restore"],
+        input="\n".join(lines) + "\n",
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+LEFT_BY_A_KILLED_RUN = [
+    "create ipts-d0-4 hash:net family inet timeout 0 skbinfo",
+    "create ipts-d0-6 hash:net family inet6 timeout 0 skbinfo",
+    f"add ipts-d0-4 203.0.113.50 timeout 280 skbmark {UK:#x}",
+    f"add ipts-d0-4 203.0.113.51 timeout 280 skbmark {RU:#x}",
+    "add ipts-d0-4 203.0.113.52 timeout 280 skbmark 0x1ff",  # an exit this schema lacks
+    "add ipts-d0-6 2001:db8::52 timeout 280 skbmark 0x1ff",
+]
+
+
+def test_a_start_drops_entries_of_exits_that_are_gone_after_it_applied(
+    netns: str, tmp_path: Path, write_schema: Callable[[str], Path]
+) -> None:
+    """Without a state file nobody knows which exits the kernel had: the learned sets
+    are read after the apply (in the background), and entries whose mark no exit has
+    go; the others stay."""
+    restore(netns, LEFT_BY_A_KILLED_RUN)
+    result = drive(netns, write_schema(SCHEMA), tmp_path / "exits.json", "remove", "adopt")
+    assert {net: mark for _, _, net, mark, _ in result["adopted"]} == {
+        "203.0.113.50/32": UK,
+        "203.0.113.51/32": RU,
+    }
+
+
+def test_a_start_rebuilds_the_export_table_from_the_learned_sets(
+    netns: str, tmp_path: Path, write_schema: Callable[[str], Path]
+) -> None:
+    """A killed run left learned entries and exported routes that no longer agree: the
+    routes of entries of tunnel exits are added, a route no entry wants is deleted, and
+    those that agree are left as they are."""
+    restore(netns, LEFT_BY_A_KILLED_RUN)
+    for route in ("203.0.113.50 dev xuk", "203.0.113.99 dev xuk"):
+        sh(netns, "ip", "route", "add", *route.split(), "table", "200", "proto", "157")
+    result = drive(netns, write_schema(EXPORTING), tmp_path / "exits.json", "keep", "adopt")
+    assert result["problems"] == []
+    routes = sh(netns, "ip", "route", "show", "table", "200")
+    hosts = sorted(line.split()[0] for line in routes.splitlines())
+    # .52's exit is gone; 2001:db8::7 and 203.0.113.7 are learned by the driver later
+    assert hosts == ["203.0.113.50", "203.0.113.51"], routes
+    assert "203.0.113.51 dev xru proto 157" in routes

@@ -1,13 +1,15 @@
 """Run inside a test namespace: one KernelWorker, driven from an event loop, then closed.
 
-Usage: python -m tests.dataplane.worker_driver SCHEMA STATE_FILE {keep,remove} [busy|listing]
+Usage: python -m tests.dataplane.worker_driver SCHEMA STATE_FILE {keep,remove} [busy|listing|adopt]
 
 Applies the schema's plan, learns 203.0.113.7 (exit uk) with ``learn_now`` and
 2001:db8::7 (exit ru) with ``learn``, reads ``learned_batches`` (all, then filtered by
 address and by mark) and ``set_sizes``, and closes
 (keep_state with ``keep``). With ``busy``, first reapplies a plan of many static entries
 and learns while that runs; with ``listing``, fills the learned set with many entries
-and learns while ``learned_batches`` lists them. Prints what each step answered as JSON.
+and learns while ``learned_batches`` lists them; with ``adopt``, waits for the reading of
+the learned sets the apply left (``KernelWorker.adopted``) before anything else. Prints
+what each step answered as JSON.
 """
 
 from __future__ import annotations
@@ -72,20 +74,21 @@ async def listed(
     ]
 
 
-async def run(
-    schema_path: Path, state_file: Path, keep: bool, busy: bool, listing: bool = False
-) -> dict[str, Any]:
+async def run(schema_path: Path, state_file: Path, keep: bool, mode: str) -> dict[str, Any]:
     schema = load_schema(schema_path).schema
     worker = await KernelWorker.open(None, state_file)
     result: dict[str, Any] = {"exits_before": [e.name for e in worker.exits_in_kernel]}
     try:
         current = plan(schema, {}, worker.exits_in_kernel)
         result["problems"] = await worker.apply(current)
-        if busy:
+        if mode == "adopt":
+            await worker.adopted()
+            result["adopted"] = await listed(worker)
+        if mode == "busy":
             many = [ipaddress.ip_network((0x0A000000 + n, 32)) for n in range(BUSY_ENTRIES)]
             big = plan(schema, {"RU": many}, worker.exits_in_kernel)
             result |= await while_busy(worker, big)
-        if listing:
+        if mode == "listing":
             result |= await while_listing(worker, current)
         result["learn_now"] = worker.learn_now([learned(current, "203.0.113.7", "uk")])
         exported = await worker.learn([learned(current, "2001:db8::7", "ru")])
@@ -101,8 +104,8 @@ async def run(
 
 def main() -> None:
     schema, state_file, end = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-    busy, listing = sys.argv[4:] == ["busy"], sys.argv[4:] == ["listing"]
-    print(json.dumps(asyncio.run(run(schema, state_file, end == "keep", busy, listing))))
+    mode = sys.argv[4] if len(sys.argv) > 4 else ""
+    print(json.dumps(asyncio.run(run(schema, state_file, end == "keep", mode))))
 
 
 if __name__ == "__main__":
