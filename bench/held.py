@@ -101,11 +101,11 @@ def run(bench: Bench, work: Path, entries: int, seconds: float) -> int:
     ok &= report("quiet", measure(bench, seconds, lambda stop: ""))
 
     def reloads(stop: threading.Event) -> str:
-        count = 0
+        count, before = 0, rss_mb(proc.pid)
         while not stop.wait(1.0):
             proc.send_signal(signal.SIGHUP)
             count += 1
-        return f"{count} reloads"
+        return f"{count} reloads; RSS {before:.1f} MB before, {rss_mb(proc.pid):.1f} MB after"
 
     ok &= report("reload each second", measure(bench, seconds, reloads))
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from iptserver.api.plugin import PluginEndpoint
-from iptserver.dataplane.listing import Learned
+from iptserver.dataplane.listing import RouteLine
 from iptserver.dataplane.plan import ExitPlan
 from iptserver.dns.counters import DnsCounters
 from iptserver.geoip import GeoIPDatabase
@@ -35,7 +35,7 @@ class ApiConfig:
     # The DNS-learned entries the kernel holds now, in batches (None: no kernel): those
     # covering an address (None: all), of some exits' marks (None: all).
     installed: (
-        Callable[[IPAddress | None, Collection[int] | None], AsyncIterator[list[Learned]]] | None
+        Callable[[IPAddress | None, Collection[int] | None], AsyncIterator[list[RouteLine]]] | None
     ) = None
     # Each kernel set's entry count, read at scrape time (None: no kernel).
     set_sizes: Callable[[], Awaitable[dict[str, int]]] | None = None

@@ -18,7 +18,7 @@ from aiohttp import web
 from iptserver.api.answers import BadRequest, check_address
 from iptserver.api.config import CONFIG, ApiConfig
 from iptserver.api.http import authorize, error
-from iptserver.dataplane.listing import Learned
+from iptserver.dataplane.listing import RouteLine
 from iptserver.errors import DataplaneError, GeoIPError
 from iptserver.policy.explain import explain, parse_query
 from iptserver.schema.values import IPAddress
@@ -71,9 +71,8 @@ async def routes(request: web.Request) -> web.StreamResponse:
         raise BadRequest(f"kind must be one of {', '.join(ROUTE_KINDS)}, not {sorted(unknown)}")
     ip = check_address(request.query["ip"], "ip") if "ip" in request.query else None
     state = config.learner.state
-    exit_of = {e.mark: e.name for e in state.plan.exits}
-    batches: AsyncIterator[list[Learned]] | None = None
-    first: list[Learned] = []
+    batches: AsyncIterator[list[RouteLine]] | None = None
+    first: list[RouteLine] = []
     if "learned" in kinds and config.installed is not None:
         marks = {e.mark for e in state.plan.exits if e.name in wanted} if wanted else None
         batches = config.installed(ip, marks)
@@ -82,22 +81,13 @@ async def routes(request: web.Request) -> web.StreamResponse:
         except DataplaneError as e:
             return error(503, f"cannot read the kernel's sets: {e}")
     out = _JsonArray(await _stream_json(request))
-    learner = config.learner
+    learned_by = config.learner.learned_by
     while first:
-        for weight, set_name, entry in first:
-            address = entry.network.network_address
-            names, by_rule = learner.learned_by(set_name, address) or ((), None)
-            await out.add(
-                {
-                    "kind": "learned",
-                    "net": str(entry.network),
-                    "exit": exit_of.get(entry.mark) if entry.mark is not None else None,
-                    "weight": weight,
-                    "expires_in": entry.timeout,
-                    "rule": by_rule,
-                    "names": list(names),
-                }
-            )
+        for set_name, version, address, start in first:
+            found = learned_by(set_name, version, address)
+            names, by_rule = found if found is not None else ((), None)
+            out.add_text(start + _by_answer(by_rule, names))
+        await out.flush()
         assert batches is not None
         first = await anext(batches, [])  # an error now ends the response short
     country = _country(config, ip) if ip is not None else None
@@ -116,6 +106,13 @@ async def routes(request: web.Request) -> web.StreamResponse:
     return await out.close()
 
 
+def _by_answer(rule: int | None, names: tuple[str, ...]) -> bytes:
+    """The end of a learned entry's object: the answer that wrote it, if known."""
+    if rule is None:
+        return b'"rule": null, "names": []}'
+    return f'"rule": {rule}, "names": {json.dumps(list(names))}}}'.encode()
+
+
 async def _stream_json(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse()
     response.content_type = "application/json"
@@ -127,29 +124,31 @@ class _JsonArray:
     """A JSON array written in chunks, letting the event loop run between them (the
     answers the proxy holds must not wait behind a million routes)."""
 
-    CHUNK = 500
+    CHUNK = 100
 
     def __init__(self, response: web.StreamResponse) -> None:
         self._response = response
-        self._pending: list[str] = []
+        self._pending: list[bytes] = []
         self._opened = False
 
     async def add(self, item: dict[str, Any]) -> None:
-        self._pending.append(json.dumps(item))
+        self._pending.append(json.dumps(item).encode())
         if len(self._pending) >= self.CHUNK:
-            await self._flush()
+            await self.flush()
 
-    async def _flush(self) -> None:
+    def add_text(self, item: bytes) -> None:
+        """An item already in JSON (the caller flushes)."""
+        self._pending.append(item)
+
+    async def flush(self) -> None:
         if self._pending:
-            await self._response.write(
-                (b"," if self._opened else b"[") + ",".join(self._pending).encode()
-            )
+            await self._response.write((b"," if self._opened else b"[") + b",".join(self._pending))
             self._opened = True
             self._pending = []
         await asyncio.sleep(0)
 
     async def close(self) -> web.StreamResponse:
-        await self._flush()
+        await self.flush()
         await self._response.write(b"]" if self._opened else b"[]")
         await self._response.write_eof()
         return self._response

@@ -239,7 +239,7 @@ class Daemon:
             monitor=running.monitor,
             geo=self._geo,
             token=read_token(self.options.api_token_file),
-            installed=running.kernel.learned_batches,
+            installed=running.kernel.route_batches,
             set_sizes=running.kernel.set_sizes,
             link_up=lambda interface: link_state(interface) is not None,
             rate_limited=lambda: running.proxy.clients.limited,
@@ -296,7 +296,7 @@ class Daemon:
         running.learner.exports_changed()
         running.lists.follow(state.loaded)
         self.reloads["ok"] += 1
-        settle()
+        settle(full=False)
         log.info(
             "reloaded %s: %d rules, %d exits",
             self.options.config,

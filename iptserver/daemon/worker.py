@@ -82,7 +82,7 @@ class Worker:
                 except (IptserverError, ValueError, KeyError) as e:
                     _say(f"error: {e}")
                 else:
-                    settle()
+                    settle(full=False)
                     _say("reloaded")
         learner.close()
         self._sets.close()

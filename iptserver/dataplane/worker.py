@@ -2,9 +2,9 @@
 
 pyroute2's blocking API cannot run in the event loop's thread, so every ``Dataplane`` call
 runs on one kernel thread, one at a time. The exception is the hot path: learned entries
-are written right on the caller's thread when the dataplane is idle and the write is one
+are written right on the caller's thread, on a socket of their own, when the write is one
 raw ipset message (no export table): the hop to the kernel thread and back would cost an
-answer more than the write.
+answer more than the write, and a reload's apply (tens of ms) would hold answers up.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from iptserver.dataplane.kernel import Adoption, Dataplane
-from iptserver.dataplane.listing import Learned, stream_learned
+from iptserver.dataplane.ipset import IPSets
+from iptserver.dataplane.kernel import Adoption, Dataplane, write_learned
+from iptserver.dataplane.listing import Learned, RouteLine, stream_learned, stream_routes
 from iptserver.dataplane.plan import ExitPlan, KernelPlan, LearnedEntry
 from iptserver.errors import DataplaneError
 from iptserver.schema.model import Route
@@ -37,6 +38,8 @@ class KernelWorker:
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self._lock = threading.Lock()  # one dataplane call at a time, any thread
+        self._writer: IPSets | None = None  # learn_now's socket
+        self._write_lock = threading.Lock()
         self._dataplane: Dataplane | None = None
         self._adopting: asyncio.Task[None] | None = None
         self._due = Adoption(stale=False, exports=False)
@@ -49,6 +52,7 @@ class KernelWorker:
         worker = cls()
         try:
             worker._dataplane = await worker._call(Dataplane, dns_port, state_file)
+            worker._writer = await worker._call(IPSets)
         except BaseException:
             worker._executor.shutdown()
             raise
@@ -109,16 +113,19 @@ class KernelWorker:
 
     def learn_now(self, entries: Sequence[LearnedEntry]) -> bool:
         """Write ``entries`` right here if that needs no wait and no pyroute2; False
-        when it cannot (``learn`` then)."""
-        if not self._lock.acquire(blocking=False):
+        when it cannot (``learn`` then).
+
+        Learned sets are made before a plan that names them is used, and kept across
+        reloads, so this need not wait for an apply under way."""
+        if self._writer is None or not self.dataplane.learns_ipsets_only:
+            return False
+        if not self._write_lock.acquire(blocking=False):
             return False
         try:
-            if not self.dataplane.learns_ipsets_only:
-                return False
-            self.dataplane.learn(entries)
+            write_learned(self._writer, entries)
             return True
         finally:
-            self._lock.release()
+            self._write_lock.release()
 
     async def learn(self, entries: Sequence[LearnedEntry]) -> frozenset[IPNetwork]:
         """Write ``entries``, here if ``learn_now`` can, else on the kernel thread; the
@@ -154,6 +161,16 @@ class KernelWorker:
         async for batch in stream_learned(plan, ip=ip, marks=marks):
             yield batch
 
+    async def route_batches(
+        self, ip: IPAddress | None, marks: Collection[int] | None
+    ) -> AsyncIterator[list[RouteLine]]:
+        """``learned_batches`` as /v1/routes shows them (``listing.stream_routes``)."""
+        plan = self.dataplane.plan
+        if plan is None:
+            return
+        async for batch in stream_routes(plan, ip=ip, marks=marks):
+            yield batch
+
     async def set_sizes(self) -> dict[str, int]:
         return await self._call(self.dataplane.set_sizes)
 
@@ -167,6 +184,8 @@ class KernelWorker:
             await self._call(self.dataplane.stop, keep_state)
         finally:
             await self._call(self.dataplane.close)
+            if self._writer is not None:
+                self._writer.close()
             self._executor.shutdown()
 
 

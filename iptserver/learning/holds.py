@@ -182,9 +182,13 @@ class WrittenEntries:
             self.evicted += over
         self._prune_at = min(max(PRUNE_AT, 2 * len(written)), self._limit)
 
-    def written_by(self, set_name: str, address: IPAddress) -> tuple[tuple[str, ...], int] | None:
-        """The names and domain rule of the answer that last wrote ``address`` in the set."""
-        found = self.get(set_name, address)
+    def written_by(
+        self, set_name: str, version: int, address: int
+    ) -> tuple[tuple[str, ...], int] | None:
+        """The names and domain rule of the answer that last wrote ``address`` (an IPv4
+        or IPv6 address as an int) in the set."""
+        index = self._sets.get((set_name, version))
+        found = self._written.get(address << _SET_BITS | index) if index is not None else None
         if found is None:
             return None
         _, _, names, rule = found

@@ -207,10 +207,13 @@ class Learner:
         if self._expiry is not None:
             self._expiry.close()
 
-    def learned_by(self, set_name: str, address: IPAddress) -> tuple[tuple[str, ...], int] | None:
-        """The names and domain rule of the answer that last wrote ``address`` in the set
-        (for /v1/routes; entries written before the last reload are not known)."""
-        return self._written.written_by(set_name, address)
+    def learned_by(
+        self, set_name: str, version: int, address: int
+    ) -> tuple[tuple[str, ...], int] | None:
+        """The names and domain rule of the answer that last wrote ``address`` (as an
+        int) in the set (for /v1/routes; entries written before the last reload are not
+        known)."""
+        return self._written.written_by(set_name, version, address)
 
 
 def _source_targets(state: State) -> list[dict[int, RuleTarget]]:

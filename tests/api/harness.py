@@ -14,8 +14,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from iptserver.api import ApiConfig, make_app
-from iptserver.dataplane.ipset import Entry
-from iptserver.dataplane.listing import Learned
+from iptserver.dataplane.listing import RouteLine, route_json
 from iptserver.dataplane.plan import LearnedEntry, plan
 from iptserver.dns.counters import DnsCounters
 from iptserver.errors import DataplaneError
@@ -63,13 +62,16 @@ class Kernel:
 
     async def installed(
         self, ip: IPAddress | None, marks: Collection[int] | None
-    ) -> AsyncIterator[list[Learned]]:
+    ) -> AsyncIterator[list[RouteLine]]:
         """What the kernel would hold (every rule here has weight 0), one per batch."""
         if self.fail:
             raise DataplaneError("cannot list ipset learned-4: test failure")
+        exits = {0x100: "uk", 0x101: "ru", 0x102: "direct"}
         for e in self.applied:
             if (ip is None or ip in e.network) and (marks is None or e.mark in marks):
-                yield [Learned(0, e.set_name, Entry(e.network, e.mark, e.timeout))]
+                address = e.network.network_address
+                start = route_json(0, str(e.network), exits.get(e.mark), e.timeout)
+                yield [RouteLine(e.set_name, address.version, int(address), start.encode())]
 
 
 @dataclass

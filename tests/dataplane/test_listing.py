@@ -3,6 +3,8 @@ tool in a namespace of the test's own."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import subprocess
 import sys
 
@@ -49,9 +51,11 @@ def rows(text: str) -> list[tuple[str, str, str, str]]:
     """(weight, set, net, mark) of each line; the timeouts only checked to be counts."""
     found = []
     for line in text.splitlines():
-        weight, name, net, mark, timeout = line.split()
+        weight, name, version, address, cidr, mark, timeout = line.split()
         assert timeout.isdigit()
-        found.append((weight, name, net, mark))
+        kind = ipaddress.IPv4Network if version == "4" else ipaddress.IPv6Network
+        net = kind((int(address), int(cidr)))
+        found.append((weight, name, str(net), mark))
     return found
 
 
@@ -83,3 +87,18 @@ def test_a_missing_set_is_an_error_that_names_it(netns: str) -> None:
     assert done.returncode == 1
     assert "cannot list ipset t-nowhere-4" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_json_lines_for_v1_routes_name_the_exit_by_mark(netns: str) -> None:
+    make_sets(netns)
+    done = listing(netns, "10:t-d10-4", "0:t-d0-6", "--json", f"{0x100}=uk,{0x101}=ru")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(" ", 3)[:3] for line in lines] == [
+        ["t-d10-4", "4", str(int(ipaddress.ip_address("198.51.100.9")))],
+        ["t-d0-6", "6", str(int(ipaddress.ip_address("2001:db8::7")))],
+    ]
+    first = json.loads(lines[0].split(" ", 3)[3] + '"rule": null, "names": []}')
+    assert first["net"] == "198.51.100.9/32"
+    assert (first["kind"], first["exit"], first["weight"]) == ("learned", "ru", 10)
+    assert 0 < first["expires_in"] <= 300

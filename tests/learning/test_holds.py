@@ -120,7 +120,7 @@ def test_a_repeat_is_not_written_again_while_held_and_its_ttl_is_what_is_left() 
     assert later.exits == ["uk"]  # still counted as routed
     late = route_answer([domain("198.51.100.7")], {0: TARGET}, written, 250, ("c",), 1060.0)
     assert len(late.entries) == 1  # less than REWRITE_AT of the hold left: written again
-    assert written.written_by("ipts-d0-4", ip("198.51.100.7")) == (("a",), 0)
+    assert written.written_by("ipts-d0-4", 4, int(ip("198.51.100.7"))) == (("a",), 0)
 
 
 def test_answers_decided_before_forget_are_not_remembered() -> None:
@@ -166,9 +166,9 @@ def test_remembered_names_and_addresses_come_back_as_written() -> None:
     chain = ("www.example.ru", "edge.cdn.example", "x\\032y.example")
     decisions = [domain("198.51.100.7"), domain("2001:db8::7"), domain("::198.51.100.7")]
     written.remember(route_answer(decisions, {0: TARGET}, written, 250, chain, 1000.0))
-    assert written.written_by("ipts-d0-4", ip("198.51.100.7")) == (chain, 0)
-    assert written.written_by("ipts-d0-6", ip("2001:db8::7")) == (chain, 0)
+    assert written.written_by("ipts-d0-4", 4, int(ip("198.51.100.7"))) == (chain, 0)
+    assert written.written_by("ipts-d0-6", 6, int(ip("2001:db8::7"))) == (chain, 0)
     # the same int as the IPv4 one, another set
-    assert written.written_by("ipts-d0-6", ip("::198.51.100.7")) == (chain, 0)
-    assert written.written_by("ipts-d0-4", ip("198.51.100.8")) is None
-    assert written.written_by("ipts-d1-4", ip("198.51.100.7")) is None
+    assert written.written_by("ipts-d0-6", 6, int(ip("::198.51.100.7"))) == (chain, 0)
+    assert written.written_by("ipts-d0-4", 4, int(ip("198.51.100.8"))) is None
+    assert written.written_by("ipts-d1-4", 4, int(ip("198.51.100.7"))) is None

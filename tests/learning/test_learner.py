@@ -57,7 +57,7 @@ def test_an_answer_is_written_once_then_repeats_are_capped_until_a_reload() -> N
         [90 + HOLD_MARGIN],
     ]
     assert learner.learned == {"uk": 3}
-    assert learner.learned_by("ipts-d0-4", ADDRESS) == (("www.bbc.co.uk",), 0)
+    assert learner.learned_by("ipts-d0-4", 4, int(ADDRESS)) == (("www.bbc.co.uk",), 0)
 
 
 def test_immediate_writes_never_overtake_answers_still_on_their_way() -> None:
