@@ -6,10 +6,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from iptserver.api import ApiConfig, PluginEndpoint, make_app, start_plugin_endpoint
 from iptserver.dns.throttle import ThrottledLog
@@ -36,6 +39,39 @@ class MalformedRequests(logging.Filter):
         return False
 
 
+class _JsonErrors(RequestHandler):
+    """aiohttp answers a request it cannot parse (a bad request line, an oversized
+    header) itself, in text/plain: the API's one error shape, ``{"error": ...}``,
+    instead."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)
+        reason = " ".join(str(message or HTTPStatus(plain.status).phrase).split())[:200]
+        response = web.json_response({"error": reason}, status=plain.status)
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrors(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The app makes its Server (routing, request factory); only its connections'
+        # handler class differs, so the instance takes the subclass.
+        server.__class__ = _JsonErrorServer
+        return server
+
+
 def read_token(path: Path | None) -> str | None:
     """The bearer token the POST endpoints need (None: no file, no token)."""
     if path is None:
@@ -58,7 +94,7 @@ async def serve_api(config: ApiConfig, endpoint: Endpoint) -> AsyncIterator[int]
         log.warning("the HTTP API on %s has no token: anyone who reaches it can POST", address)
     plugin: PluginEndpoint | None = None
     config.plugin = lambda: plugin
-    runner = web.AppRunner(make_app(config), access_log=None)
+    runner = _Runner(make_app(config), access_log=None)
     malformed = MalformedRequests()
     server_log = logging.getLogger("aiohttp.server")
     server_log.addFilter(malformed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 from pathlib import Path
 
 import aiohttp
@@ -104,7 +105,8 @@ def test_a_port_in_use_is_an_error_that_names_it() -> None:
 def test_malformed_requests_are_one_throttled_warning_without_a_traceback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A scanner's garbage: each gets a 400, the log one line for the lot, no ERROR."""
+    """A scanner's garbage: each gets a 400 with a JSON error (as every other error of
+    the API), the log one line for the lot, no ERROR."""
     config = ApiConfig(learner(), token=TOKEN)
     garbage = [
         b"GARBAGE\r\n\r\n",
@@ -118,13 +120,17 @@ def test_malformed_requests_are_one_throttled_warning_without_a_traceback(
             for raw in garbage:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(raw)
-                replies.append(await reader.read(100))
+                replies.append(await reader.read())
                 writer.close()
         return replies
 
     with caplog.at_level("DEBUG"):
         replies = asyncio.run(main())
-    assert all(reply.startswith(b"HTTP/1.") and b" 400 " in reply for reply in replies)
+    for reply in replies:
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0], reply
+        assert b"Content-Type: application/json" in head, reply
+        assert set(json.loads(body)) == {"error"}, reply
     assert [r for r in caplog.records if r.levelno >= 40] == []
     warned = [r for r in caplog.records if r.levelno == 30 and "HTTP 400" in r.getMessage()]
     assert len(warned) == 1 and warned[0].exc_info is None, warned
