@@ -139,11 +139,12 @@ class Bench:
                 self.procs.remove(proc)
 
     def start_iptserver(
-        self, workers: int = 1, rate_limit: str = NO_RATE_LIMIT, *extra: str
+        self, workers: int = 1, rate_limit: str = NO_RATE_LIMIT, *extra: str, more: str = ""
     ) -> subprocess.Popen[bytes]:
+        """``more``: YAML appended to the schema."""
         schema = self.work / "schema.yaml"
         text = SCHEMA.format(listen=IPTSERVER, upstream=UPSTREAM, rate_limit=rate_limit)
-        schema.write_text(text)
+        schema.write_text(text + more)
         argv = [sys.executable, "-m", "iptserver", "run", "--config", str(schema), *extra]
         if workers > 1:
             argv += ["--workers", str(workers)]

@@ -39,6 +39,7 @@ from dnsbench import IPTSERVER, Bench, field_of, rss_mb
 
 API = f"{IPTSERVER}:8053"
 NO_LIMIT = "{client: 0, network: 0}"
+ROOM = "kernel: {max_learned: 2000000}\n"  # a million held, and room to learn more
 CLIENT_QPS = 200
 LEARNED_SET = "ipts-d0-4"
 FETCH = """
@@ -93,7 +94,7 @@ def main() -> int:
 def run(bench: Bench, work: Path, entries: int, seconds: float) -> int:
     state = work / "state"
     ok = True
-    proc = bench.start_iptserver(1, NO_LIMIT, "--api", API)
+    proc = bench.start_iptserver(1, NO_LIMIT, "--api", API, more=ROOM)
     bench.wait_answering(IPTSERVER)
     fill(bench, work, entries)
     print(f"held: {bench.set_size(LEARNED_SET):,} learned entries, {CLIENT_QPS} new names/s asked")
@@ -133,7 +134,9 @@ def run(bench: Bench, work: Path, entries: int, seconds: float) -> int:
     proc = restart(bench, proc, "plain", ())
     proc.kill()
     proc.wait()
-    proc = bench.start_iptserver(1, NO_LIMIT, "--api", API, *with_state)  # writes the state
+    proc = bench.start_iptserver(
+        1, NO_LIMIT, "--api", API, *with_state, more=ROOM
+    )  # writes the state
     bench.wait_answering(IPTSERVER)
     proc = restart(bench, proc, "--state-dir", with_state)
     proc.send_signal(signal.SIGTERM)
@@ -156,7 +159,7 @@ def restart(
     held = bench.set_size(LEARNED_SET)
     probe = bench.python(PROBE, IPTSERVER)
     started = time.monotonic()
-    proc = bench.start_iptserver(1, NO_LIMIT, "--api", API, *extra)
+    proc = bench.start_iptserver(1, NO_LIMIT, "--api", API, *extra, more=ROOM)
     answered = probe.communicate()[0].strip()
     after = float(answered) - started if answered else float("nan")
     bench.wait_answering(IPTSERVER)
