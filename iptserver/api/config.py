@@ -39,6 +39,8 @@ class ApiConfig:
     ) = None
     # Each kernel set's entry count, read at scrape time (None: no kernel).
     set_sizes: Callable[[], Awaitable[dict[str, int]]] | None = None
+    # DNS datagrams the kernel dropped past twice dns.rate_limit (None: no kernel).
+    kernel_dropped: Callable[[], Awaitable[int]] | None = None
     # The recursor plugin's datagram endpoint, once it listens (for its counters).
     plugin: Callable[[], PluginEndpoint | None] | None = None
     # Whether an interface is up now (None: not known, no kernel).

@@ -44,6 +44,13 @@ async def metrics(request: web.Request) -> web.Response:
         except DataplaneError as e:  # the rest of the metrics still says something
             log.warning("metrics: set sizes left out: %s", e)
     request.app[COLLECTOR].sizes = sizes
+    dropped: int | None = None
+    if config.kernel_dropped is not None:
+        try:
+            dropped = await config.kernel_dropped()
+        except DataplaneError as e:
+            log.warning("metrics: kernel drops left out: %s", e)
+    request.app[COLLECTOR].kernel_dropped = dropped
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -54,6 +61,7 @@ class StateCollector(Collector):
     def __init__(self, config: ApiConfig) -> None:
         self._config = config
         self.sizes: dict[str, int] | None = None  # set by the handler before each scrape
+        self.kernel_dropped: int | None = None  # likewise
 
     def collect(self) -> Iterator[Metric]:
         config = self._config
@@ -62,6 +70,12 @@ class StateCollector(Collector):
                 yield CounterMetricFamily(
                     f"iptserver_dns_{key}", f"DNS proxy: {key.replace('_', ' ')}", value=value
                 )
+        if self.kernel_dropped is not None:
+            yield CounterMetricFamily(
+                "iptserver_dns_kernel_dropped",
+                "DNS datagrams the kernel dropped past twice dns.rate_limit",
+                value=self.kernel_dropped,
+            )
         learner = config.learner
         yield CounterMetricFamily(
             "iptserver_answers", "Answers routed (DNS proxy and API)", value=learner.answers

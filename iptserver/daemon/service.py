@@ -241,6 +241,7 @@ class Daemon:
             token=read_token(self.options.api_token_file),
             installed=running.kernel.route_batches,
             set_sizes=running.kernel.set_sizes,
+            kernel_dropped=running.kernel.guard_drops,
             link_up=lambda interface: link_state(interface) is not None,
             rate_limited=lambda: running.proxy.clients.limited,
             lists=lambda: running.lists.status.values(),

@@ -11,7 +11,15 @@ from collections.abc import Sequence
 
 import iptc
 
-from iptserver.dataplane.plan import CHAIN, DNS_CHAIN, DOH_CHAIN, MARK_MASK, KernelPlan, SetPlan
+from iptserver.dataplane.plan import (
+    CHAIN,
+    DNS_CHAIN,
+    DOH_CHAIN,
+    GUARD_CHAIN,
+    MARK_MASK,
+    KernelPlan,
+    SetPlan,
+)
 from iptserver.errors import DataplaneError
 
 _MASK = f"0x{MARK_MASK:x}"
@@ -91,6 +99,7 @@ def install(plan: KernelPlan, dns_port: int | None) -> None:
             _install_mangle(plan, version)
             _install_dns(plan, version, dns_port)
             _install_doh(plan, version)
+            _install_guard(plan, version)
         except (iptc.IPTCError, iptc.XTablesError) as e:
             family = "iptables" if version == 4 else "ip6tables"
             raise DataplaneError(f"{family}: cannot install the {CHAIN} chains: {e}") from e
@@ -209,6 +218,89 @@ def _install_doh(plan: KernelPlan, version: int) -> None:
     table.autocommit = True
 
 
+def _install_guard(plan: KernelPlan, version: int) -> None:
+    """The kernel's share of dns.rate_limit (``DnsGuard``), in the raw table: UDP DNS to
+    the proxy (its addresses, and port 53 from the ingress) goes to a chain of
+    hashlimit rules, once, that drop a client's datagrams past the rate. Written with
+    iptables-restore: python-iptables cannot encode the hashlimit match."""
+    guard = plan.guard
+    present = _restore(version, None)
+    if guard is None:
+        _remove_guard(version, present)
+        return
+    lines = [f":{GUARD_CHAIN} - [0:0]", f":{GUARD_CHAIN}-L - [0:0]"]  # made, or flushed
+    if f"-A PREROUTING -j {GUARD_CHAIN}" not in present:
+        lines.append(f"-I PREROUTING -j {GUARD_CHAIN}")
+    udp = "-p udp -m udp --dport"
+    lines += [f"-A {GUARD_CHAIN} -i {iface} {udp} 53 -g {GUARD_CHAIN}-L" for iface in plan.ingress]
+    for address, port in guard.listen:
+        if address.version == version:
+            to = "-m addrtype --dst-type LOCAL" if address.is_unspecified else f"-d {address}"
+            lines.append(f"-A {GUARD_CHAIN} {to} {udp} {port} -g {GUARD_CHAIN}-L")
+    for kind, rate, mask in (
+        ("c", guard.client, 0),
+        ("n", guard.network, 24 if version == 4 else 56),
+    ):
+        if not rate:
+            continue
+        rate = min(rate, 1_000_000)
+        burst = max(1, min(round(rate * guard.burst), 10_000))
+        lines.append(
+            f"-A {GUARD_CHAIN}-L -m hashlimit --hashlimit-above {rate}/sec "
+            f"--hashlimit-burst {burst} --hashlimit-mode srcip "
+            + (f"--hashlimit-srcmask {mask} " if mask else "")
+            # the rate in the name: the kernel keeps a table's first settings for its name
+            + f"--hashlimit-name ipts{version}{kind}{rate} -j DROP"
+        )
+    _restore(version, lines)
+
+
+def guard_drops() -> int:
+    """DNS datagrams the kernel dropped past the rate (both families), from the
+    hashlimit rules' counters (0 when there are none)."""
+    dropped = 0
+    for version in (4, 6):
+        tool = "iptables-legacy-save" if version == 4 else "ip6tables-legacy-save"
+        try:
+            done = subprocess.run(
+                [tool, "-t", "raw", "-c"], text=True, capture_output=True, check=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError) as e:
+            detail = getattr(e, "stderr", "") or e
+            raise DataplaneError(f"{tool}: cannot read the {GUARD_CHAIN} counters: {detail}") from e
+        for line in done.stdout.splitlines():
+            if f"-A {GUARD_CHAIN}-L " in line and line.startswith("["):
+                dropped += int(line[1 : line.index(":")])
+    return dropped
+
+
+def _remove_guard(version: int, present: str | None = None) -> None:
+    present = _restore(version, None) if present is None else present
+    chains = [chain for chain in (GUARD_CHAIN, f"{GUARD_CHAIN}-L") if f":{chain} " in present]
+    lines = (
+        [f"-D PREROUTING -j {GUARD_CHAIN}"] if f"-A PREROUTING -j {GUARD_CHAIN}" in present else []
+    )
+    lines += [f"-F {chain}" for chain in chains] + [f"-X {chain}" for chain in chains]
+    if lines:
+        _restore(version, lines)
+
+
+def _restore(version: int, lines: list[str] | None) -> str:
+    """Apply ``lines`` to the raw table in one commit (iptables-legacy-restore
+    --noflush); with None, read the table (iptables-legacy-save). Returns the output."""
+    tool = "iptables-legacy" if version == 4 else "ip6tables-legacy"
+    argv = [f"{tool}-save", "-t", "raw"] if lines is None else [f"{tool}-restore", "--noflush"]
+    text = None if lines is None else "*raw\n" + "".join(f"{line}\n" for line in lines) + "COMMIT\n"
+    try:
+        done = subprocess.run(
+            argv, input=text, text=True, capture_output=True, check=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", "") or e
+        raise DataplaneError(f"{tool}: cannot write the {GUARD_CHAIN} chain: {detail}") from e
+    return done.stdout
+
+
 def _redirect_v6(port: int) -> None:
     """The IPv6 REDIRECT rules, through ip6tables-legacy-restore: python-iptables loads the
     REDIRECT extension for one family per process, and IPv4 has it. The chain was just
@@ -255,3 +347,4 @@ def remove() -> None:
                         source_chain.delete()
             except (iptc.IPTCError, iptc.XTablesError) as e:
                 raise DataplaneError(f"cannot remove chain {chain_name}: {e}") from e
+        _remove_guard(version)

@@ -26,11 +26,16 @@ from dataclasses import asdict, dataclass
 from iptserver.policy.core import PRIVATE_NETS
 from iptserver.policy.sources import source_classes
 from iptserver.schema.model import Exit, Route, Schema
-from iptserver.schema.values import IPNetwork
+from iptserver.schema.values import IPAddress, IPNetwork
 
 CHAIN = "IPTSERVER"
 DNS_CHAIN = "IPTSERVER-DNS"
 DOH_CHAIN = "IPTSERVER-DOH"
+GUARD_CHAIN = "IPTSERVER-GUARD"
+# The kernel drops a client's DNS datagrams past this many times dns.rate_limit: the
+# proxy still sees (and counts, and logs) those a little over the rate, but a flood
+# costs the event loop nothing past that.
+GUARD_FACTOR = 2
 # Well-known public DNS-over-HTTPS resolvers (their anycast addresses), rejected on port
 # 443 with dns.block_doh; operators add others with dns.doh_servers.
 WELL_KNOWN_DOH: tuple[IPNetwork, ...] = tuple(
@@ -113,6 +118,18 @@ class SourcePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsGuard:
+    """Past ``GUARD_FACTOR`` times dns.rate_limit the kernel drops a client's UDP DNS
+    queries (per address and per /24 or /56) before the proxy reads them: those to the
+    proxy's addresses, and port 53 from the ingress (redirected to it)."""
+
+    client: int  # datagrams a second per address (0: no limit)
+    network: int  # per /24 or /56
+    burst: float  # seconds of the rate at once
+    listen: tuple[tuple[IPAddress, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class KernelPlan:
     exits: tuple[ExitPlan, ...]
     classes: tuple[WeightClass, ...]  # highest weight first
@@ -123,6 +140,7 @@ class KernelPlan:
     export_table: int | None = None  # learned host routes for FRR (kernel.export_table)
     max_learned: int = 1_000_000  # entries a learned set holds at most (kernel.max_learned)
     sources: tuple[SourcePlan, ...] = ()  # per source class (rules with sources)
+    guard: DnsGuard | None = None  # the kernel's share of dns.rate_limit (None: no limit)
 
     def exit(self, name: str) -> ExitPlan:
         return next(e for e in self.exits if e.name == name)
@@ -220,6 +238,19 @@ def plan(
         export_table=schema.kernel.export_table,
         max_learned=schema.kernel.max_learned,
         sources=sources,
+        guard=_guard(schema),
+    )
+
+
+def _guard(schema: Schema) -> DnsGuard | None:
+    limit = schema.dns.rate_limit
+    if not limit.client and not limit.network:
+        return None
+    return DnsGuard(
+        client=round(limit.client * GUARD_FACTOR),
+        network=round(limit.network * GUARD_FACTOR),
+        burst=limit.burst,
+        listen=tuple((address, port) for address, port in schema.dns.listen),
     )
 
 

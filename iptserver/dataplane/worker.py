@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from iptserver.dataplane import firewall
 from iptserver.dataplane.ipset import IPSets
 from iptserver.dataplane.kernel import Adoption, Dataplane, write_learned
 from iptserver.dataplane.listing import Learned, RouteLine, stream_learned, stream_routes
@@ -170,6 +171,10 @@ class KernelWorker:
             return
         async for batch in stream_routes(plan, ip=ip, marks=marks):
             yield batch
+
+    async def guard_drops(self) -> int:
+        """See ``firewall.guard_drops`` (iptables-save in a thread: no lock needed)."""
+        return await asyncio.to_thread(firewall.guard_drops)
 
     async def set_sizes(self) -> dict[str, int]:
         return await self._call(self.dataplane.set_sizes)

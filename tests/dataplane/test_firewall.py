@@ -81,7 +81,8 @@ def rules_of(lines: list[str], name: str) -> list[str]:
 
 
 def everything(netns: str) -> dict[tuple[int, str], list[str]]:
-    return {(v, t): saved(netns, v, t) for v in (4, 6) for t in ("mangle", "nat", "filter")}
+    tables = ("mangle", "nat", "filter", "raw")
+    return {(v, t): saved(netns, v, t) for v in (4, 6) for t in tables}
 
 
 def test_the_mangle_chain_and_its_hooks(netns: str, write_schema: Callable[[str], Path]) -> None:
@@ -162,6 +163,48 @@ def test_doh_is_rejected_when_asked_and_unblocked_on_reload(
     drive(netns, write_schema(SCHEMA), "install")
     for version in (4, 6):
         assert not any("IPTSERVER-DOH" in line for line in saved(netns, version, "filter"))
+
+
+GUARDED = SCHEMA + (
+    "dns:\n"
+    '  listen: ["10.9.0.1:53", "[fd00::1]:5300", "0.0.0.0:5353"]\n'
+    "  rate_limit: {client: 100, network: 1000, burst: 3}\n"
+)
+
+
+def test_dns_floods_past_twice_the_rate_limit_are_dropped_in_the_raw_table(
+    netns: str, write_schema: Callable[[str], Path]
+) -> None:
+    """UDP DNS to the proxy (port 53 from the ingress, the proxy's own addresses) goes
+    once through hashlimit rules at twice dns.rate_limit; a limit of 0 takes them out."""
+    drive(netns, write_schema(GUARDED), "install", 5353)
+    guard = "-A IPTSERVER-GUARD"
+    to_limits = "-g IPTSERVER-GUARD-L"
+    for version, to, mask in ((4, "-d 10.9.0.1/32", 24), (6, "-d fd00::1/128", 56)):
+        raw = saved(netns, version, "raw")
+        assert rules_of(raw, "PREROUTING") == ["-A PREROUTING -j IPTSERVER-GUARD"]
+        port = "53" if version == 4 else "5300"
+        assert rules_of(raw, "IPTSERVER-GUARD") == [
+            f"{guard} -i ing0 -p udp -m udp --dport 53 {to_limits}",
+            f"{guard} -i xuk -p udp -m udp --dport 53 {to_limits}",
+            f"{guard} {to} -p udp -m udp --dport {port} {to_limits}",
+            *(  # 0.0.0.0: any of the host's addresses
+                [f"{guard} -p udp -m addrtype --dst-type LOCAL -m udp --dport 5353 {to_limits}"]
+                if version == 4
+                else []
+            ),
+        ]
+        limit = "-A IPTSERVER-GUARD-L -m hashlimit --hashlimit-above"
+        assert rules_of(raw, "IPTSERVER-GUARD-L") == [
+            f"{limit} 200/sec --hashlimit-burst 600 --hashlimit-mode srcip "
+            f"--hashlimit-name ipts{version}c200 -j DROP",
+            f"{limit} 2000/sec --hashlimit-burst 6000 --hashlimit-mode srcip "
+            f"--hashlimit-name ipts{version}n2000 --hashlimit-srcmask {mask} -j DROP",
+        ]
+    unlimited = GUARDED.replace("client: 100, network: 1000", "client: 0, network: 0")
+    drive(netns, write_schema(unlimited), "install", 5353)
+    for version in (4, 6):
+        assert not any("GUARD" in line for line in saved(netns, version, "raw"))
 
 
 def test_remove_leaves_nothing_and_others_rules_alone(
