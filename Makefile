@@ -66,6 +66,7 @@ bench: setup
 	$(BIN)/python bench/leak.py
 	$(BIN)/python bench/recursor.py
 	$(BIN)/python bench/hostile.py
+	$(BIN)/python bench/held.py
 
 clean:
 	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache

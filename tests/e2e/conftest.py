@@ -158,6 +158,11 @@ class Iptservers:
         self._started.append(running)
         return running
 
+    @property
+    def current(self) -> Running:
+        """The daemon started last."""
+        return self._started[-1]
+
     def attempt(self, schema: Path, *extra: str) -> tuple[int, str]:
         """Run a daemon that is expected to give up: its exit code and its output."""
         argv = iptserver_argv(schema, self.mmdb, *extra)
