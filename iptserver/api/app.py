@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from iptserver.api.clients import add_client, list_clients, remove_client
 from iptserver.api.config import CONFIG, ApiConfig
 from iptserver.api.http import MAX_BODY, json_errors
 from iptserver.api.metrics import install_metrics, metrics
@@ -31,6 +32,9 @@ def make_app(config: ApiConfig) -> web.Application:
             web.get("/v1/explain", explain_view),
             web.post("/v1/answers", post_answer),
             web.post("/v1/reload", post_reload),
+            web.get("/v1/clients", list_clients),
+            web.post("/v1/clients", add_client),
+            web.delete("/v1/clients/{name}", remove_client),
         ]
     )
     return app

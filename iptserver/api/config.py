@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from iptserver.api.plugin import PluginEndpoint
+from iptserver.daemon.onboarding import Onboarding
 from iptserver.dataplane.listing import RouteLine
 from iptserver.dataplane.plan import ExitPlan
 from iptserver.dns.counters import DnsCounters
@@ -47,6 +48,9 @@ class ApiConfig:
     link_up: Callable[[str], bool] | None = None
     # Queries dropped over dns.rate_limit, by client address (None: no proxy).
     rate_limited: Callable[[], Mapping[str, int]] | None = None
+    # The clients added and removed through the API (None: not here, see no_onboarding).
+    onboarding: Onboarding | None = None
+    no_onboarding: str = "this daemon manages no clients"
     # The schema's lists and how their refreshes went (None: no daemon).
     lists: Callable[[], Iterable[ListStatus]] | None = None
 

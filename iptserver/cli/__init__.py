@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from iptserver import __version__
-from iptserver.cli import geoip, lab, lists, render, run, schema
+from iptserver.cli import clients, geoip, lab, lists, render, run, schema
 from iptserver.cli.command import EXIT_FAILURE, EXIT_USAGE
 from iptserver.errors import IptserverError, KeyFileError, SchemaError, UsageError
 from iptserver.render.wireguard import RenderError
@@ -72,6 +72,6 @@ def parser() -> argparse.ArgumentParser:
         help="default: info for run (starts, reloads, stops), warning for the rest",
     )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (run, schema, lists, render, geoip, lab):
+    for group in (run, schema, lists, clients, render, geoip, lab):
         group.register(commands)
     return top

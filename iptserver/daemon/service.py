@@ -22,6 +22,7 @@ from pathlib import Path
 from iptserver.daemon.clients import ProxyClients
 from iptserver.daemon.lists import ListRefresher
 from iptserver.daemon.memory import settle
+from iptserver.daemon.onboarding import Onboarding
 from iptserver.daemon.options import Options
 from iptserver.daemon.tunnels import TunnelFollower
 from iptserver.daemon.workers import Workers
@@ -38,6 +39,7 @@ from iptserver.geoip import GeoIPDatabase, open_geoip
 from iptserver.health.monitor import Change, Monitor
 from iptserver.health.webhook import Webhook
 from iptserver.learning import Learner, State
+from iptserver.mesh.topology import mesh_of
 from iptserver.policy import Policy
 from iptserver.schema.model import Route, Schema
 from iptserver.schema.values import Endpoint, format_endpoint
@@ -56,6 +58,16 @@ class Running:
     proxy: DnsProxy
     workers: Workers | None  # --workers: more processes answering DNS
     lists: ListRefresher
+    onboarding: Onboarding | None  # clients added through the API (None: see why)
+    no_onboarding: str  # why clients cannot be added here
+
+    async def relink(self, interface: str) -> list[str]:
+        """An interface up again, or made anew: the exit routes through it go back in,
+        and the clients added through the API if it is theirs."""
+        problems = await self.kernel.relink(interface)
+        if self.onboarding is not None and interface == self.onboarding.interface:
+            await self.onboarding.restore()
+        return problems
 
     def exits_through(self, interface: str) -> list[str]:
         """The tunnel exits whose traffic leaves by ``interface`` (failover included)."""
@@ -185,7 +197,13 @@ class Daemon:
         lists = ListRefresher(self._lists, self.options.config.parent, self.reload)
         lists.follow(state.loaded)
         stack.push_async_callback(lists.close)
-        running = Running(kernel, learner, monitor, tunnels, proxy, workers, lists)
+        onboarding, no_onboarding = self._onboarding(schema)
+        if onboarding is not None:
+            await onboarding.restore()
+            tunnels.watch(onboarding.interface)
+        running = Running(
+            kernel, learner, monitor, tunnels, proxy, workers, lists, onboarding, no_onboarding
+        )
         if (endpoint := self.options.api_endpoint(schema)) is not None:
             await self._serve_api(stack, running, proxy, endpoint)
         log.info(
@@ -198,9 +216,26 @@ class Daemon:
         monitor.start()
         stack.push_async_callback(monitor.stop)
         lists.start()
-        tunnels.start(kernel.relink, running.exits_through, kernel.follow_main, kernel.reannounce)
+        tunnels.start(running.relink, running.exits_through, kernel.follow_main, kernel.reannounce)
         stack.callback(tunnels.close)  # first of all: no relink while the rest stops
         self._running = running
+
+    def _onboarding(self, schema: Schema) -> tuple[Onboarding | None, str]:
+        """Who adds clients through the API: this daemon, when the clients connect to its
+        node and it has a state directory to keep them in; else why not."""
+        clients = mesh_of(schema).clients
+        if clients is None:
+            return None, "the schema has no clients section"
+        entry = next((name for name, node in schema.nodes.items() if node.entry), None)
+        if clients.node != entry:
+            return None, f"clients connect to node {clients.node!r}, not to this entry"
+        if self.options.state_dir is None:
+            return None, "clients added through the API are kept in --state-dir: none is given"
+        try:
+            return Onboarding(clients, self.options.state_dir), ""
+        except IptserverError as e:
+            log.error("clients cannot be added or removed through the API: %s", e)
+            return None, str(e)
 
     async def _start_workers(
         self, stack: contextlib.AsyncExitStack, state: State, proxy: DnsProxy
@@ -245,6 +280,8 @@ class Daemon:
             link_up=lambda interface: link_state(interface) is not None,
             rate_limited=lambda: running.proxy.clients.limited,
             lists=lambda: running.lists.status.values(),
+            onboarding=running.onboarding,
+            no_onboarding=running.no_onboarding,
         )
         await stack.enter_async_context(serve_api(config, endpoint))
 
@@ -296,6 +333,15 @@ class Daemon:
         await running.monitor.reconfigure(state.policy.schema)
         running.learner.exports_changed()
         running.lists.follow(state.loaded)
+        if running.onboarding is not None:
+            clients = mesh_of(state.policy.schema).clients
+            if clients is not None and clients.interface == running.onboarding.interface:
+                running.onboarding.follow(clients)
+            else:
+                log.warning(
+                    "the clients section changed: clients added through the API "
+                    "follow it after a restart"
+                )
         self.reloads["ok"] += 1
         settle(full=False)
         log.info(

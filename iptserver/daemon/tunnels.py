@@ -84,6 +84,10 @@ class TunnelFollower:
         self._tasks.add(task)  # the loop keeps only a weak reference
         task.add_done_callback(self._tasks.discard)
 
+    def watch(self, interface: str) -> None:
+        """Follow ``interface`` too (not an exit's: the clients'), for ``relink``."""
+        self._links.setdefault(interface, link_state(interface))
+
     def _on_link(self, interface: str, index: int | None) -> None:
         """When a tunnel interface is up again (or made anew), its routes go back in;
         when it goes down, say whose traffic is dropped meanwhile."""

@@ -30,6 +30,13 @@ def client_config(clients: Clients, peer: ClientPeer, keys: KeySource) -> Render
     """One client's config: its key and address, the clients' node as its only peer."""
     private = keys.client_private(peer.name, peer.private_key_file)
     where = peer.private_key_file or str(keys.root / "clients" / f"{peer.name}.key")
+    text = config_text(clients, peer, private, keys.public(clients.node, clients.interface))
+    return Rendered(PurePosixPath(f"{peer.name}.conf"), text, (Secret(private, where),))
+
+
+def config_text(clients: Clients, peer: ClientPeer, private: str | None, server: str) -> str:
+    """The wg-quick text of a client whose peer (the clients' node) has the public key
+    ``server``; without ``private`` (the client keeps its own) a comment stands in."""
     if clients.endpoint is None:
         raise RenderError(
             f"clients cannot reach node {clients.node!r}: it has no endpoint "
@@ -37,7 +44,7 @@ def client_config(clients: Clients, peer: ClientPeer, keys: KeySource) -> Render
         )
     lines = [
         "[Interface]",
-        f"PrivateKey = {private}",
+        f"PrivateKey = {private}" if private else "# PrivateKey = (the key this client made)",
         f"Address = {peer.address}/{peer.address.max_prefixlen}",
     ]
     if clients.dns:
@@ -45,14 +52,13 @@ def client_config(clients: Clients, peer: ClientPeer, keys: KeySource) -> Render
     lines += [
         "",
         "[Peer]",
-        f"PublicKey = {keys.public(clients.node, clients.interface)}",
+        f"PublicKey = {server}",
         f"Endpoint = {clients.endpoint}",
         f"AllowedIPs = {', '.join(str(net) for net in clients.allowed_ips)}",
     ]
     if clients.keepalive is not None:
         lines.append(f"PersistentKeepalive = {clients.keepalive}")
-    text = "\n".join(lines) + "\n"
-    return Rendered(PurePosixPath(f"{peer.name}.conf"), text, (Secret(private, where),))
+    return "\n".join(lines) + "\n"
 
 
 def render_clients(mesh: Mesh, keys: KeySource, client: str | None = None) -> ClientsRender:

@@ -14,6 +14,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from iptserver.api import ApiConfig, make_app
+from iptserver.daemon.onboarding import Onboarding
 from iptserver.dataplane.listing import RouteLine, route_json
 from iptserver.dataplane.plan import LearnedEntry, plan
 from iptserver.dns.counters import DnsCounters
@@ -103,6 +104,7 @@ def serve(
     token: str | None = TOKEN,
     reload: bool = True,
     geo: GeoIPDatabase | None = None,
+    onboarding: Onboarding | None = None,
 ) -> Harness:
     """Run ``scenario`` against the app on 127.0.0.1 (a random port)."""
     harness = make_harness(geo)
@@ -116,6 +118,7 @@ def serve(
             geo=geo,
             token=token,
             installed=harness.kernel.installed,
+            onboarding=onboarding,
         )
         server = TestServer(make_app(config), host="127.0.0.1", port=0)
         async with TestClient(server) as client:
