@@ -13,6 +13,7 @@ import base64
 import json
 import secrets
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -91,14 +92,20 @@ def clients_interface(lab: Lab, state: Path) -> Iterator[str]:
 
 
 def start_wireguard(lab: Lab, node: str, interface: str) -> subprocess.Popen[bytes]:
+    wg_socket(interface).unlink(missing_ok=True)  # a killed one's is left behind
     process = lab.spawn(node, ["wireguard-go", "-f", interface], name=interface)
     lab.wait_for(f"wireguard-go {interface}", wg_socket(interface).exists, [process])
     return process
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    process.kill()  # by its PID: the interface goes with it
-    process.wait()
+    """By its PID: the interface goes with it (SIGTERM: its control socket too)."""
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def connect(lab: Lab, added: dict[str, Any], table: int) -> Phone:
@@ -296,3 +303,30 @@ def test_a_client_the_interface_refuses_leaves_no_trace(
     assert api(lab, "GET", "/v1/clients") == (200, [])
     assert not (state / "clients.json").exists()
     assert not (state / "keys" / "clients" / "erin.key").exists()
+
+
+def test_the_cli_adds_lists_and_removes_through_the_api(
+    started: tuple[Lab, str, Iptservers], tmp_path: Path
+) -> None:
+    lab, _, _ = started
+    token = str(tmp_path / "token")
+    cli = [sys.executable, "-m", "iptserver", "clients"]
+    where = ["--api", f"127.0.0.1:{API}", "--api-token-file", token]
+    config, qr = tmp_path / "frank.conf", tmp_path / "frank.png"
+    lab.run("entry", [*cli, "add", "frank", *where, "--out", str(config), "--qr", str(qr)])
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert qr.read_bytes().startswith(b"\x89PNG")
+    phone = connect(lab, {"name": "frank", "config": config.read_text()}, 3004)
+    try:
+        assert phone.whoami(lab) == "ru"
+        listed = lab.run("entry", [*cli, "ls", *where]).stdout
+        assert listed.startswith("frank ") and "10.77.9.254" in listed and " api " in listed
+        assert "handshake never" not in listed
+        lab.run("entry", [*cli, "rm", "frank", *where])
+        with pytest.raises(ProbeError):
+            phone.whoami(lab, timeout=1.0)
+    finally:
+        disconnect(lab, phone)
+    again = lab.run("entry", [*cli, "rm", "frank", *where], check=False)
+    assert again.returncode == 1
+    assert "404 no client 'frank'" in again.stderr
