@@ -10,7 +10,8 @@ the quiet client (127.2.0.20) asks 1,000 names over and over at 200 q/s. For eac
 the quiet client's p50/p99 alone and during the flood, and what became of the flood
 (answered, dropped), and the daemon's RSS before and after:
 
-* ``iptserver``: the schema's default ``dns.rate_limit`` (500 q/s a client, 2000 a /24);
+* ``iptserver``: the schema's default ``dns.rate_limit`` (500 q/s a client, 2000 a /24;
+  past twice that the kernel drops the datagrams, counted as "kernel dropped");
 * ``iptserver, no limit``: ``dns.rate_limit`` off, to show what the limit buys;
 * ``dnsmasq``: ``dnsmasq --ipset``, which has no per-client limit.
 
@@ -49,6 +50,7 @@ class Flooded:
     sent: int  # the flood's queries
     answered: int
     rss: tuple[float, float]  # MB, before and after (iptserver)
+    kernel_dropped: int = 0  # the flood's datagrams the kernel dropped (iptserver's guard)
 
 
 def main() -> int:
@@ -77,7 +79,7 @@ def floods(bench: Bench, seconds: float) -> bool:
     print(f"Flood from one client ({FLOODER}), a quiet one ({QUIET}) at {QUIET_QPS} q/s")
     print(
         "\n  path                 flood q/s   quiet p50/p99 ms   during p50/p99 ms   "
-        "quiet lost   flood answered   RSS MB before/after"
+        "quiet lost   flood answered   kernel dropped   RSS MB before/after"
     )
     for rate in FLOODS:
         for path in PATHS:
@@ -86,7 +88,7 @@ def floods(bench: Bench, seconds: float) -> bool:
             print(
                 f"  {path:20} {rate:9,}   {result.quiet[0]:6.2f} /{result.quiet[1]:6.2f}"
                 f"     {result.during[0]:6.2f} /{result.during[1]:7.2f}   {result.quiet_lost:10}"
-                f"   {result.answered:7,} of {result.sent:7,}"
+                f"   {result.answered:7,} of {result.sent:7,}   {result.kernel_dropped:14,}"
                 f"   {result.rss[0]:6.1f} / {result.rss[1]:6.1f}"
             )
     return ok
@@ -98,7 +100,19 @@ def flood(bench: Bench, path: str, rate: int, seconds: float) -> Flooded:
         return measure_flood(bench, DNSMASQ, pid, rate, seconds)
     limit = DEFAULT_LIMIT if path == "iptserver" else NO_RATE_LIMIT
     with bench.iptserver(1, rate_limit=limit) as proc:
-        return measure_flood(bench, IPTSERVER, proc.pid, rate, seconds)
+        result = measure_flood(bench, IPTSERVER, proc.pid, rate, seconds)
+        result.kernel_dropped = kernel_dropped(bench)
+        return result
+
+
+def kernel_dropped(bench: Bench) -> int:
+    """What iptserver's hashlimit rules dropped (counters of chain IPTSERVER-GUARD-L)."""
+    saved = bench.exec("iptables-legacy-save", "-t", "raw", "-c")
+    return sum(
+        int(line[1 : line.index(":")])
+        for line in saved.splitlines()
+        if line.startswith("[") and "-A IPTSERVER-GUARD-L " in line
+    )
 
 
 def measure_flood(bench: Bench, server: str, pid: int, rate: int, seconds: float) -> Flooded:
