@@ -67,6 +67,7 @@ bench: setup
 	$(BIN)/python bench/recursor.py
 	$(BIN)/python bench/hostile.py
 	$(BIN)/python bench/held.py
+	$(BIN)/python bench/convergence.py
 
 clean:
 	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache

@@ -86,11 +86,15 @@ ZONE: dict[str, tuple[Record, ...]] = {
 # record in 203.0.113.200-249 (no country), derived from the name so answers are stable:
 # 50 addresses, which repeat the way popular (CDN) addresses do. Names under FRESH_ZONE
 # instead answer one AAAA record in FRESH_NET (no country, reached through the lab as all
-# of 2001:db8:ff::/48), derived from the name: in effect, a new address per name.
+# of 2001:db8:ff::/48), derived from the name: in effect, a new address per name. Names
+# under CHURN_ZONE answer one A record in CHURN_NET (RFC 2544's benchmarking range, not
+# reachable in the lab), 65,536 addresses: a thousand names are nearly a thousand routes.
 BENCH_ZONE = "bench.ru"
 BENCH_FIRST, BENCH_COUNT = 200, 50
 FRESH_ZONE = "fresh." + BENCH_ZONE
 FRESH_NET = "2001:db8:ff:be00::/56"
+CHURN_ZONE = "churn." + BENCH_ZONE
+CHURN_NET = "198.19.0.0/16"
 
 
 def synthetic(name: str) -> tuple[Record, ...]:
@@ -102,7 +106,10 @@ def synthetic(name: str) -> tuple[Record, ...]:
         digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
         host = int.from_bytes(digest, "big") % net.num_addresses
         return _aaaa(str(net.network_address + host))
-    if not name.endswith("." + BENCH_ZONE) or name == FRESH_ZONE:
+    if name.endswith("." + CHURN_ZONE):
+        net = ipaddress.IPv4Network(CHURN_NET)
+        return _a(str(net.network_address + zlib.crc32(name.encode()) % net.num_addresses))
+    if not name.endswith("." + BENCH_ZONE) or name in (FRESH_ZONE, CHURN_ZONE):
         return ()
     host = BENCH_FIRST + zlib.crc32(name.encode()) % BENCH_COUNT
     return _a(f"203.0.113.{host}")

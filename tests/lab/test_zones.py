@@ -9,6 +9,7 @@ import pytest
 from iptserver.lab.zones import (
     BENCH_COUNT,
     BENCH_FIRST,
+    CHURN_NET,
     FRESH_NET,
     ZONE,
     Record,
@@ -43,12 +44,23 @@ def test_fresh_names_have_their_own_stable_aaaa(name: str) -> None:
     assert synthetic("other." + name.split(".", 1)[1]) != (record,)
 
 
+def test_churn_names_have_nearly_an_address_each() -> None:
+    records = [synthetic(f"n{i}.churn.bench.ru") for i in range(1000)]
+    assert all(len(r) == 1 and r[0].type == "A" for r in records)
+    addresses = {ipaddress.ip_address(r[0].value) for r in records}
+    assert all(a in ipaddress.ip_network(CHURN_NET) for a in addresses)
+    assert len(addresses) > 980  # 1,000 draws from 65,536
+    assert synthetic("n1.churn.bench.ru") == records[1]
+
+
 def test_bench_names_share_a_few_unplaced_addresses() -> None:
     (record,) = synthetic("q7.bench.ru")
     assert isinstance(record, Record) and record.type == "A"
     assert BENCH_FIRST <= int(record.value.rsplit(".", 1)[1]) < BENCH_FIRST + BENCH_COUNT
 
 
-@pytest.mark.parametrize("name", ["bench.ru", "fresh.bench.ru", "www.bbc.co.uk", "xbench.ru"])
+@pytest.mark.parametrize(
+    "name", ["bench.ru", "fresh.bench.ru", "churn.bench.ru", "www.bbc.co.uk", "xbench.ru"]
+)
 def test_no_synthetic_records_outside_the_synthetic_zone(name: str) -> None:
     assert synthetic(name) == ()
