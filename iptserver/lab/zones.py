@@ -107,8 +107,8 @@ def synthetic(name: str) -> tuple[Record, ...]:
         host = int.from_bytes(digest, "big") % net.num_addresses
         return _aaaa(str(net.network_address + host))
     if name.endswith("." + CHURN_ZONE):
-        net = ipaddress.IPv4Network(CHURN_NET)
-        return _a(str(net.network_address + zlib.crc32(name.encode()) % net.num_addresses))
+        churn = ipaddress.IPv4Network(CHURN_NET)
+        return _a(str(churn.network_address + zlib.crc32(name.encode()) % churn.num_addresses))
     if not name.endswith("." + BENCH_ZONE) or name in (FRESH_ZONE, CHURN_ZONE):
         return ()
     host = BENCH_FIRST + zlib.crc32(name.encode()) % BENCH_COUNT
