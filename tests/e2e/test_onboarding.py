@@ -74,21 +74,38 @@ class Phone:
         return lab.exit_of(probes.whoami(make, address, 80, timeout))
 
 
-@contextmanager
-def clients_interface(lab: Lab, state: Path) -> Iterator[str]:
+@dataclass
+class ClientsEnd:
     """The entry's WireGuard interface for clients, keyed from the state directory."""
+
+    lab: Lab
+    interface: str
+    key: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = start_wireguard(self.lab, "entry", self.interface)
+        self.lab.run("entry", ["wg", "set", self.interface, "private-key", str(self.key),
+                               "listen-port", str(PORT)])  # fmt: skip
+        self.lab.run("entry", ["ip", "addr", "add", f"{CLIENTS_DNS}/24", "dev", self.interface])
+        self.lab.run("entry", ["ip", "link", "set", self.interface, "up"])
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+
+@contextmanager
+def clients_interface(lab: Lab, state: Path) -> Iterator[ClientsEnd]:
     interface = f"wc{lab.id}"
-    private = state / "keys" / "entry" / f"{interface}.key"
     KeyStore(state).private("entry", interface)
-    process = start_wireguard(lab, "entry", interface)
+    end = ClientsEnd(lab, interface, state / "keys" / "entry" / f"{interface}.key")
+    end.start()
     try:
-        lab.run("entry", ["wg", "set", interface, "private-key", str(private),
-                          "listen-port", str(PORT)])  # fmt: skip
-        lab.run("entry", ["ip", "addr", "add", f"{CLIENTS_DNS}/24", "dev", interface])
-        lab.run("entry", ["ip", "link", "set", interface, "up"])
-        yield interface
+        yield end
     finally:
-        stop(process)
+        end.stop()
 
 
 def start_wireguard(lab: Lab, node: str, interface: str) -> subprocess.Popen[bytes]:
@@ -181,24 +198,35 @@ class Stream:
             stop.wait(0.1)
 
 
+@dataclass
+class Started:
+    lab: Lab
+    end: ClientsEnd
+    iptservers: Iptservers
+
+    @property
+    def interface(self) -> str:
+        return self.end.interface
+
+
 @pytest.fixture
-def started(iptservers: Iptservers, tmp_path: Path) -> Iterator[tuple[Lab, str, Iptservers]]:
+def started(iptservers: Iptservers, tmp_path: Path) -> Iterator[Started]:
     lab = iptservers.lab
     state = tmp_path / "state"
     token = tmp_path / "token"
     token.write_text(TOKEN)
-    with clients_interface(lab, state) as interface:
+    with clients_interface(lab, state) as end:
         extra = ("--state-dir", str(state), "--api-token-file", str(token))
-        iptservers.start(schema(interface), *extra)
-        yield lab, interface, iptservers
+        iptservers.start(schema(end.interface), *extra)
+        yield Started(lab, end, iptservers)
         if iptservers.current.alive:
             iptservers.stop(iptservers.current)
 
 
 def test_a_client_added_live_connects_and_routes_while_another_streams(
-    started: tuple[Lab, str, Iptservers], tmp_path: Path
+    started: Started, tmp_path: Path
 ) -> None:
-    lab, interface, _ = started
+    lab, interface = started.lab, started.interface
     status, alice = api(lab, "POST", "/v1/clients", {"name": "alice"})
     assert status == 201, alice
     assert alice["address"] == "10.77.9.254"  # from the subnet's end
@@ -252,9 +280,9 @@ def test_a_client_added_live_connects_and_routes_while_another_streams(
 
 
 def test_added_clients_survive_a_restart_and_bad_requests_change_nothing(
-    started: tuple[Lab, str, Iptservers], tmp_path: Path
+    started: Started, tmp_path: Path
 ) -> None:
-    lab, interface, iptservers = started
+    lab, interface, iptservers = started.lab, started.interface, started.iptservers
     status, carol = api(lab, "POST", "/v1/clients", {"name": "carol"})
     assert status == 201, carol
     for body, expected in [
@@ -305,10 +333,8 @@ def test_a_client_the_interface_refuses_leaves_no_trace(
     assert not (state / "keys" / "clients" / "erin.key").exists()
 
 
-def test_the_cli_adds_lists_and_removes_through_the_api(
-    started: tuple[Lab, str, Iptservers], tmp_path: Path
-) -> None:
-    lab, _, _ = started
+def test_the_cli_adds_lists_and_removes_through_the_api(started: Started, tmp_path: Path) -> None:
+    lab = started.lab
     token = str(tmp_path / "token")
     cli = [sys.executable, "-m", "iptserver", "clients"]
     where = ["--api", f"127.0.0.1:{API}", "--api-token-file", token]
@@ -330,3 +356,25 @@ def test_the_cli_adds_lists_and_removes_through_the_api(
     again = lab.run("entry", [*cli, "rm", "frank", *where], check=False)
     assert again.returncode == 1
     assert "404 no client 'frank'" in again.stderr
+
+
+def test_added_clients_come_back_when_the_interface_is_made_anew(
+    started: Started,
+) -> None:
+    """A WireGuard container restarted: its interface comes back empty; the daemon (not
+    restarted) puts the added clients back on it as soon as it is up."""
+    lab, interface, iptservers = started.lab, started.interface, started.iptservers
+    status, grace = api(lab, "POST", "/v1/clients", {"name": "grace"})
+    assert status == 201, grace
+    started.end.stop()
+    started.end.start()
+    deadline = time.monotonic() + 10
+    while grace["public_key"] not in lab.run("entry", ["wg", "show", interface]).stdout:
+        assert time.monotonic() < deadline, "the added client never came back"
+        time.sleep(0.1)
+    phone = connect(lab, grace, 3005)
+    try:
+        assert phone.whoami(lab) == "ru"
+    finally:
+        disconnect(lab, phone)
+    assert "put on" in iptservers.current.log
