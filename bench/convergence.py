@@ -28,7 +28,7 @@ from iptserver.cli import main as cli
 from iptserver.geoip.build import write_country_db
 from iptserver.lab.addresses import LAB_COUNTRIES
 from iptserver.lab.entry import ENTRY_DNS, start_iptserver, stop_iptserver
-from iptserver.lab.mesh import OFFICE_TUNNEL, MeshLab, read_rendered
+from iptserver.lab.mesh import MeshLab, read_rendered
 from iptserver.lab.zones import CHURN_ZONE, synthetic
 
 EXPORT_TABLE = 200
@@ -55,19 +55,10 @@ def main() -> int:
 
 def deploy(lab: MeshLab, work: Path, hold: int) -> Path:
     """Tunnels and FRR from rendered files, as an operator would; the schema's path."""
-    entry_end = next(OFFICE_TUNNEL.hosts())
     schema = work / "mesh.yaml"
     schema.write_text(
-        f"""\
-exits:
-  uk: {{interface: {lab.wg_interface("uk")}}}
-  ru: {{interface: {lab.wg_interface("ru")}}}
-  us: {{interface: {lab.wg_interface("us")}}}
-  direct: {{interface: _DEFAULT}}
-ingress: [{lab.ingress}, {lab.office_interface("entry")}]
-dns:
-  listen: ["{ENTRY_DNS}:53", "{entry_end}:53"]
-  upstream: ["203.0.113.53:53"]
+        lab.entry_schema()
+        + f"""\
   rate_limit: {{client: 0, network: 0}}
 kernel: {{export_table: {EXPORT_TABLE}}}
 rules:

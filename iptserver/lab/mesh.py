@@ -37,6 +37,7 @@ from typing import Any
 from iptserver.dataplane.links import attributes, messages
 from iptserver.lab.addresses import EXIT_NAMES, TUNNELS, UPLINK, UPLINKS
 from iptserver.lab.commands import parallel, run_command
+from iptserver.lab.entry import ENTRY_DNS
 from iptserver.lab.errors import LabError
 from iptserver.lab.frr import Frr
 from iptserver.lab.state import wg_socket
@@ -93,6 +94,20 @@ class MeshLab(Lab):
             ends[self.wg_interface(exit_name, "entry")] = "entry"
             ends[self.wg_interface(exit_name, "exit")] = exit_name
         return ends
+
+    def entry_schema(self) -> str:
+        """The ``exits:``, ``ingress:`` and ``dns:`` of a schema for this lab's entry. The
+        proxy listens on the entry's end of the office tunnel too: a REDIRECT sends a
+        query to the address of the interface it arrived on."""
+        office_end = next(OFFICE_TUNNEL.hosts())
+        exits = "".join(f"  {e}: {{interface: {self.wg_interface(e)}}}\n" for e in EXIT_NAMES)
+        return (
+            f"exits:\n{exits}  direct: {{interface: _DEFAULT}}\n"
+            f"ingress: [{self.ingress}, {self.office_interface('entry')}]\n"
+            "dns:\n"
+            f'  listen: ["{ENTRY_DNS}:53", "{office_end}:53"]\n'
+            '  upstream: ["203.0.113.53:53"]\n'
+        )
 
     def mesh_schema(self) -> str:
         """The ``nodes:`` and ``tunnels:`` of a schema that fits this lab."""

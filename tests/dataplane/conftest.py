@@ -34,6 +34,19 @@ def veth_namespace(prefix: str, interfaces: tuple[str, ...] = INTERFACES) -> Ite
         subprocess.run(["ip", "netns", "del", name], check=True)
 
 
+def ipset_restore(netns: str, lines: list[str]) -> None:
+    """Make sets and entries with the ipset tool, as another program (or a killed run)
+    would have left them."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, "ipset", "restore"],
+        input="\n".join(lines) + "\n",
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture
 def netns() -> Iterator[str]:
     with veth_namespace("iptsdp") as name:

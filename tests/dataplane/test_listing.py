@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from tests.conftest import REPO
+from tests.dataplane.conftest import ipset_restore
 
 
 def sh(netns: str, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -27,24 +28,19 @@ def listing(netns: str, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def make_sets(netns: str) -> None:
-    lines = [
-        "create t-d10-4 hash:net family inet timeout 0 skbinfo",
-        "create t-d0-4 hash:net family inet timeout 0 skbinfo",
-        "create t-d0-6 hash:net family inet6 timeout 0 skbinfo",
-        "add t-d10-4 198.51.100.9 timeout 300 skbmark 0x101",
-        "add t-d0-4 203.0.113.20 timeout 200 skbmark 0x100",
-        "add t-d0-4 203.0.113.3 timeout 100 skbmark 0x101",
-        "add t-d0-4 198.51.100.0/24 timeout 0 skbmark 0x100",
-        "add t-d0-6 2001:db8::7 timeout 300 skbmark 0x100",
-    ]
-    done = subprocess.run(
-        ["ip", "netns", "exec", netns, "ipset", "restore"],
-        input="\n".join(lines) + "\n",
-        text=True,
-        capture_output=True,
-        check=False,
+    ipset_restore(
+        netns,
+        [
+            "create t-d10-4 hash:net family inet timeout 0 skbinfo",
+            "create t-d0-4 hash:net family inet timeout 0 skbinfo",
+            "create t-d0-6 hash:net family inet6 timeout 0 skbinfo",
+            "add t-d10-4 198.51.100.9 timeout 300 skbmark 0x101",
+            "add t-d0-4 203.0.113.20 timeout 200 skbmark 0x100",
+            "add t-d0-4 203.0.113.3 timeout 100 skbmark 0x101",
+            "add t-d0-4 198.51.100.0/24 timeout 0 skbmark 0x100",
+            "add t-d0-6 2001:db8::7 timeout 300 skbmark 0x100",
+        ],
     )
-    assert done.returncode == 0, done.stderr
 
 
 def rows(text: str) -> list[tuple[str, str, str, str]]:

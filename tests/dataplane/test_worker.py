@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import REPO
+from tests.dataplane.conftest import ipset_restore
 
 SCHEMA = """
 exits:
@@ -148,17 +149,6 @@ def test_listing_a_large_learned_set_does_not_hold_up_answers_writes(
     assert learned(result)["203.0.113.9/32"] == (0, UK)
 
 
-def restore(netns: str, lines: list[str]) -> None:
-    done = subprocess.run(
-        ["ip", "netns", "exec", netns, "ipset", "restore"],
-        input="\n".join(lines) + "\n",
-        text=True,
-        capture_output=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-
-
 LEFT_BY_A_KILLED_RUN = [
     "create ipts-d0-4 hash:net family inet timeout 0 skbinfo",
     "create ipts-d0-6 hash:net family inet6 timeout 0 skbinfo",
@@ -175,7 +165,7 @@ def test_a_start_drops_entries_of_exits_that_are_gone_after_it_applied(
     """Without a state file nobody knows which exits the kernel had: the learned sets
     are read after the apply (in the background), and entries whose mark no exit has
     go; the others stay."""
-    restore(netns, LEFT_BY_A_KILLED_RUN)
+    ipset_restore(netns, LEFT_BY_A_KILLED_RUN)
     result = drive(netns, write_schema(SCHEMA), tmp_path / "exits.json", "remove", "adopt")
     assert {net: mark for _, _, net, mark, _ in result["adopted"]} == {
         "203.0.113.50/32": UK,
@@ -189,7 +179,7 @@ def test_a_start_rebuilds_the_export_table_from_the_learned_sets(
     """A killed run left learned entries and exported routes that no longer agree: the
     routes of entries of tunnel exits are added, a route no entry wants is deleted, and
     those that agree are left as they are."""
-    restore(netns, LEFT_BY_A_KILLED_RUN)
+    ipset_restore(netns, LEFT_BY_A_KILLED_RUN)
     for route in ("203.0.113.50 dev xuk", "203.0.113.99 dev xuk"):
         sh(netns, "ip", "route", "add", *route.split(), "table", "200", "proto", "157")
     result = drive(netns, write_schema(EXPORTING), tmp_path / "exits.json", "keep", "adopt")

@@ -21,7 +21,6 @@ from iptserver.lab.entry import ENTRY_DNS, start_iptserver, stop_iptserver
 from iptserver.lab.mesh import (
     LAN_WHOAMI_PORT,
     OFFICE_LAN,
-    OFFICE_TUNNEL,
     MeshLab,
     RouteWatch,
     read_rendered,
@@ -39,28 +38,20 @@ SHORT_HOLD = 2  # seconds: www.example.com's rule
 SHORT_NAME, SHORT_IP = "www.example.com", "198.51.100.150"
 CONVERGENCE_RUNS = 5
 ARTIFACT = REPO / "artifacts" / "convergence.txt"
-# A REDIRECT sends a query to the address of the interface it arrived on: the proxy
-# listens on the entry's end of the office tunnel too.
-OFFICE_TUNNEL_ENTRY = next(OFFICE_TUNNEL.hosts())
 
 
 def schema_text(lab: MeshLab) -> str:
-    return f"""\
-exits:
-  uk: {{interface: {lab.wg_interface("uk")}}}
-  ru: {{interface: {lab.wg_interface("ru")}}}
-  us: {{interface: {lab.wg_interface("us")}}}
-  direct: {{interface: _DEFAULT}}
-ingress: [{lab.ingress}, {lab.office_interface("entry")}]
-dns:
-  listen: ["{ENTRY_DNS}:53", "{OFFICE_TUNNEL_ENTRY}:53"]
-  upstream: ["203.0.113.53:53"]
+    return (
+        lab.entry_schema()
+        + f"""\
 kernel: {{export_table: {EXPORT_TABLE}}}
 rules:
   - {{exit: uk, domains: [gov.uk]}}
   - {{exit: ru, domains: [bench.ru]}}
   - {{exit: us, domains: [www.example.com], hold: {SHORT_HOLD}}}
-""" + lab.mesh_schema()
+"""
+        + lab.mesh_schema()
+    )
 
 
 @dataclass
