@@ -14,10 +14,10 @@ import pytest
 from iptserver.lab import LabError
 from iptserver.lab.zones import ZONE
 from iptserver.render.systemd import UnitSettings, render_unit
-from tests.e2e.conftest import BASE_SCHEMA, Iptservers, resolved
+from tests.e2e.conftest import BASE_SCHEMA, Iptservers, api_get, resolved
 from tests.e2e.entry_kernel import entry_state, ours
 
-SCHEMA = BASE_SCHEMA + "rules:\n  - {exit: ru, domains: [mail.ru]}\n"
+SCHEMA = BASE_SCHEMA + "rules:\n  - {exit: ru, domains: [mail.ru]}\napi: {listen: 127.0.0.1:8053}\n"
 # linux/capability.h
 CAPABILITY_BITS = {"CAP_NET_BIND_SERVICE": 10, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13}
 
@@ -56,6 +56,12 @@ def test_the_unit_s_capabilities_are_enough_to_route(iptservers: Iptservers) -> 
     assert lab.whoami("client", address) == "ru"
     assert daemon.reload(), daemon.log
     assert lab.whoami("client", address) == "ru"
+    # What runs beside it with the same capabilities: the child that lists the learned
+    # sets for /v1/routes, and iptables-save for the kernel's DNS drops.
+    status, routes = api_get(lab, 8053, "/v1/routes?kind=learned")
+    assert status == 200 and [r["net"] for r in routes] == [f"{address}/32"], routes
+    _, metrics = api_get(lab, 8053, "/metrics")
+    assert "iptserver_dns_kernel_dropped_total 0.0" in metrics
 
 
 def test_a_start_iptables_refuses_leaves_nothing_behind(iptservers: Iptservers) -> None:
