@@ -70,6 +70,7 @@ class MeshLab(Lab):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._frr: dict[str, Frr] = {}
+        self._post_down: dict[str, list[list[str]]] = {}  # interface -> its config's hooks
 
     # -- names ----------------------------------------------------------------------
 
@@ -151,7 +152,9 @@ class MeshLab(Lab):
     def apply_wireguard(self, node: str, interface: str, config: str) -> None:
         """Configure a tunnel end from a wg-quick config, as ``wg-quick up`` would with
         ``Table = off``: ``wg setconf`` with the stripped config, its Address, link up.
-        PostUp/PostDown hooks are not run (the lab masquerades on its own)."""
+        Of the PostUp/PostDown hooks only ``ip`` commands run (routing rules; the lab
+        masquerades on its own): the previous config's PostDown ones first, as
+        ``wg-quick down`` would, then the new PostUp ones."""
         if self.tunnel_ends().get(interface) != node:
             raise LabError(f"{interface} is no tunnel end of {node} in lab {self.id}")
         parser = configparser.ConfigParser(strict=False, interpolation=None)
@@ -183,6 +186,11 @@ class MeshLab(Lab):
             [f"addr replace {address} dev {interface}" for address in addresses]
             + [f"link set {interface} up"],
         )
+        for hook in self._post_down.pop(interface, []):
+            self.run(node, hook, check=False)
+        self._post_down[interface] = _ip_hooks(config, "PostDown", interface)
+        for hook in _ip_hooks(config, "PostUp", interface):
+            self.run(node, hook)
 
     def drop_tunnel_end(self, interface: str) -> None:
         """The tunnel end is gone, as when its container stops: its interface (and with it
@@ -342,6 +350,17 @@ class MeshLab(Lab):
             except (LabError, OSError, subprocess.SubprocessError) as e:
                 problems.append(f"FRR on {node}: {e}")
         return problems + super().close()  # also removes FRR instance directories
+
+
+def _ip_hooks(config: str, key: str, interface: str) -> list[list[str]]:
+    """A wg-quick config's ``ip`` hook commands (PostUp or PostDown), %i filled in (one
+    per line: configparser keeps only the last of repeated keys)."""
+    hooks = []
+    for line in _first_section_only(config).splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == key and value.strip().startswith("ip "):
+            hooks.append(value.strip().replace("%i", interface).split())
+    return hooks
 
 
 def _first_section_only(config: str) -> str:

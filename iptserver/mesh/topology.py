@@ -3,6 +3,7 @@ ports and peers. Pure and deterministic, so every render of a schema agrees."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 
@@ -42,6 +43,9 @@ class Link:
     public_key: str | None  # given in the schema (private key kept elsewhere)
     peer_private_key_file: str | None
     peer_public_key: str | None
+    # With ``send: all``, on the node's tunnel to the entry: the subnets whose traffic is
+    # all policy-routed into it (what is more specific in main, OSPF's too, still wins).
+    send_all: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,15 @@ def mesh_of(schema: Schema) -> Mesh:
                     ospf=own_node.ospf if own_node else True,
                 )
             )
+    entry = next((name for name, spec in declared.items() if spec.entry), None)
+    for name, own in links.items():
+        spec = declared.get(name)
+        if spec is not None and spec.send == "all":
+            subnets = tuple(spec.subnets)
+            own[:] = [
+                dataclasses.replace(link, send_all=subnets) if link.peer_node == entry else link
+                for link in own
+            ]
     nodes: dict[str, Node] = {}
     for name, own in links.items():
         spec = declared.get(name)

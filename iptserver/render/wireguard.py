@@ -6,6 +6,7 @@ same mesh and keys give the same bytes (no timestamps, order as in the schema).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -14,6 +15,7 @@ from iptserver.errors import IptserverError
 from iptserver.mesh.keys import public_of
 from iptserver.mesh.topology import ClientPeer, Clients, Link, Mesh, Node
 from iptserver.render.files import Rendered, Secret
+from iptserver.schema.values import IPNetwork
 
 MASQUERADE_LABEL = 29
 """Conntrack label that tags connections which came in over a masquerading tunnel.
@@ -64,6 +66,29 @@ def peer_public_key(link: Link, keys: KeySource) -> str:
     return keys.public(link.peer_node, link.peer_interface, link.peer_private_key_file)
 
 
+SEND_ALL_TABLE = 30001  # the office's table with one route: default into the tunnel
+SEND_ALL_PRIORITY = 30000  # and the rules that send its subnets' traffic there
+
+
+def send_all_hooks(subnets: Sequence[IPNetwork]) -> list[str]:
+    """PostUp/PostDown lines for ``send: all``: traffic from ``subnets`` takes main's
+    routes more specific than a default (the LAN, the mesh's OSPF routes), and for the
+    rest, where main would take the node's own uplink, the tunnel (%i)."""
+    up, down = [], []
+    for net in subnets:
+        ip = "ip" if net.version == 4 else "ip -6"
+        rules = [
+            f"from {net} lookup main suppress_prefixlength 0 priority {SEND_ALL_PRIORITY}",
+            f"from {net} lookup {SEND_ALL_TABLE} priority {SEND_ALL_PRIORITY + 1}",
+        ]
+        up += [f"PostUp = {ip} rule add {rule}" for rule in rules]
+        down += [f"PostDown = {ip} rule del {rule}" for rule in rules]
+    for ip in sorted({"ip" if net.version == 4 else "ip -6" for net in subnets}):
+        up.append(f"PostUp = {ip} route replace default dev %i table {SEND_ALL_TABLE}")
+        down.append(f"PostDown = {ip} route flush table {SEND_ALL_TABLE}")
+    return up + down
+
+
 def masquerade_hooks() -> list[str]:
     """PostUp/PostDown lines that NAT what arrives from the tunnel (%i) and leaves by
     another interface, for IPv4 and IPv6."""
@@ -102,6 +127,8 @@ def tunnel_config(link: Link, keys: KeySource) -> Rendered:
         lines.append(f"Table = {link.table}")
     if link.masquerade:
         lines += masquerade_hooks()
+    if link.send_all:
+        lines += send_all_hooks(link.send_all)
     lines += ["", "[Peer]", f"# {link.peer_node}", f"PublicKey = {peer_public_key(link, keys)}"]
     if link.preshared:
         psk = keys.preshared(link.tunnel)

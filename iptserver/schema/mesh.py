@@ -13,7 +13,7 @@ import base64
 import binascii
 import ipaddress
 from difflib import get_close_matches
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -100,6 +100,12 @@ class Node(_Model):
     )
     entry: StrictBool = Field(
         False, description="iptserver runs here; mobile clients use it for DNS"
+    )
+    send: Literal["learned", "all"] = Field(
+        "learned",
+        description="What of this node's subnets' traffic goes to the entry: learned (the "
+        "destinations the entry exports over OSPF) or all (everything; the entry applies "
+        "the whole schema, default included)",
     )
 
     check_endpoint = field_validator("endpoint")(_no_port)
@@ -196,7 +202,7 @@ def mesh_problems(
     nodes: dict[str, Node], tunnels: dict[str, Tunnel], clients: Clients | None
 ) -> Problems:
     """What the model alone cannot see: references between sections, address fit."""
-    problems = _entry_problems(nodes)
+    problems = _entry_problems(nodes) + _send_problems(nodes, tunnels)
     claims = _Claims()  # shared: a tunnel and the clients must not take the same port
     for position, (name, tunnel) in enumerate(tunnels.items(), start=1):
         problems += _tunnel_problems(name, position, tunnel, nodes, claims)
@@ -232,6 +238,64 @@ def _entry_problems(nodes: dict[str, Node]) -> Problems:
         (("nodes", extra, "entry"), f"only one node can be the entry ({entries[0]!r} is)")
         for extra in entries[1:]
     ]
+
+
+def _send_problems(nodes: dict[str, Node], tunnels: dict[str, Tunnel]) -> Problems:
+    """``send: all`` needs LANs to send from, a tunnel to the entry, and wg-quick."""
+    entry = next((name for name, node in nodes.items() if node.entry), None)
+    problems: Problems = []
+    for name, node in nodes.items():
+        if node.send != "all":
+            continue
+        path: Path = ("nodes", name, "send")
+        if node.entry:
+            problems.append((path, "the entry sends nothing to itself: send: all is for offices"))
+        elif node.mikrotik:
+            problems.append((path, "send: all is rendered for Linux nodes (wg-quick) only"))
+        elif not node.subnets:
+            problems.append((path, "send: all needs the node's subnets (nothing to send from)"))
+        elif not (links := [(n, t) for n, t in tunnels.items() if {name, entry} == set(t.hosts)]):
+            problems.append((path, f"send: all needs a tunnel between {name!r} and the entry"))
+        else:
+            for tunnel_name, tunnel in links:
+                nets = tunnel.hosts[name].allowed_nets
+                for version in sorted({net.version for net in node.subnets}):
+                    if not any(n.prefixlen == 0 and n.version == version for n in nets):
+                        everything = _ANYWHERE[0 if version == 4 else 1]
+                        problems.append(
+                            (
+                                ("tunnels", tunnel_name, "hosts", name, "allowed_nets"),
+                                f"send: all on {name!r}: allowed_nets must hold {everything} "
+                                "(WireGuard sends the entry only what they cover)",
+                            )
+                        )
+    return problems
+
+
+def ingress_problems(
+    nodes: dict[str, Node], tunnels: dict[str, Tunnel], ingress: list[str]
+) -> Problems:
+    """The entry's end of a ``send: all`` node's tunnel must be an ingress: else the
+    office's traffic reaches the entry unmarked and leaves by its uplink, whatever the
+    schema says."""
+    entry = next((name for name, node in nodes.items() if node.entry), None)
+    problems: Problems = []
+    for name, node in nodes.items():
+        if node.send != "all" or node.entry:
+            continue
+        for tunnel_name, tunnel in tunnels.items():
+            if {name, entry} != set(tunnel.hosts) or entry is None:
+                continue
+            interface = tunnel.hosts[entry].interface or tunnel_name
+            if interface not in ingress:
+                problems.append(
+                    (
+                        ("nodes", name, "send"),
+                        f"send: all: add the entry's end of tunnel {tunnel_name!r} "
+                        f"({interface}) to ingress, or the entry routes none of it",
+                    )
+                )
+    return problems
 
 
 def _unknown_node(nodes: dict[str, Node], name: str, path: Path) -> Problems:

@@ -21,6 +21,7 @@ from iptserver.lab.entry import ENTRY_DNS, start_iptserver, stop_iptserver
 from iptserver.lab.mesh import (
     LAN_WHOAMI_PORT,
     OFFICE_LAN,
+    ROUTER_IDS,
     MeshLab,
     RouteWatch,
     read_rendered,
@@ -381,4 +382,49 @@ def test_the_office_leaves_by_no_uplink_while_the_exits_tunnel_is_gone(
         code = stop_iptserver(running)
         for node in nodes:
             lab.run(node, ["iptables", "-w", "-D", *LEAK_RULE])
+    assert code == 0, running.log
+
+
+GB_IP = "198.51.100.10"  # in GB by the lab's GeoIP: a country rule, no DNS asked
+
+
+def test_an_office_that_sends_all_follows_the_whole_schema(
+    mesh: Mesh, lab_mmdb: Path, tmp_path: Path
+) -> None:
+    """``send: all`` on the office: its LAN's traffic all goes to the entry, which
+    applies the whole schema — a country rule and the default — where with ``learned``
+    only the exported destinations do (the rest leaves by the office's own uplink). The
+    office router's own traffic keeps its uplink; back to ``learned``, as before."""
+    lab = mesh.lab
+    interface = lab.office_interface("office")
+    text = mesh.schema.read_text().replace(
+        "rules:\n", "default: us\nrules:\n  - {exit: uk, countries: [GB]}\n"
+    )
+    learned = tmp_path / "learned.yaml"
+    learned.write_text(text)
+    office = f"router_id: {ROUTER_IDS['office']}"
+    everything = tmp_path / "all.yaml"
+    everything.write_text(text.replace(office, f"{office}, send: all"))
+    assert everything.read_text() != text
+    state = str(mesh.rendered / "state")
+    configs = {
+        name: render(path, "wireguard", tmp_path / name, "--state-dir", state)[
+            ("office", f"{interface}.conf")
+        ]
+        for name, path in (("learned", learned), ("all", everything))
+    }
+    assert "suppress_prefixlength 0" in configs["all"]
+    assert "suppress_prefixlength" not in configs["learned"]
+    running = start_iptserver(lab, everything, lab_mmdb)
+    try:
+        assert _way(lab, GB_IP, "officehost") == "office"  # learned: only exported routes
+        lab.apply_wireguard("office", interface, configs["all"])
+        assert _way(lab, GB_IP, "officehost") == "uk"  # the country rule
+        assert _way(lab, BESIDE_IP, "officehost") == "us"  # the schema's default
+        assert _way(lab, BESIDE_IP, "office") == "office"  # the router itself: its uplink
+        lab.apply_wireguard("office", interface, configs["learned"])
+        assert _way(lab, GB_IP, "officehost") == "office"
+    finally:
+        lab.apply_wireguard("office", interface, configs["learned"])
+        code = stop_iptserver(running)
     assert code == 0, running.log

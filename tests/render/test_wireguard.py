@@ -198,6 +198,34 @@ def test_the_schema_settings_reach_the_config(schema: Path, tmp_path: Path) -> N
     assert "PresharedKey" not in entry[1][1]
 
 
+def test_an_office_that_sends_all_routes_its_subnets_into_the_tunnel(
+    write_schema: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """``send: all``: wg-quick hooks put the office's LAN traffic into its tunnel to the
+    entry, but for what main routes more specifically (the LAN, OSPF's routes)."""
+    text = MESH.replace(
+        "subnets: [10.88.0.0/24]}", 'subnets: [10.88.0.0/24, "fd88::/64"], send: all}'
+    )
+    text = text.replace(
+        "office: {keepalive: 10, allowed_nets: [10.77.0.0/16, 10.99.0.0/24]}", "office: {}"
+    )
+    text += "ingress: [wg_office]\n"
+    out = tmp_path / "out"
+    schema = write_schema(text)
+    assert render(str(schema), "--state-dir", str(tmp_path / "state"), "--out", str(out)) == 0
+    office = parse((out / "office/wg_office.conf").read_text())[0][1]
+    assert office["PostUp"] == [
+        "ip rule add from 10.88.0.0/24 lookup main suppress_prefixlength 0 priority 30000",
+        "ip rule add from 10.88.0.0/24 lookup 30001 priority 30001",
+        "ip -6 rule add from fd88::/64 lookup main suppress_prefixlength 0 priority 30000",
+        "ip -6 rule add from fd88::/64 lookup 30001 priority 30001",
+        "ip route replace default dev %i table 30001",
+        "ip -6 route replace default dev %i table 30001",
+    ]
+    assert len(office["PostDown"]) == 6
+    assert "PostUp" not in parse((out / "entry/wg_office.conf").read_text())[0][1]
+
+
 def test_the_clients_interface_has_a_peer_per_client(schema: Path, tmp_path: Path) -> None:
     state, out = tmp_path / "state", tmp_path / "out"
     assert render(str(schema), "--state-dir", str(state), "--out", str(out)) == 0

@@ -143,6 +143,43 @@ def test_mesh_mistakes_are_reported_where_written(text: str, expected: list[str]
     assert problems(HEAD + text) == expected
 
 
+OFFICE = (
+    "nodes:\n  entry: {entry: true, endpoint: 198.18.0.1}\n"
+    "  office: {subnets: [10.88.0.0/24], send: all}\n"
+    "tunnels:\n  wg_office:\n    subnet: 10.99.0.0/30\n"
+    "    hosts:\n      entry: {expose: true}\n      office: {}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (OFFICE, "add the entry's end of tunnel 'wg_office' (wg_office) to ingress"),
+        (OFFICE.replace("entry: true,", "entry: true, send: all,"), "for offices"),
+        (OFFICE.replace("subnets:", "mikrotik: true, subnets:"), "Linux nodes (wg-quick) only"),
+        (OFFICE.replace("subnets: [10.88.0.0/24], ", ""), "needs the node's subnets"),
+        (
+            "nodes:\n  entry: {entry: true}\n  branch: {}\n"
+            "  office: {subnets: [10.88.0.0/24], send: all}\n"
+            "tunnels:\n  wg_office:\n    subnet: 10.99.0.0/30\n"
+            "    hosts:\n      branch: {expose: true}\n      office: {}\n",
+            "a tunnel between 'office' and the entry",
+        ),
+        (
+            OFFICE.replace("office: {}", "office: {allowed_nets: [10.77.0.0/16]}"),
+            "allowed_nets must hold 0.0.0.0/0",
+        ),
+    ],
+)
+def test_send_all_mistakes(text: str, says: str) -> None:
+    found = problems(HEAD + text)
+    assert any(says in p for p in found), found
+
+
+def test_send_all_with_its_tunnel_an_ingress_is_valid() -> None:
+    parse_schema(HEAD + "ingress: [wg_office]\n" + OFFICE, "s.yaml")
+
+
 def test_tunnel_clients_and_node_subnets_are_never_diverted() -> None:
     text = (
         HEAD
