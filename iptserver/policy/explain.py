@@ -94,6 +94,29 @@ class RuleMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class OfficeView:
+    """A ``--from`` address in a mesh node's subnets: whether its traffic reaches the
+    entry at all (``nodes.NAME.send``), so whether the decision applies to it."""
+
+    node: str
+    send: str  # "learned" or "all"
+    reaches: bool  # the decision applies; else it leaves by the node's own uplink
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "send": self.send, "reaches_entry": self.reaches}
+
+    def describe(self) -> str:
+        head = f"from node {self.node!r} (send: {self.send}): "
+        if self.reaches:
+            how = "all of its traffic" if self.send == "all" else "this DNS-learned address"
+            return head + f"the entry routes {how}, as above"
+        return head + (
+            "this leaves by the node's own uplink instead: only addresses learned from DNS "
+            "for domain rules with a tunnel exit reach the entry (send: all sends everything)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Explanation:
     """Which exit a query takes, the rule that decided, the rules it beat, and GeoIP's view.
 
@@ -113,6 +136,7 @@ class Explanation:
     match: RuleMatch | None
     beaten: tuple[RuleMatch, ...]
     geoip: tuple[str, IPNetwork] | None  # (country, network) of the IP
+    office: OfficeView | None = None  # the client is behind a mesh node (an office)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,6 +154,7 @@ class Explanation:
             "geoip": {"country": self.geoip[0], "network": str(self.geoip[1])}
             if self.geoip
             else None,
+            "office": self.office.to_json() if self.office else None,
         }
 
 
@@ -152,20 +177,41 @@ def explain(
     candidates = policy.candidates(query.names, query.ip, source)
     winner = next((c for c in candidates if c.rule == decision.rule), None)
     others = [c for c in candidates if c is not winner]
+    interface = _interface(policy, decision)
     return Explanation(
         query=query.text,
         client=client,
         names=query.names,
         ip=query.ip,
         exit=decision.exit,
-        interface=_interface(policy, decision),
+        interface=interface,
         rule=decision.rule,
         line=loaded.rule_lines[decision.rule] if decision.rule is not None else None,
         reason=decision.reason,
         match=_rule_match(loaded, policy, winner) if winner else None,
         beaten=tuple(_rule_match(loaded, policy, c) for c in others),
         geoip=geo.describe(query.ip) if geo is not None and query.ip is not None else None,
+        office=_office(
+            policy,
+            client,
+            learned=winner is not None
+            and winner.kind is MatchKind.DOMAIN
+            and interface not in (None, HOST_GATEWAY),
+        ),
     )
+
+
+def _office(policy: Policy, client: IPAddress | None, *, learned: bool) -> OfficeView | None:
+    """The mesh node whose subnets hold ``client`` (not the entry's), and what it sends."""
+    if client is None:
+        return None
+    for name, node in policy.schema.nodes.items():
+        if node.entry or not any(
+            client in net for net in node.subnets if net.version == client.version
+        ):
+            continue
+        return OfficeView(name, node.send, reaches=node.send == "all" or learned)
+    return None
 
 
 def _interface(policy: Policy, decision: Decision) -> str | None:
@@ -231,6 +277,8 @@ def format_text(result: Explanation) -> str:
         lines.append("     (for an answer IP; a net or country rule of higher weight may claim it)")
     if result.geoip:
         lines.append(f"     GeoIP: {result.geoip[0]} ({result.geoip[1]})")
+    if result.office:
+        lines.append(f"     {result.office.describe()}")
     return "\n".join(lines)
 
 

@@ -211,3 +211,51 @@ def test_bad_query_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["explain", str(EXAMPLES / "minimal.yaml"), "x.com=not-an-ip"])
     assert status == 2
     assert "'not-an-ip' is not an IP address" in capsys.readouterr().err
+
+
+OFFICES = """
+exits:
+  uk: {interface: wg_uk}
+  direct: {interface: _DEFAULT}
+ingress: [wg_office, wg_branch]
+default: uk
+rules:
+  - {exit: uk, domains: [bbc.co.uk]}
+  - {exit: direct, domains: [example.org]}
+  - {exit: uk, nets: [192.0.2.0/24]}
+nodes:
+  entry: {entry: true, endpoint: 198.18.0.1}
+  office: {subnets: [10.88.0.0/24]}
+  branch: {subnets: [10.89.0.0/24], send: all}
+tunnels:
+  wg_office: {subnet: 10.99.0.0/30, hosts: {entry: {expose: true}, office: {}}}
+  wg_branch: {subnet: 10.99.0.4/30, hosts: {entry: {expose: true}, branch: {}}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("query", "client", "office"),
+    [
+        ("www.bbc.co.uk=198.51.100.10", "10.88.0.5", ("office", "learned", True)),
+        ("192.0.2.7", "10.88.0.5", ("office", "learned", False)),  # a net rule: not exported
+        ("www.example.org=198.51.100.11", "10.88.0.5", ("office", "learned", False)),  # direct
+        ("203.0.113.9", "10.88.0.5", ("office", "learned", False)),  # the default
+        ("192.0.2.7", "10.89.0.5", ("branch", "all", True)),
+        ("203.0.113.9", "10.89.0.5", ("branch", "all", True)),
+        ("192.0.2.7", "10.77.1.2", None),  # a client of the entry's own
+    ],
+)
+def test_explain_says_whether_an_office_hosts_traffic_reaches_the_entry(
+    tmp_path: Path, query: str, client: str, office: tuple[str, str, bool] | None
+) -> None:
+    schema = tmp_path / "offices.yaml"
+    schema.write_text(OFFICES)
+    (found,) = run_explain(str(schema), query, "--from", client)
+    view = found["office"]
+    got = (view["node"], view["send"], view["reaches_entry"]) if view else None
+    assert got == office
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["explain", str(schema), query, "--from", client]) == 0
+    if office is not None and not office[2]:
+        assert "leaves by the node's own uplink" in out.getvalue()
