@@ -45,14 +45,17 @@ PREFIX = "ipts-"
 @dataclass(frozen=True)
 class Adoption:
     """What an apply left for a reading of the learned sets, done off the kernel thread
-    (``KernelWorker.adopt``): drop the entries whose mark no exit has (``stale``), and
-    rebuild the export table's record and routes from the entries (``exports``)."""
+    (``worker.adopt``): drop the entries whose mark no exit has (``stale``), and rebuild
+    the export table's record and routes from the entries (``exports``)."""
 
-    stale: bool
-    exports: bool
+    stale: bool = False
+    exports: bool = False
 
     def __bool__(self) -> bool:
         return self.stale or self.exports
+
+    def __or__(self, other: Adoption) -> Adoption:
+        return Adoption(self.stale or other.stale, self.exports or other.exports)
 
 
 class Dataplane:
@@ -71,7 +74,7 @@ class Dataplane:
         self._exports = ExportTable()
         self._held: set[HostRoute] = set()  # the table's routes, while ``adopt`` runs
         # What the learned sets must be read for since the last apply (see ``Adoption``).
-        self.adoption = Adoption(stale=False, exports=False)
+        self.adoption = Adoption()
 
     def close(self) -> None:
         self._sets.close()
@@ -134,7 +137,7 @@ class Dataplane:
             except DataplaneError as e:
                 log.error("%s", e)
                 problems.append(str(e))
-        self.adoption = Adoption(stale=False, exports=False)
+        self.adoption = Adoption()
         self._drop_stale(plan)
         self._sync_exports(plan)
         self._plan = plan
@@ -186,7 +189,7 @@ class Dataplane:
         if (not known or not known <= marks) and self._holds_learned(plan):
             # Entries may carry the mark of an exit that is gone: found by ``adopt``
             # (listing a full set takes seconds, not on the thread answers wait for).
-            self.adoption = Adoption(stale=True, exports=self.adoption.exports)
+            self.adoption |= Adoption(stale=True)
 
     def _route_of(self, plan: KernelPlan, exit_: ExitPlan) -> ExitPlan | None:
         """The exit whose route ``exit_``'s table holds (None: blocked)."""
@@ -332,7 +335,7 @@ class Dataplane:
         elif old != plan.export_table or _tunnels(self._plan) != _tunnels(plan):
             self._exports = ExportTable()
             if self._holds_learned(plan) or self._routing.exported_routes(plan.export_table):
-                self.adoption = Adoption(stale=self.adoption.stale, exports=True)
+                self.adoption |= Adoption(exports=True)
 
     def _holds_learned(self, plan: KernelPlan) -> bool:
         """Whether any learned set holds an entry (read from the sets' headers)."""

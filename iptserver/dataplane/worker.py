@@ -43,7 +43,7 @@ class KernelWorker:
         self._write_lock = threading.Lock()
         self._dataplane: Dataplane | None = None
         self._adopting: asyncio.Task[None] | None = None
-        self._due = Adoption(stale=False, exports=False)
+        self._due = Adoption()
         # Called once an apply's exported routes are rebuilt (the learner's expiry).
         self.exports_adopted: Callable[[], None] | None = None
 
@@ -87,7 +87,7 @@ class KernelWorker:
         due = self.dataplane.adoption
         if self._adopting is not None and not self._adopting.done():
             self._adopting.cancel()  # for an older plan; what it had left to do is redone
-            due = Adoption(due.stale or self._due.stale, due.exports or self._due.exports)
+            due |= self._due
         self._due = due
         if due:
             self._adopting = asyncio.create_task(self._adopt(plan, due))
@@ -103,7 +103,7 @@ class KernelWorker:
                 e,
             )
             return
-        self._due = Adoption(stale=False, exports=False)
+        self._due = Adoption()
         if due.exports and self.exports_adopted is not None:
             self.exports_adopted()
 
