@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,8 @@ from iptserver.dataplane.listing import RouteLine
 from iptserver.errors import DataplaneError, GeoIPError
 from iptserver.policy.explain import explain, parse_query
 from iptserver.schema.values import IPAddress
+
+log = logging.getLogger(__name__)
 
 MAX_QUERIES = 64  # explain queries per request
 
@@ -89,7 +92,11 @@ async def routes(request: web.Request) -> web.StreamResponse:
             out.add_text(start + _by_answer(by_rule, names))
         await out.flush()
         assert batches is not None
-        first = await anext(batches, [])  # an error now ends the response short
+        try:
+            first = await anext(batches, [])
+        except DataplaneError as e:  # the status is sent: the JSON is left unclosed
+            log.warning("GET /v1/routes broken off: %s", e)
+            return out.abort()
     country = _country(config, ip) if ip is not None else None
     for index, rule in enumerate(state.policy.schema.rules):
         if wanted and rule.exit not in wanted:
@@ -146,6 +153,11 @@ class _JsonArray:
             self._opened = True
             self._pending = []
         await asyncio.sleep(0)
+
+    def abort(self) -> web.StreamResponse:
+        """End the connection with the array unclosed: the reader sees it broke off."""
+        self._response.force_close()
+        return self._response
 
     async def close(self) -> web.StreamResponse:
         await self.flush()

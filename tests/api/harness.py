@@ -54,6 +54,7 @@ class Kernel:
     """The Batcher's ``apply``: records entries, or fails like a refusing kernel."""
 
     fail: bool = False
+    fail_midway: bool = False  # the listing breaks off after its first batch
     applied: list[LearnedEntry] = field(default_factory=list)
 
     async def apply(self, entries: list[LearnedEntry]) -> None:
@@ -73,6 +74,8 @@ class Kernel:
                 address = e.network.network_address
                 start = route_json(0, str(e.network), exits.get(e.mark), e.timeout)
                 yield [RouteLine(e.set_name, address.version, int(address), start.encode())]
+                if self.fail_midway:
+                    raise DataplaneError("cannot list ipset learned-4: broke off")
 
 
 @dataclass

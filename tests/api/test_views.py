@@ -142,6 +142,27 @@ def test_routes_says_when_the_kernel_cannot_be_read() -> None:
     serve(scenario)
 
 
+def test_a_listing_that_breaks_off_leaves_the_json_unclosed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The status (200) is sent before the sets are read to the end: a reader must see
+    that the list is cut, not take it for whole."""
+
+    async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
+        await h.learner.learn(["www.example.com"], [ipaddress.ip_address("198.51.100.10")], 60)
+        h.kernel.fail_midway = True
+        response = await client.get("/v1/routes", headers=AUTH)
+        assert response.status == 200
+        body = await response.text()
+        assert body.startswith('[{"kind": "learned"')
+        with pytest.raises(ValueError):
+            json.loads(body)
+
+    with caplog.at_level("WARNING"):
+        serve(scenario)
+    assert any("broken off" in r.getMessage() for r in caplog.records)
+
+
 def test_decisions_lists_recent_decisions_and_filters_by_exit() -> None:
     async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
         assert await (await client.get("/v1/decisions", headers=AUTH)).json() == []
