@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,12 @@ class Onboarding:
                 if name in {peer.name for peer in self._clients.peers}:
                     raise RosterError(409, f"client {name!r} is the schema's: remove it there")
                 raise RosterError(404, f"no client {name!r}")
-            await asyncio.to_thread(remove_peer, self.interface, found.public_key)
+            try:
+                await asyncio.to_thread(remove_peer, self.interface, found.public_key)
+            except DataplaneError:
+                if _exists(self.interface):
+                    raise
+                # No interface, no peer on it: the roster is what would bring it back.
             kept = [e for e in self._enrolled if e is not found]
             try:
                 self._write(kept)
@@ -182,6 +188,14 @@ class Onboarding:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(to_json(enrolled))
         partial.replace(self._path)
+
+
+def _exists(interface: str) -> bool:
+    try:
+        socket.if_nametoindex(interface)
+    except OSError:
+        return False
+    return True
 
 
 def _host(address: IPAddress) -> IPNetwork:

@@ -5,6 +5,8 @@ itself in tests/e2e/test_onboarding.py."""
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -81,3 +83,26 @@ def test_bad_requests_and_a_refusing_interface_leave_nothing_behind(tmp_path: Pa
     serve(scenario, onboarding=onboarding(tmp_path))
     assert not (tmp_path / "clients.json").exists()
     assert not (tmp_path / "keys" / "clients" / "tab.key").exists()
+
+
+def test_a_client_of_an_interface_that_is_gone_can_still_be_removed(tmp_path: Path) -> None:
+    """Nothing to take it off (the interface went with its container): the roster entry,
+    which would put it back, goes, and so does its key."""
+    key = base64.b64encode(bytes(range(32))).decode()
+    (tmp_path / "clients.json").write_text(
+        json.dumps(
+            [{"name": "old", "address": "10.77.2.254", "public_key": key, "keyed_here": True}]
+        )
+    )
+    (tmp_path / "keys" / "clients").mkdir(parents=True)
+    (tmp_path / "keys" / "clients" / "old.key").write_text("x")
+
+    async def scenario(client: TestClient[Any, Any], h: Harness) -> None:
+        response = await client.delete("/v1/clients/old", headers=AUTH)
+        assert await response.json() == {"removed": "old"}
+        listed = await (await client.get("/v1/clients", headers=AUTH)).json()
+        assert [c["name"] for c in listed] == ["phone"]
+
+    serve(scenario, onboarding=onboarding(tmp_path))
+    assert json.loads((tmp_path / "clients.json").read_text()) == []
+    assert not (tmp_path / "keys" / "clients" / "old.key").exists()
