@@ -29,7 +29,7 @@ from iptserver.geoip.build import write_country_db
 from iptserver.lab.addresses import LAB_COUNTRIES
 from iptserver.lab.entry import ENTRY_DNS, start_iptserver, stop_iptserver
 from iptserver.lab.mesh import MeshLab, read_rendered
-from iptserver.lab.zones import CHURN_ZONE, synthetic
+from iptserver.lab.zones import CHURN_ZONE, distinct_names
 
 EXPORT_TABLE = 200
 TICKS = 100  # clock ticks a second (/proc/PID/stat)
@@ -48,7 +48,7 @@ def main() -> int:
         write_country_db(mmdb, LAB_COUNTRIES, "iptserver lab")
         running = start_iptserver(lab, schema, mmdb)
         try:
-            return measure(lab, names(args.names), args.hold, args.parallel)
+            return measure(lab, distinct_names(CHURN_ZONE, args.names), args.hold, args.parallel)
         finally:
             stop_iptserver(running)
 
@@ -78,18 +78,6 @@ rules:
             lab.wait_tunnels()
     lab.frr("office").wait_route("10.77.1.0/24")
     return schema
-
-
-def names(count: int) -> dict[str, str]:
-    """``count`` names of the synthetic zone with distinct addresses: address -> name."""
-    found: dict[str, str] = {}
-    n = 0
-    while len(found) < count:
-        name = f"n{n}.{CHURN_ZONE}"
-        (record,) = synthetic(name)
-        found.setdefault(record.value, name)
-        n += 1
-    return found
 
 
 def measure(lab: MeshLab, wanted: dict[str, str], hold: int, parallel: int) -> int:

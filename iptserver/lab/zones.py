@@ -113,3 +113,16 @@ def synthetic(name: str) -> tuple[Record, ...]:
         return ()
     host = BENCH_FIRST + zlib.crc32(name.encode()) % BENCH_COUNT
     return _a(f"203.0.113.{host}")
+
+
+def distinct_names(zone: str, count: int, label: str = "n") -> dict[str, str]:
+    """``count`` names under ``zone`` of the synthetic zone whose A records all differ:
+    address -> name (``label0.zone``, ``label1.zone``... skipping repeats)."""
+    found: dict[str, str] = {}
+    n = 0
+    while len(found) < count:
+        name = f"{label}{n}.{zone}"
+        (record,) = synthetic(name)
+        found.setdefault(record.value, name)
+        n += 1
+    return found

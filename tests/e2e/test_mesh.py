@@ -26,7 +26,7 @@ from iptserver.lab.mesh import (
     RouteWatch,
     read_rendered,
 )
-from iptserver.lab.zones import synthetic
+from iptserver.lab.zones import BENCH_ZONE, distinct_names, synthetic
 from tests.conftest import REPO
 
 EXPORT_TABLE = 200
@@ -193,18 +193,6 @@ def test_a_learned_route_leaves_the_office_when_its_hold_is_over(
     assert code == 0, running.log
 
 
-def _bench_names(count: int) -> list[tuple[str, str]]:
-    """Names of the synthetic zone with distinct addresses: (name, address)."""
-    found: dict[str, str] = {}
-    n = 0
-    while len(found) < count:
-        name = f"conv{n}.bench.ru"
-        (record,) = synthetic(name)
-        found.setdefault(record.value, name)
-        n += 1
-    return [(name, address) for address, name in found.items()]
-
-
 def test_convergence_from_dns_answer_to_route_at_the_office(
     mesh: Mesh, lab_mmdb: Path, tmp_path: Path
 ) -> None:
@@ -221,7 +209,7 @@ def test_convergence_from_dns_answer_to_route_at_the_office(
     running = start_iptserver(lab, schema, lab_mmdb)
     rows = []
     try:
-        for name, address in _bench_names(CONVERGENCE_RUNS):
+        for address, name in distinct_names(BENCH_ZONE, CONVERGENCE_RUNS, "conv").items():
             watch = RouteWatch(lab, "office", address)
             try:
                 sent = time.monotonic()
