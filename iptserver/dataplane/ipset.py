@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 from pyroute2 import IPSet
 from pyroute2.netlink.nfnetlink.ipset import IPSET_FLAG_LIST_HEADER, IPSET_FLAG_LIST_SETNAME
@@ -97,15 +97,11 @@ class IPSets:
     def delete(self, name: str, entries: Sequence[Entry]) -> None:
         self._wire.delete(name, entries)
 
-    def scan(self, name: str) -> Iterator[RawEntry]:
-        """See ``SetWire.scan``."""
-        return self._wire.scan(name)
-
     def entries(self, name: str) -> list[Entry]:
         """The set's entries as the kernel holds them (for adoption and status)."""
         return [
             Entry(network_of(address, cidr), mark, timeout)
-            for address, cidr, mark, timeout in self.scan(name)
+            for address, cidr, mark, timeout in self._wire.scan(name)
         ]
 
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from iptserver.dataplane import firewall
 from iptserver.dataplane.ipset import IPSets
 from iptserver.dataplane.kernel import Adoption, Dataplane, write_learned
-from iptserver.dataplane.listing import Learned, RouteLine, stream_learned, stream_routes
+from iptserver.dataplane.listing import RouteLine, stream_learned, stream_routes
 from iptserver.dataplane.plan import ExitPlan, KernelPlan, LearnedEntry
 from iptserver.errors import DataplaneError
 from iptserver.schema.model import Route
@@ -151,21 +151,12 @@ class KernelWorker:
     async def follow_main(self) -> list[str]:
         return await self._call(self.dataplane.follow_main)
 
-    async def learned_batches(
-        self, ip: IPAddress | None, marks: Collection[int] | None
-    ) -> AsyncIterator[list[Learned]]:
-        """See ``listing.stream_learned``: listed by a child process, so neither the
-        kernel thread nor the interpreter lock answers wait for is held."""
-        plan = self.dataplane.plan
-        if plan is None:
-            return
-        async for batch in stream_learned(plan, ip=ip, marks=marks):
-            yield batch
-
     async def route_batches(
         self, ip: IPAddress | None, marks: Collection[int] | None
     ) -> AsyncIterator[list[RouteLine]]:
-        """``learned_batches`` as /v1/routes shows them (``listing.stream_routes``)."""
+        """The learned entries as /v1/routes shows them (``listing.stream_routes``):
+        listed by a child process, so neither the kernel thread nor the interpreter lock
+        answers wait for is held."""
         plan = self.dataplane.plan
         if plan is None:
             return

@@ -53,7 +53,7 @@ def sh(netns: str, *argv: str) -> str:
 
 
 def learned(result: dict[str, Any], key: str = "learned") -> dict[str, tuple[int, int]]:
-    """learned_batches as network -> (weight, mark), with each timeout and set checked."""
+    """stream_learned as network -> (weight, mark), with each timeout and set checked."""
     for _, set_name, net, _, timeout in result[key]:
         assert 250 < timeout <= 300
         assert set_name == ("ipts-d0-6" if ":" in net else "ipts-d0-4")

@@ -3,11 +3,11 @@
 Usage: python -m tests.dataplane.worker_driver SCHEMA STATE_FILE {keep,remove} [busy|listing|adopt]
 
 Applies the schema's plan, learns 203.0.113.7 (exit uk) with ``learn_now`` and
-2001:db8::7 (exit ru) with ``learn``, reads ``learned_batches`` (all, then filtered by
+2001:db8::7 (exit ru) with ``learn``, reads ``listing.stream_learned`` (all, then filtered by
 address and by mark) and ``set_sizes``, and closes
 (keep_state with ``keep``). With ``busy``, first reapplies a plan of many static entries
 and learns while that runs; with ``listing``, fills the learned set with many entries
-and learns while ``learned_batches`` lists them; with ``adopt``, waits for the reading of
+and learns while ``listing.stream_learned`` lists them; with ``adopt``, waits for the reading of
 the learned sets the apply left (``KernelWorker.adopted``) before anything else. Prints
 what each step answered as JSON.
 """
@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from iptserver.dataplane.listing import stream_learned
 from iptserver.dataplane.plan import KernelPlan, LearnedEntry, plan
 from iptserver.dataplane.worker import KernelWorker
 from iptserver.schema import load_schema
@@ -47,7 +48,7 @@ async def while_busy(worker: KernelWorker, big: KernelPlan) -> dict[str, Any]:
 
 
 async def while_listing(worker: KernelWorker, current: KernelPlan) -> dict[str, Any]:
-    """Learn while ``learned_batches`` lists a large set: the write is not held up."""
+    """Learn while ``listing.stream_learned`` lists a large set: the write is not held up."""
     many = [
         learned(current, str(ipaddress.ip_address(0x0A000000 + n)), "uk")
         for n in range(LISTED_ENTRIES)
@@ -64,9 +65,11 @@ async def while_listing(worker: KernelWorker, current: KernelPlan) -> dict[str, 
 async def listed(
     worker: KernelWorker, ip: IPAddress | None = None, marks: set[int] | None = None
 ) -> list[list[Any]]:
+    current = worker.dataplane.plan
+    assert current is not None
     return [
         [weight, set_name, str(entry.network), entry.mark, entry.timeout]
-        async for batch in worker.learned_batches(ip, marks)
+        async for batch in stream_learned(current, ip=ip, marks=marks)
         for weight, set_name, entry in batch
     ]
 
