@@ -9,8 +9,10 @@ are in :mod:`iptserver.cli.render_mesh`. The renderers themselves are pure, in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from pathlib import Path
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 
 from iptserver.cli import render_mesh
 from iptserver.cli.command import (
@@ -102,17 +104,43 @@ def _recursor(args: argparse.Namespace) -> int:
 
 def _register_compose(actions: Commands) -> None:
     compose = add_command(
-        actions, "compose", _compose, "docker compose override: iptserver as sidecars of a service"
+        actions,
+        "compose",
+        _compose,
+        "docker compose: iptserver and tunnels beside a service, or a node's own stack",
     )
-    compose.add_argument("--compose-file", required=True, metavar="FILE", type=Path)
     compose.add_argument(
-        "--service", required=True, metavar="NAME", help="the service whose network to join"
+        "--compose-file", metavar="FILE", type=Path, help="override mode: the user's file"
+    )
+    compose.add_argument("--service", metavar="NAME", help="the service whose network to join")
+    compose.add_argument(
+        "--stack",
+        metavar="NODE",
+        help="stack mode: a standalone stack for this exit or office node (its tunnels, "
+        "kill-switch and FRR), written to --out DIR/NODE/",
     )
     compose.add_argument(
         "--config", metavar="SCHEMA", type=Path, default=Path("iptserver.yaml"), help="schema"
     )
-    compose.add_argument("--state-dir", metavar="DIR", type=Path, default=Path("iptserver-state"))
+    compose.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        type=Path,
+        default=Path("iptserver-state"),
+        help="iptserver's state; WireGuard keys in DIR/keys, made on first use, mounted "
+        "read-only into the tunnel containers",
+    )
     compose.add_argument("--frr-dir", metavar="DIR", type=Path, default=Path("frr"))
+    compose.add_argument(
+        "--node", help="override mode: the node whose tunnel ends run here (default: the entry)"
+    )
+    compose.add_argument(
+        "--wireguard-dir",
+        metavar="DIR",
+        type=Path,
+        help="override mode: where the tunnel containers' configs (no keys in them) are "
+        "written (default: wireguard/ beside --output)",
+    )
     compose.add_argument("--geoip", metavar="MMDB", type=Path, help="country database to mount")
     compose.add_argument("--image", default="iptserver:latest", help="the sidecar image")
     compose.add_argument(
@@ -135,26 +163,48 @@ def _register_compose(actions: Commands) -> None:
         type=network,
         help="clients the recursor answers (repeatable; default: the recursor's own)",
     )
-    compose.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    compose.add_argument(
+        "-o", "--output", type=Path, help="override mode: file to write (default: stdout)"
+    )
+    compose.add_argument("--out", metavar="DIR", type=Path, help="stack mode: where to write")
 
 
 def _compose(args: argparse.Namespace) -> int:
+    from iptserver.errors import UsageError
+
+    if args.stack is not None:
+        if args.compose_file is not None or args.out is None:
+            raise UsageError("--stack NODE writes a stack to --out DIR, without --compose-file")
+        return _compose_stack(args)
+    if args.compose_file is None or args.service is None:
+        raise UsageError("give --compose-file FILE --service NAME, or --stack NODE --out DIR")
+    return _compose_override(args)
+
+
+def _compose_override(args: argparse.Namespace) -> int:
+    from iptserver.mesh.keys import KeyStore
     from iptserver.mesh.topology import mesh_of
     from iptserver.render.compose import (
         ComposeError,
         ComposeSettings,
-        exposed_ports,
+        compose_tunnels,
         read_compose,
         render_override,
     )
+    from iptserver.render.files import write_all
     from iptserver.schema import load_schema
 
+    if args.wireguard_dir is not None:
+        wireguard_dir = args.wireguard_dir
+    else:
+        wireguard_dir = (args.output.parent if args.output else Path()) / "wireguard"
     settings = ComposeSettings(
         service=args.service,
         schema=args.config.resolve(),
         state_dir=args.state_dir.resolve(),
         frr_dir=args.frr_dir.resolve(),
         image=args.image,
+        wireguard_dir=wireguard_dir.resolve(),
         geoip=args.geoip.resolve() if args.geoip else None,
         dns_listen=args.dns_listen,
         forward=tuple(args.forward),
@@ -163,9 +213,48 @@ def _compose(args: argparse.Namespace) -> int:
     if args.output is not None and args.output.resolve() == args.compose_file.resolve():
         raise ComposeError(f"{args.output}: the override must not replace the compose file")
     user = read_compose(args.compose_file)
-    ports = exposed_ports(mesh_of(load_schema(args.config).schema), args.service)
-    write_or_print(render_override(user, settings, str(args.compose_file), ports), args.output)
+    mesh = mesh_of(load_schema(args.config).schema)
+    node = args.node or next((n.name for n in mesh.nodes.values() if n.entry), None)
+    with _disk_errors():
+        tunnels = compose_tunnels(mesh, node, KeyStore(settings.state_dir)) if node else ()
+        text = render_override(user, settings, str(args.compose_file), tunnels)
+        configs = ((PurePosixPath(end.config.path.name), end.config.data) for end in tunnels)
+        for path, written in write_all(settings.wireguard_dir, configs):
+            print(f"{path}{'' if written else ' (unchanged)'}", file=sys.stderr)
+    write_or_print(text, args.output)
     return EXIT_OK
+
+
+def _compose_stack(args: argparse.Namespace) -> int:
+    from iptserver.cli.output import write_under
+    from iptserver.mesh.keys import KeyStore
+    from iptserver.mesh.topology import mesh_of
+    from iptserver.render.compose_stack import render_stack, stack_node
+    from iptserver.render.frr import render_frr
+    from iptserver.schema import load_schema
+
+    schema = load_schema(args.config).schema
+    mesh = mesh_of(schema)
+    with _disk_errors():
+        node = stack_node(mesh, args.stack)
+        frr = render_frr(mesh, schema, node.name).files if node.ospf else ()
+        files = render_stack(mesh, args.stack, KeyStore(args.state_dir.resolve()), args.image, frr)
+        write_under(args.out, ((f.path, f.data) for f in files))
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _disk_errors() -> Iterator[None]:
+    """A key or output directory the operator must fix: one line, not a traceback."""
+    from iptserver.render.compose import ComposeError
+
+    try:
+        yield
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        raise ComposeError(f"{where}{e.strerror}") from e
+    except KeyError as e:  # an unknown node (Mesh.node says which exist)
+        raise ComposeError(str(e.args[0])) from None
 
 
 def _register_systemd(actions: Commands) -> None:

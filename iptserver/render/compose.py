@@ -11,12 +11,32 @@ interfaces, its routes and its clients:
   clients on port 53 (the daemon installs no redirect when its proxy is on loopback);
 * ``iptserver-frr``: zebra and ospfd with the FRR configuration mounted from the host.
 
-As in MRVPN2, the tunnel ends the schema places in the service (``compose_service``) listen
-on the service's address, so the override also publishes their UDP ports on that service.
+Each tunnel end the schema places in a service of the file (``compose_service``) gets a
+container of its own in that service's namespace, ``iptserver-tunnel-IFACE``: wireguard-go
+brought up by wg-quick on a config from which the keys are left out. As in MRVPN2, the
+tunnel listens on the service's address, so the override publishes its UDP port there.
 
-``render_override`` is pure (a parsed compose file and settings in, YAML text out; same
-input, same bytes). ``read_compose`` is the one place that reads the user's file; it is
-never written.
+Tunnel containers (also used by :mod:`iptserver.render.compose_stack`):
+
+* The image is the sidecar image, with a ``tunnel`` role in its entry script: it already
+  holds wireguard-go, wireguard-tools, iptables and iproute2 (the daemon needs them), so a
+  second image would only add a second build and a second thing to pull and update.
+* Keys are never in the compose file, the environment or the config: the config says
+  ``PostUp = wg set %i private-key /etc/wireguard/keys/private.key`` (and the same for a
+  preshared key), and the override mounts that one file read-only from where
+  ``iptserver render wireguard --state-dir`` keeps it (``STATE/keys/NODE/IFACE.key``, or
+  the schema's ``private_key_file``). Rendering makes a missing key, as that command does.
+* Health: ``wg show IFACE dump``. While a side that only listens has never heard from its
+  peer (no endpoint known yet), it is healthy: it is waiting, and nothing in it is wrong.
+  Once a peer is known, when either side sends keepalives, the latest handshake must be
+  younger than 180 s (WireGuard renews a session every 120 s while packets flow, and drops
+  it at 180 s); a tunnel nobody keeps alive is checked for its interface only.
+* The namespace-restart behaviour is the sidecars': when the host service comes back in a
+  new namespace, the tunnel container exits and its restart policy joins the new one.
+
+``render_override`` is pure (a parsed compose file, settings and tunnel ends in, YAML
+text out; same input, same bytes). ``read_compose`` is the one place that reads the
+user's file; it is never written.
 """
 
 from __future__ import annotations
@@ -30,7 +50,10 @@ from typing import Any
 import yaml
 
 from iptserver.errors import IptserverError
-from iptserver.mesh.topology import Mesh
+from iptserver.mesh.topology import Link, Mesh
+from iptserver.render.files import Rendered
+from iptserver.render.wireguard import KeySource, peer_public_key, tunnel_config
+from iptserver.schema.source import format_path
 from iptserver.schema.values import Endpoint, format_endpoint
 
 DEFAULT_IMAGE = "iptserver:latest"
@@ -44,10 +67,104 @@ SIDECARS = ("iptserver", "iptserver-recursor", "iptserver-frr")
 HEALTH = {"interval": "10s", "timeout": "5s", "retries": 3, "start_period": "20s"}
 RESTART = "unless-stopped"
 DNS_LISTEN = Endpoint(ipaddress.IPv4Address("0.0.0.0"), 53)  # the recursor, for the clients
+WIREGUARD_PATH = "/etc/wireguard"  # a tunnel container's config, IFACE.conf
+KEY_PATH = "/etc/wireguard/keys/private.key"  # its private key, mounted read-only
+PSK_PATH = "/etc/wireguard/keys/preshared.psk"  # its preshared key, if the tunnel has one
+HANDSHAKE_MAX_AGE = 180
+"""Seconds: WireGuard's REJECT_AFTER_TIME. A session kept alive is renewed every 120 s
+(REKEY_AFTER_TIME); a latest handshake older than this means there is no usable one."""
+TUNNEL_PREFIX = "iptserver-tunnel-"  # + the interface: a tunnel container's service
 
 
 class ComposeError(IptserverError):
     """The user's compose file cannot be read or does not have what we need."""
+
+
+@dataclass(frozen=True)
+class TunnelEnd:
+    """One tunnel end run by a container: its config (keys left out, ``IFACE.conf``) and
+    where its key files are on the host."""
+
+    link: Link
+    config: Rendered
+    key_file: str
+    psk_file: str | None
+    max_age: int  # seconds the latest handshake may be old; 0: not checked
+
+    @property
+    def service(self) -> str:
+        return f"{TUNNEL_PREFIX}{self.link.interface}"
+
+
+def field_path(link: Link, name: str) -> str:
+    """Where a tunnel end's field is in the schema, as errors name it."""
+    return format_path(("tunnels", link.tunnel, "hosts", link.node, name))
+
+
+def tunnel_end(mesh: Mesh, link: Link, keys: KeySource) -> TunnelEnd:
+    """The container's view of one tunnel end (its private key made if missing)."""
+    if link.public_key is not None and link.private_key_file is None:
+        raise ComposeError(
+            f"{field_path(link, 'public_key')}: the private key of {link.node}'s end of "
+            f"{link.tunnel} is kept elsewhere; a tunnel container needs it (private_key_file)"
+        )
+    rendered = tunnel_config(link, keys)
+    key, *psk = rendered.secrets
+    lines = []
+    for line in rendered.text.splitlines():
+        if line.startswith("# Rendered by"):
+            line = "# Rendered by `iptserver render compose`: keys are read from mounted files."
+        elif line.startswith("PrivateKey = "):
+            line = f"PostUp = wg set %i private-key {KEY_PATH}"
+            if psk:
+                peer = peer_public_key(link, keys)
+                line += f"\nPostUp = wg set %i peer {peer} preshared-key {PSK_PATH}"
+        elif line.startswith("PresharedKey = "):
+            continue
+        lines.append(line)
+    far = mesh.nodes.get(link.peer_node)
+    ends = [link, *(end for end in (far.links if far else ()) if end.tunnel == link.tunnel)]
+    kept_alive = any(end.keepalive is not None for end in ends)
+    return TunnelEnd(
+        link=link,
+        config=Rendered(rendered.path, "\n".join(lines) + "\n"),
+        key_file=key.where,
+        psk_file=psk[0].where if psk else None,
+        max_age=HANDSHAKE_MAX_AGE if kept_alive else 0,
+    )
+
+
+def tunnel_service(end: TunnelEnd, image: str, namespace: str, config_dir: str) -> dict[str, Any]:
+    """The service that runs ``end`` in ``namespace``'s network namespace; its config is
+    ``config_dir/IFACE.conf`` on the host."""
+    iface = end.link.interface
+    volumes = [
+        f"{config_dir}/{iface}.conf:{WIREGUARD_PATH}/{iface}.conf:ro",
+        f"{end.key_file}:{KEY_PATH}:ro",
+    ]
+    if end.psk_file is not None:
+        volumes.append(f"{end.psk_file}:{PSK_PATH}:ro")
+    health = ["CMD", "iptserver-sidecar", "health", "tunnel", iface, str(end.max_age)]
+    return {
+        "image": image,
+        "network_mode": f"service:{namespace}",
+        "restart": RESTART,
+        "command": ["iptserver-sidecar", "tunnel", iface],
+        "cap_add": ["NET_ADMIN"],
+        "devices": ["/dev/net/tun:/dev/net/tun"],
+        "volumes": volumes,
+        "depends_on": [namespace],
+        "healthcheck": {"test": health, **HEALTH},
+    }
+
+
+def compose_tunnels(mesh: Mesh, node: str, keys: KeySource) -> tuple[TunnelEnd, ...]:
+    """The tunnel ends of ``node`` the schema places in a compose service, in schema order."""
+    return tuple(
+        tunnel_end(mesh, link, keys)
+        for link in mesh.node(node).links
+        if link.compose_service is not None
+    )
 
 
 @dataclass(frozen=True)
@@ -59,6 +176,7 @@ class ComposeSettings:
     state_dir: Path  # iptserver's --state-dir on the host
     frr_dir: Path  # FRR's configuration directory on the host (frr.conf)
     image: str = DEFAULT_IMAGE
+    wireguard_dir: Path = Path("wireguard")  # the tunnel containers' configs on the host
     geoip: Path | None = None  # a country database on the host, if any
     dns_listen: Endpoint = DNS_LISTEN
     forward: tuple[Endpoint, ...] = ()  # recursors to forward to (default: recurse)
@@ -86,41 +204,44 @@ def read_compose(path: Path) -> dict[str, Any]:
     return data
 
 
-def exposed_ports(mesh: Mesh, service: str) -> tuple[int, ...]:
-    """The UDP ports of the tunnel ends that run in ``service``, sorted."""
-    return tuple(
-        sorted(
-            {
-                link.listen_port
-                for node in mesh.nodes.values()
-                for link in node.links
-                if link.compose_service == service and link.listen_port is not None
-            }
-        )
-    )
-
-
 def render_override(
-    user: Mapping[str, Any], settings: ComposeSettings, source: str, ports: tuple[int, ...] = ()
+    user: Mapping[str, Any],
+    settings: ComposeSettings,
+    source: str,
+    tunnels: tuple[TunnelEnd, ...] = (),
 ) -> str:
-    """The override file's text, for the user's parsed compose file (named ``source``);
-    ``ports`` are the UDP ports to publish on the service (``exposed_ports``)."""
+    """The override file's text, for the user's parsed compose file (named ``source``),
+    with a container for each of ``tunnels`` (``compose_tunnels``) in its service."""
     services = user.get("services")
     if not isinstance(services, dict) or not services:
         raise ComposeError(f"{source}: services: no services in the compose file")
+    known = ", ".join(sorted(str(name) for name in services))
     if settings.service not in services:
-        known = ", ".join(sorted(str(name) for name in services))
         raise ComposeError(
             f"{source}: services: no service {settings.service!r} (the file has: {known})"
         )
-    taken = sorted(name for name in SIDECARS if name in services)
+    ours = (*SIDECARS, *(end.service for end in tunnels))
+    taken = sorted(name for name in ours if name in services)
     if taken:
         raise ComposeError(
             f"{source}: services: {', '.join(taken)} already defined; the sidecars use these names"
         )
-    override: dict[str, Any] = {"services": _sidecars(settings)}
-    if ports:  # merged into the user's service by compose (its own ports are kept)
-        override["services"][settings.service] = {"ports": [f"{p}:{p}/udp" for p in ports]}
+    for end in tunnels:
+        if end.link.compose_service not in services:
+            raise ComposeError(
+                f"{settings.schema}: {field_path(end.link, 'compose_service')}: no service "
+                f"{end.link.compose_service!r} in {source} (the file has: {known})"
+            )
+    added = _sidecars(settings)
+    for end in tunnels:
+        host = str(end.link.compose_service)
+        added[end.service] = tunnel_service(end, settings.image, host, str(settings.wireguard_dir))
+        if end.link.listen_port is not None:  # merged into the user's service by compose
+            ports = added.setdefault(host, {"ports": []})["ports"]
+            ports.append(f"{end.link.listen_port}:{end.link.listen_port}/udp")
+    for host in {str(end.link.compose_service) for end in tunnels} & set(added):
+        added[host]["ports"].sort(key=lambda port: int(port.split(":")[0]))
+    override: dict[str, Any] = {"services": added}
     if "version" in user:  # compose v1 refuses files of different versions
         override["version"] = str(user["version"])
     header = (
@@ -141,7 +262,7 @@ def _sidecars(settings: ComposeSettings) -> dict[str, Any]:
     return {
         "iptserver": {**common, **_daemon(settings)},
         "iptserver-recursor": {**common, **_recursor(settings)},
-        "iptserver-frr": {**common, **_frr(settings)},
+        "iptserver-frr": {**common, **frr_service(settings.service, str(settings.frr_dir))},
     }
 
 
@@ -199,14 +320,14 @@ def _recursor(settings: ComposeSettings) -> dict[str, Any]:
     }
 
 
-def _frr(settings: ComposeSettings) -> dict[str, Any]:
-    """zebra and ospfd, configured from the host's FRR directory."""
+def frr_service(namespace: str, frr_dir: str) -> dict[str, Any]:
+    """zebra and ospfd, configured from the host's FRR directory (frr.conf, daemons)."""
     return {
         "command": ["iptserver-sidecar", "frr"],
         "cap_add": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"],
         "devices": ["/dev/net/tun:/dev/net/tun"],
-        "volumes": [f"{settings.frr_dir}:{FRR_PATH}"],
-        "depends_on": [settings.service],
+        "volumes": [f"{frr_dir}:{FRR_PATH}"],
+        "depends_on": [namespace],
         "healthcheck": _health("frr"),
     }
 

@@ -1,24 +1,37 @@
-"""``iptserver render compose``: the override against a golden copy, same bytes every time,
-the user's file left alone, clear errors, and docker-compose's own reading of the merge."""
+"""``iptserver render compose``: the override and the standalone stacks against golden
+copies, same bytes every time, the user's file left alone, keys only in mounted files,
+clear errors (naming the schema field where the schema is at fault), and docker-compose's
+own reading of the results."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
 from iptserver.cli import main
-from iptserver.render.compose import ComposeSettings, render_override
+from iptserver.mesh.keys import public_of
+from iptserver.mesh.topology import mesh_of
+from iptserver.render.compose import ComposeSettings, compose_tunnels, render_override
+from iptserver.render.compose_stack import render_stack
+from iptserver.render.files import Rendered
+from iptserver.schema.load import parse_schema
 from iptserver.schema.values import parse_endpoint, parse_network
 
 GOLDEN = Path(__file__).parent / "compose-override.yml"
+GOLDEN_STACK = Path(__file__).parent / "compose-stack"
 COMPOSE = "/usr/bin/docker-compose"  # Debian's docker-compose (v1), installed by make
 USER = {
     "version": "2.4",
-    "services": {"firezone": {"image": "firezone/firezone", "ports": ["51820:51820/udp"]}},
+    "services": {
+        "firezone": {"image": "firezone/firezone", "ports": ["51820:51820/udp"]},
+        "db": {"image": "postgres"},
+    },
 }
 SETTINGS = ComposeSettings(
     service="firezone",
@@ -26,6 +39,7 @@ SETTINGS = ComposeSettings(
     state_dir=Path("/var/lib/iptserver"),
     frr_dir=Path("/srv/mrvpn/frr"),
     image="iptserver:1",
+    wireguard_dir=Path("/srv/mrvpn/wireguard"),
     geoip=Path("/var/lib/iptserver/country.mmdb"),
     forward=(parse_endpoint("10.0.0.53:53"), parse_endpoint("[2001:db8::53]:53")),
     allow_from=(parse_network("10.77.0.0/16"), parse_network("fd77::/16")),
@@ -40,7 +54,7 @@ services:
     image: postgres
 """
 # Two tunnel ends in firezone (an explicit port and `true`: 51820 + the tunnel's place),
-# one in another service, one that only dials out.
+# one in another service, one that only dials out; uk and office get stacks of their own.
 SCHEMA = """\
 exits:
   uk: {interface: wg_uk}
@@ -52,12 +66,15 @@ nodes:
   uk: {endpoint: 198.18.1.1}
   ru: {endpoint: 198.18.2.1}
   us: {endpoint: 198.18.3.1}
+  office: {ospf: false, subnets: [10.88.0.0/24]}
+  mt: {mikrotik: true}
 tunnels:
   wg_uk:
     subnet: 10.99.0.0/30
+    preshared_key: true
     hosts:
       entry: {expose: 51831, compose_service: firezone}
-      uk: {expose: 51821}
+      uk: {expose: 51821, masquerade: true}
   wg_ru:
     subnet: 10.99.0.4/30
     hosts:
@@ -73,8 +90,55 @@ tunnels:
     hosts:
       entry: {compose_service: firezone}
       us: {expose: 51850}
+  wg_office:
+    subnet: 10.99.0.16/30
+    hosts:
+      office: {allowed_nets: [10.99.0.0/24, 198.51.100.0/24]}
+      entry: {expose: 51860}
+  wg_mt:
+    subnet: 10.99.0.20/30
+    hosts:
+      mt: {}
+      uk: {expose: true}
 """
 SIDECARS = ("iptserver", "iptserver-recursor", "iptserver-frr")
+TUNNELS = ("wg_uk", "wg_ru", "wg_us", "wg_out")  # the entry's ends in a compose service
+FRR_FILES = (
+    Rendered(PurePosixPath("uk/frr.conf"), "! uk's frr.conf\n"),
+    Rendered(PurePosixPath("uk/daemons"), "ospfd=yes\n"),
+)
+
+
+class FixedKeys:
+    """A key source with the same keys every time, kept where a state directory keeps them."""
+
+    root = Path("/var/lib/iptserver/keys")
+
+    def private(self, node: str, interface: str, file: str | None = None) -> str:
+        return _key(f"{node}/{interface}")
+
+    def public(self, node: str, interface: str, file: str | None = None) -> str:
+        return public_of(self.private(node, interface, file))
+
+    def client_private(self, name: str, file: str | None = None) -> str:
+        return _key(f"clients/{name}")
+
+    def preshared(self, tunnel: str) -> str:
+        return _key(f"tunnels/{tunnel}")
+
+
+def _key(seed: str) -> str:
+    return base64.b64encode(hashlib.sha256(seed.encode()).digest()).decode()
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root``, by relative path."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def keys_in(state: Path) -> list[str]:
+    """Every key the render made in a state directory."""
+    return [data.decode().strip() for data in tree(state / "keys").values()]
 
 
 @pytest.fixture
@@ -91,9 +155,37 @@ def render(project: Path, *extra: str, output: str = "override.yml") -> int:
     return main([*argv, "-o", str(project / output), *extra])
 
 
+def render_stack_cli(project: Path, node: str, out: str = "stacks", *extra: str) -> int:
+    argv = ["render", "compose", "--stack", node, "--config", str(project / "iptserver.yaml")]
+    argv += ["--state-dir", str(project / "state"), "--out", str(project / out)]
+    return main([*argv, *extra])
+
+
+def mesh() -> Any:
+    return mesh_of(parse_schema(SCHEMA, "iptserver.yaml").schema)
+
+
 def test_renders_the_golden_file() -> None:
-    text = render_override(USER, SETTINGS, "docker-compose.yml", (51821, 51822))
+    tunnels = compose_tunnels(mesh(), "entry", FixedKeys())
+    text = render_override(USER, SETTINGS, "docker-compose.yml", tunnels)
     assert text == GOLDEN.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("node", ["uk", "office"])
+def test_renders_the_golden_stack(node: str) -> None:
+    """uk: an exit running OSPF, listening on two tunnels, one of them masquerading and
+    with a preshared key; office: no OSPF, dials out only."""
+    files = render_stack(mesh(), node, FixedKeys(), "iptserver:1", FRR_FILES)
+    written = {str(f.path): f.text for f in files}
+    golden = {
+        str(path.relative_to(GOLDEN_STACK)): path.read_text(encoding="utf-8")
+        for path in sorted((GOLDEN_STACK / node).rglob("*"))
+        if path.is_file()
+    }
+    if node == "uk":  # the FRR files are passed through as given
+        assert written.pop("uk/frr/frr.conf") == "! uk's frr.conf\n"
+        assert written.pop("uk/frr/daemons") == "ospfd=yes\n"
+    assert written == golden
 
 
 def test_same_input_same_bytes_and_the_users_file_untouched(project: Path) -> None:
@@ -110,8 +202,59 @@ def test_publishes_the_ports_of_the_tunnels_in_the_service(project: Path) -> Non
     override = yaml.safe_load((project / "override.yml").read_text())
     # wg_ru is the second tunnel: `expose: true` is 51820 + 2
     assert override["services"]["firezone"] == {"ports": ["51822:51822/udp", "51831:51831/udp"]}
-    assert "db" not in override["services"]
+    assert override["services"]["db"] == {"ports": ["51840:51840/udp"]}
     assert override["version"] == "2.4"
+
+
+def test_a_tunnel_container_per_tunnel_end_in_its_service(project: Path) -> None:
+    """Each of the entry's ends with compose_service runs in that service's namespace, on
+    a config written without keys, with its key files mounted read-only from the state
+    directory; no key is anywhere in the override."""
+    assert render(project) == 0
+    text = (project / "override.yml").read_text()
+    services = yaml.safe_load(text)["services"]
+    state = project / "state" / "keys"
+    for tunnel, host in [("wg_uk", "firezone"), ("wg_ru", "firezone"), ("wg_us", "db")]:
+        service = services[f"iptserver-tunnel-{tunnel}"]
+        assert service["network_mode"] == f"service:{host}"
+        assert service["restart"] == "unless-stopped"
+        assert service["command"] == ["iptserver-sidecar", "tunnel", tunnel]
+        assert "environment" not in service
+        conf = project / "wireguard" / f"{tunnel}.conf"
+        assert f"{conf}:/etc/wireguard/{tunnel}.conf:ro" in service["volumes"]
+        key = f"{state / 'entry' / tunnel}.key:/etc/wireguard/keys/private.key:ro"
+        assert key in service["volumes"]
+        assert "PrivateKey" not in conf.read_text()
+    psk = f"{state / 'tunnels' / 'wg_uk.psk'}:/etc/wireguard/keys/preshared.psk:ro"
+    assert psk in services["iptserver-tunnel-wg_uk"]["volumes"]
+    assert "PresharedKey" not in (project / "wireguard" / "wg_uk.conf").read_text()
+    # only the entry's ends, and only those placed in a service
+    assert sorted(n for n in services if n.startswith("iptserver-tunnel-")) == sorted(
+        f"iptserver-tunnel-{t}" for t in TUNNELS
+    )
+    made = keys_in(project / "state")
+    assert made  # the render made the keys it mounts
+    for key in made:
+        assert key not in text
+        for conf in (project / "wireguard").iterdir():
+            assert key not in conf.read_text()
+
+
+@pytest.mark.parametrize(
+    ("tunnel", "max_age"),
+    [("wg_ru", "180"), ("wg_out", "180"), ("wg_uk", "0")],
+    ids=["peer-dials-with-keepalive", "dials-out-with-keepalive", "nobody-keeps-alive"],
+)
+def test_the_health_check_asks_for_a_fresh_handshake_when_one_is_kept(
+    project: Path, tunnel: str, max_age: str
+) -> None:
+    """A handshake younger than 180 s where a side sends keepalives (the session is
+    renewed every 120 s); where both sides listen and none keeps the session alive, it
+    may rightly go idle: the interface alone is checked (0)."""
+    assert render(project) == 0
+    services = yaml.safe_load((project / "override.yml").read_text())["services"]
+    test = services[f"iptserver-tunnel-{tunnel}"]["healthcheck"]["test"]
+    assert test == ["CMD", "iptserver-sidecar", "health", "tunnel", tunnel, max_age]
 
 
 def test_every_sidecar_joins_the_service(project: Path) -> None:
@@ -144,9 +287,11 @@ def test_docker_compose_reads_the_merge(project: Path) -> None:
     )
     assert merged.returncode == 0, merged.stderr
     services: dict[str, Any] = yaml.safe_load(merged.stdout)["services"]
-    assert sorted(services) == sorted(["firezone", "db", *SIDECARS])
+    tunnels = [f"iptserver-tunnel-{t}" for t in TUNNELS]
+    assert sorted(services) == sorted(["firezone", "db", *SIDECARS, *tunnels])
     for name in SIDECARS:
         assert services[name]["network_mode"] == "service:firezone"
+    assert services["iptserver-tunnel-wg_us"]["network_mode"] == "service:db"
     published = sorted(p["published"] for p in services["firezone"]["ports"])
     assert published == [51820, 51822, 51831]  # the user's port is kept
 
@@ -235,3 +380,106 @@ def test_the_daemon_forwards_to_the_recursor(project: Path, listen: str, upstrea
     command = services["iptserver"]["command"]
     assert command[command.index("--upstream") + 1] == upstream
     assert services["iptserver-recursor"]["environment"]["RECURSOR_LISTEN"] == listen
+
+
+def test_the_stack_same_bytes_and_docker_compose_reads_it(project: Path) -> None:
+    """Twice the same files; docker-compose accepts the stack; no key is in any file."""
+    assert render_stack_cli(project, "uk", "one") == 0
+    assert render_stack_cli(project, "uk", "two") == 0
+    one, two = (tree(project / name) for name in ("one", "two"))
+    assert one == two
+    assert sorted(one) == [
+        "uk/docker-compose.yml",
+        "uk/frr/daemons",
+        "uk/frr/frr.conf",
+        "uk/wireguard/wg_mt.conf",
+        "uk/wireguard/wg_uk.conf",
+    ]
+    for key in keys_in(project / "state"):
+        assert all(key.encode() not in data for data in one.values())
+    checked = subprocess.run(
+        [COMPOSE, "config"], cwd=project / "one" / "uk", capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stderr
+    services: dict[str, Any] = yaml.safe_load(checked.stdout)["services"]
+    assert sorted(services) == [
+        "iptserver-frr",
+        "iptserver-net",
+        "iptserver-tunnel-wg_mt",
+        "iptserver-tunnel-wg_uk",
+    ]
+    for name in ("iptserver-frr", "iptserver-tunnel-wg_mt", "iptserver-tunnel-wg_uk"):
+        assert services[name]["network_mode"] == "service:iptserver-net"
+    published = sorted(p["published"] for p in services["iptserver-net"]["ports"])
+    assert published == [51821, 51826]  # wg_mt is the sixth tunnel: expose true
+
+
+@pytest.mark.parametrize(
+    ("node", "change", "expected"),
+    [
+        pytest.param(
+            "entry", None, "nodes.entry.entry: the entry runs beside its host service", id="entry"
+        ),
+        pytest.param("mt", None, "nodes.mt.mikrotik: a RouterOS peer runs no containers", id="mt"),
+        pytest.param(
+            "nowhere", None, "no node 'nowhere' in the schema (nodes: entry", id="unknown"
+        ),
+        pytest.param(
+            "office",
+            ("{allowed_nets: [10.99.0.0/24, 198.51.100.0/24]}", "{}"),
+            "tunnels.wg_office.hosts.office.allowed_nets: with wg-quick's Table = auto",
+            id="table-auto-default-route",
+        ),
+        pytest.param(
+            "office",
+            ("{allowed_nets: [10.99.0.0/24, 198.51.100.0/24]}", f"{{public_key: {_key('x')}}}"),
+            "tunnels.wg_office.hosts.office.public_key: the private key of office's end of "
+            "wg_office is kept elsewhere",
+            id="no-private-key",
+        ),
+    ],
+)
+def test_stack_errors_name_the_schema_field(
+    project: Path,
+    node: str,
+    change: tuple[str, str] | None,
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if change is not None:
+        (project / "iptserver.yaml").write_text(SCHEMA.replace(*change))
+    assert render_stack_cli(project, node) == 1
+    assert expected in capsys.readouterr().err
+    assert not (project / "stacks").exists()
+
+
+def test_a_tunnel_in_a_service_the_file_lacks_names_the_schema_field(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (project / "iptserver.yaml").write_text(
+        SCHEMA.replace("compose_service: db", "compose_service: pg")
+    )
+    assert render(project) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"{project / 'iptserver.yaml'}: tunnels.wg_us.hosts.entry.compose_service: "
+        "no service 'pg' in"
+    ) in err
+    assert "(the file has: db, firezone)" in err
+    assert not (project / "override.yml").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--stack", "uk"],
+        ["--stack", "uk", "--out", "x", "--compose-file", "docker-compose.yml"],
+        ["--compose-file", "docker-compose.yml"],
+    ],
+    ids=["stack-without-out", "stack-and-override", "override-without-service"],
+)
+def test_one_mode_at_a_time(
+    project: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", "compose", "--config", str(project / "iptserver.yaml"), *argv]) == 2
+    assert "--stack NODE" in capsys.readouterr().err
