@@ -190,6 +190,7 @@ def _compose_override(args: argparse.Namespace) -> int:
         compose_tunnels,
         read_compose,
         render_override,
+        user_services,
     )
     from iptserver.render.files import write_all
     from iptserver.schema import load_schema
@@ -213,6 +214,7 @@ def _compose_override(args: argparse.Namespace) -> int:
     if args.output is not None and args.output.resolve() == args.compose_file.resolve():
         raise ComposeError(f"{args.output}: the override must not replace the compose file")
     user = read_compose(args.compose_file)
+    user_services(user, args.service, str(args.compose_file))  # before any key is made
     mesh = mesh_of(load_schema(args.config).schema)
     node = args.node or next((n.name for n in mesh.nodes.values() if n.entry), None)
     with _disk_errors():

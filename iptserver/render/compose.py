@@ -204,6 +204,17 @@ def read_compose(path: Path) -> dict[str, Any]:
     return data
 
 
+def user_services(user: Mapping[str, Any], service: str, source: str) -> dict[str, Any]:
+    """The services of the user's file, which must have ``service``."""
+    services = user.get("services")
+    if not isinstance(services, dict) or not services:
+        raise ComposeError(f"{source}: services: no services in the compose file")
+    if service not in services:
+        known = ", ".join(sorted(str(name) for name in services))
+        raise ComposeError(f"{source}: services: no service {service!r} (the file has: {known})")
+    return services
+
+
 def render_override(
     user: Mapping[str, Any],
     settings: ComposeSettings,
@@ -212,14 +223,8 @@ def render_override(
 ) -> str:
     """The override file's text, for the user's parsed compose file (named ``source``),
     with a container for each of ``tunnels`` (``compose_tunnels``) in its service."""
-    services = user.get("services")
-    if not isinstance(services, dict) or not services:
-        raise ComposeError(f"{source}: services: no services in the compose file")
+    services = user_services(user, settings.service, source)
     known = ", ".join(sorted(str(name) for name in services))
-    if settings.service not in services:
-        raise ComposeError(
-            f"{source}: services: no service {settings.service!r} (the file has: {known})"
-        )
     ours = (*SIDECARS, *(end.service for end in tunnels))
     taken = sorted(name for name in ours if name in services)
     if taken:

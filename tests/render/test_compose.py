@@ -320,6 +320,7 @@ def test_errors_name_the_file(
 ) -> None:
     argv = ["render", "compose", "--compose-file", str(project / "docker-compose.yml")]
     argv += ["--service", "firezone", "--config", str(project / "iptserver.yaml")]
+    argv += ["--state-dir", str(project / "state"), "--frr-dir", str(project / "frr")]
     for flag, value in change.items():
         argv[argv.index(flag) + 1] = str(project / value) if flag.endswith("file") else value
     assert main([*argv, "-o", str(project / "override.yml")]) == 1
