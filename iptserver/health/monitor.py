@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from iptserver.dataplane.probe6 import ProbeRoutes6
+from iptserver.errors import DataplaneError
 from iptserver.health.probe import RoundResult, format_target, probe_round
 from iptserver.health.state import ExitState, Tracker, advance, routes
 from iptserver.schema.health import Health
@@ -56,12 +59,15 @@ class Monitor:
         schema: Schema,
         apply_routes: ApplyRoutes,
         notify: Callable[[Change], None] | None = None,
-        probe: Probe = probe_round,
+        probe: Probe | None = None,
     ) -> None:
+        """``probe``: one round of an exit's probes (default: ``probe_round``, with the
+        IPv6 probe routes this monitor makes and removes at ``stop``)."""
         self._schema = schema
         self._apply_routes = apply_routes
         self._notify = notify
-        self._probe = probe
+        self._routes6 = ProbeRoutes6()
+        self._probe = probe or functools.partial(probe_round, routes6=self._routes6)
         self._trackers: dict[str, Tracker] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._routing = asyncio.Lock()
@@ -103,6 +109,10 @@ class Monitor:
 
     async def stop(self) -> None:
         await self._stop_tasks(set(self._tasks))
+        try:
+            await asyncio.to_thread(self._routes6.remove)
+        except DataplaneError as e:
+            log.warning("health: %s", e)
 
     def _sync_tasks(self) -> None:
         for name, spec in self._schema.exits.items():

@@ -8,7 +8,9 @@ lookup fails, and for a socket bound to a device the kernel then sends the packe
 out of that device (``ip_route_output_key_hash_rcu``: "Apparently, routing tables are
 wrong. Assume, that the destination is on link."). WireGuard routes it to its peer by
 allowed-ips. The exit's table, whatever it holds, is never consulted: checked in the lab
-(tests/health/test_probe.py) with the table blocked and failed over.
+(tests/health/test_probe.py) with the table blocked and failed over. IPv6 has no on-link
+fallback: before a round with IPv6 targets, the interface gets a route of its own that
+only sockets bound to it take (``iptserver.dataplane.probe6``).
 
 The handshake comes from wireguard-go's UAPI socket (``/var/run/wireguard/IFACE.sock``,
 ``get=1``): wireguard-go has no generic netlink.
@@ -20,10 +22,12 @@ import asyncio
 import errno
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from iptserver.dataplane.probe6 import ProbeRoutes6
+from iptserver.errors import DataplaneError
 from iptserver.schema.health import Health
 from iptserver.schema.values import IPAddress
 
@@ -57,7 +61,8 @@ async def connect_through(
     """A TCP connect to ``target`` out of ``interface``: None when it was accepted, or
     why not ("timed out", "Connection refused", "No such device"...)."""
     address, port = target
-    sock = make_socket(socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    sock = make_socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
         sock.setblocking(False)
@@ -107,11 +112,21 @@ async def probe_round(
     health: Health,
     make_socket: SocketFactory = socket.socket,
     wireguard_sockets: Path = WIREGUARD_SOCKETS,
+    routes6: ProbeRoutes6 | None = None,
 ) -> RoundResult:
     """Probe every target at once (one answering is enough), then read the handshake
-    (after the probes: their traffic triggers a handshake when one is due)."""
-    errors: Sequence[str | None] = await asyncio.gather(
-        *(connect_through(interface, t, health.timeout, make_socket) for t in health.probe)
+    (after the probes: their traffic triggers a handshake when one is due). ``routes6``:
+    what gives IPv6 targets their way out of the interface."""
+    targets = list(health.probe)
+    errors: list[str | None] = []
+    if routes6 is not None and any(address.version == 6 for address, _ in targets):
+        try:
+            await asyncio.to_thread(routes6.ensure, interface)
+        except DataplaneError as e:
+            errors += [str(e) for address, _ in targets if address.version == 6]
+            targets = [t for t in targets if t[0].version == 4]
+    errors += await asyncio.gather(
+        *(connect_through(interface, t, health.timeout, make_socket) for t in targets)
     )
     probe_error = None
     if errors and all(e is not None for e in errors):

@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import socket
 
+from iptserver.dataplane.probe6 import PROBE_TABLE, ProbeRoutes6
 from iptserver.health.probe import connect_through, latest_handshake, probe_round
 from iptserver.lab import Lab
 from iptserver.schema.health import Health
@@ -42,6 +43,46 @@ def test_the_probe_goes_through_the_tunnel_even_when_its_table_is_blocked(lab: L
     finally:
         lab.run("entry", ["ip", "rule", "del", "pref", "900"])
         lab.run("entry", [*table, "flush", "table", "177"])
+
+
+TARGET6 = (ipaddress.ip_address("2001:db8:ff::50"), 80)
+
+
+def probe6(lab: Lab, interface: str, timeout: float = 1.0) -> str | None:
+    def make(family: int, kind: int) -> socket.socket:
+        return lab.socket("entry", family, kind)
+
+    return asyncio.run(connect_through(interface, TARGET6, timeout, make))
+
+
+def test_an_ipv6_probe_takes_a_route_of_its_own_through_the_tunnel(lab: Lab) -> None:
+    """IPv6 has no on-link fallback for a bound socket: without its route the probe
+    cannot leave; with it, it goes through the tunnel whatever the exit's table holds
+    (blocked here) and fails when the exit is dead, though the uplink works."""
+    wg_uk = lab.wg_interface("uk")
+    lab.run("entry", ["ip", "-6", "route", "add", "unreachable", "default", "table", "177"])
+    lab.run("entry", ["ip", "-6", "rule", "add", "oif", wg_uk, "lookup", "177", "pref", "900"])
+    routes = ProbeRoutes6(netns=lab.ns("entry"))
+    try:
+        assert probe6(lab, wg_uk) == "Network is unreachable"
+        routes.ensure(wg_uk)
+        routes.ensure(wg_uk)  # again: nothing twice
+        rules = lab.run("entry", ["ip", "-6", "rule"]).stdout
+        assert rules.count(f"oif {wg_uk} lookup {PROBE_TABLE}") == 1, rules
+        assert probe6(lab, wg_uk) is None
+        lab.kill_exit("uk")
+        try:
+            assert probe6(lab, wg_uk) == "timed out"
+            assert lab.whoami("entry", str(TARGET6[0])) == "direct"
+        finally:
+            lab.revive_exit("uk")
+        assert probe6(lab, wg_uk, timeout=10) is None
+    finally:
+        routes.remove()
+        lab.run("entry", ["ip", "-6", "rule", "del", "pref", "900"])
+        lab.run("entry", ["ip", "-6", "route", "flush", "table", "177"])
+    assert str(PROBE_TABLE) not in lab.run("entry", ["ip", "-6", "rule"]).stdout
+    assert probe6(lab, wg_uk) == "Network is unreachable"
 
 
 def test_handshake_is_read_from_wireguard_go(lab: Lab) -> None:
