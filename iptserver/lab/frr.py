@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from iptserver.lab.errors import LabError
 from iptserver.lab.processes import stop_children
+from iptserver.schema.values import IPNetwork
 
 if TYPE_CHECKING:
     from iptserver.lab.topology import Lab
@@ -248,26 +249,54 @@ class Frr:
             ),
         )
 
-    def rib(self) -> dict[str, list[dict[str, Any]]]:
-        """``show ip route json``: prefix -> the routes zebra holds for it."""
-        answer: dict[str, list[dict[str, Any]]] = self.show("show ip route json")
+    def neighbors6(self) -> list[Neighbor]:
+        """OSPFv3 neighbours (``show ipv6 ospf6 neighbor json``)."""
+        found = []
+        for entry in self.show("show ipv6 ospf6 neighbor json").get("neighbors", []):
+            state = entry.get("state", "")
+            interface = entry.get("interfaceName", "")
+            found.append(Neighbor(entry.get("neighborId", ""), state, interface, ""))
+        return sorted(found, key=lambda n: (n.interface, n.router_id))
+
+    def wait_full6(self, count: int, timeout: float = 20.0) -> list[Neighbor]:
+        """Until ``count`` OSPFv3 neighbours are Full; returns them."""
+        last: list[Neighbor] = []
+
+        def full() -> list[Neighbor] | None:
+            last[:] = self.neighbors6()
+            found = [n for n in last if n.state == "Full"]
+            return found if len(found) >= count else None
+
+        return self._until(
+            full, timeout, lambda: f"not {count} OSPFv3 neighbours Full after {timeout} s: {last}"
+        )
+
+    def rib(self, version: int = 4) -> dict[str, list[dict[str, Any]]]:
+        """``show ip route json`` (``show ipv6 route json`` for version 6): prefix -> the
+        routes zebra holds for it."""
+        command = "show ip route json" if version == 4 else "show ipv6 route json"
+        answer: dict[str, list[dict[str, Any]]] = self.show(command)
         return answer
 
-    def routes(self, protocol: str = "ospf") -> dict[ipaddress.IPv4Network, list[str]]:
-        """The selected routes of ``protocol``: prefix -> next-hop interfaces."""
-        found = {}
-        for prefix, entries in self.rib().items():
+    def routes(self, protocol: str = "ospf", version: int = 4) -> dict[IPNetwork, list[str]]:
+        """The selected routes of ``protocol`` ("ospf6" for OSPFv3): prefix -> next-hop
+        interfaces."""
+        found: dict[IPNetwork, list[str]] = {}
+        for prefix, entries in self.rib(version).items():
             for entry in entries:
                 if entry.get("protocol") == protocol and entry.get("selected"):
                     hops = [h.get("interfaceName", "") for h in entry.get("nexthops", [])]
-                    found[ipaddress.IPv4Network(prefix)] = hops
+                    found[ipaddress.ip_network(prefix)] = hops
         return found
 
     def wait_route(self, prefix: str, protocol: str = "ospf", timeout: float = 20.0) -> list[str]:
-        """Until zebra has selected a ``protocol`` route to ``prefix``; its interfaces."""
-        wanted = ipaddress.IPv4Network(prefix)
+        """Until zebra has selected a ``protocol`` route to ``prefix`` (an IPv6 prefix:
+        an "ospf6" route unless told otherwise); its interfaces."""
+        wanted = ipaddress.ip_network(prefix)
+        if wanted.version == 6 and protocol == "ospf":
+            protocol = "ospf6"
         return self._until(
-            lambda: self.routes(protocol).get(wanted),
+            lambda: self.routes(protocol, wanted.version).get(wanted),
             timeout,
             lambda: f"no {protocol} route to {prefix} in {timeout} s",
         )

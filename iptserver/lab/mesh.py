@@ -39,7 +39,7 @@ from iptserver.lab.addresses import EXIT_NAMES, TUNNELS, UPLINK, UPLINKS
 from iptserver.lab.commands import parallel, run_command
 from iptserver.lab.entry import ENTRY_DNS
 from iptserver.lab.errors import LabError
-from iptserver.lab.frr import Frr
+from iptserver.lab.frr import DAEMONS, Frr
 from iptserver.lab.state import wg_socket
 from iptserver.lab.topology import NODES, POLL, Lab
 
@@ -49,6 +49,12 @@ OFFICE_LAN = ("10.88.0.1", "10.88.0.2")  # office router, officehost; /24
 OFFICE_SUBNET = ipaddress.ip_network("10.88.0.0/24")
 CLIENT_SUBNET = ipaddress.ip_network("10.77.1.0/24")
 OFFICE_TUNNEL = ipaddress.ip_network("10.9.9.0/30")  # entry gets .1, office .2
+# IPv6 (a dual-stack mesh: ``mesh_schema(ipv6=True)``); the lab has it either way.
+OFFICE_UPLINK6 = ("2001:db8:e009::1", "2001:db8:e009::2")  # office side, internet side; /64
+OFFICE_LAN6 = ("fd88::1", "fd88::2")  # office router, officehost; /64
+OFFICE_SUBNET6 = ipaddress.ip_network("fd88::/64")
+CLIENT_SUBNET6 = ipaddress.ip_network("fd77:1::/64")
+OFFICE_TUNNEL6 = ipaddress.ip_network("fd09:9::/64")  # entry gets ::1, office ::2
 OFFICE_PORT = 51830  # the entry listens for the office here
 EXIT_PORT = 51820  # each exit listens for the entry here
 LAN = "lan"  # the office's and officehost's veth ends
@@ -110,12 +116,15 @@ class MeshLab(Lab):
             '  upstream: ["203.0.113.53:53"]\n'
         )
 
-    def mesh_schema(self) -> str:
-        """The ``nodes:`` and ``tunnels:`` of a schema that fits this lab."""
+    def mesh_schema(self, *, ipv6: bool = False) -> str:
+        """The ``nodes:`` and ``tunnels:`` of a schema that fits this lab; ``ipv6``: a
+        dual-stack mesh (each tunnel a ``subnet6``, the LANs' IPv6 subnets)."""
+        client_subnets = f"{CLIENT_SUBNET}, '{CLIENT_SUBNET6}'" if ipv6 else f"{CLIENT_SUBNET}"
+        office_subnets = f"{OFFICE_SUBNET}, '{OFFICE_SUBNET6}'" if ipv6 else f"{OFFICE_SUBNET}"
         lines = ["nodes:"]
         lines.append(
             f"  entry: {{entry: true, endpoint: {UPLINKS['entry'][0][0]}, "
-            f"subnets: [{CLIENT_SUBNET}], router_id: {ROUTER_IDS['entry']}}}"
+            f"subnets: [{client_subnets}], router_id: {ROUTER_IDS['entry']}}}"
         )
         for exit_name in EXIT_NAMES:
             lines.append(
@@ -123,16 +132,18 @@ class MeshLab(Lab):
                 f"router_id: {ROUTER_IDS[exit_name]}}}"
             )
         lines.append(
-            f"  office: {{endpoint: {OFFICE_UPLINK[0]}, subnets: [{OFFICE_SUBNET}], "
+            f"  office: {{endpoint: {OFFICE_UPLINK[0]}, subnets: [{office_subnets}], "
             f"router_id: {ROUTER_IDS['office']}}}"
         )
         lines.append("tunnels:")
         for exit_name in EXIT_NAMES:
-            (entry4, _), _ = TUNNELS[exit_name]
+            (entry4, _), (entry6, _) = TUNNELS[exit_name]
             subnet = ipaddress.ip_network(f"{entry4}/30", strict=False)
+            subnet6 = ipaddress.ip_network(f"{entry6}/64", strict=False)
             lines += [
                 f"  {exit_name}_link:",
                 f"    subnet: {subnet}",
+                *([f"    subnet6: '{subnet6}'"] if ipv6 else []),
                 "    hosts:",
                 f"      entry: {{interface: {self.wg_interface(exit_name, 'entry')}}}",
                 f"      {exit_name}: {{interface: {self.wg_interface(exit_name, 'exit')}, "
@@ -141,6 +152,7 @@ class MeshLab(Lab):
         lines += [
             "  office_link:",
             f"    subnet: {OFFICE_TUNNEL}",
+            *([f"    subnet6: '{OFFICE_TUNNEL6}'"] if ipv6 else []),
             "    hosts:",
             f"      entry: {{interface: {self.office_interface('entry')}, expose: {OFFICE_PORT}}}",
             f"      office: {{interface: {self.office_interface('office')}}}",
@@ -230,10 +242,12 @@ class MeshLab(Lab):
         return any(int(line.split()[1]) for line in out.splitlines() if line.strip())
 
     def start_frr(self, node: str, config: str) -> Frr:
-        """FRR (zebra + ospfd) on a node from an frr.conf text; stopped at teardown."""
+        """FRR (zebra + ospfd, and ospf6d for a config with ``router ospf6``) on a node
+        from an frr.conf text; stopped at teardown."""
         if node in self._frr:
             raise LabError(f"FRR already runs on {node}; stop_frr first")
-        frr = Frr(self, node, config)
+        daemons = (*DAEMONS, "ospf6d") if "\nrouter ospf6\n" in config else DAEMONS
+        frr = Frr(self, node, config, daemons=daemons)
         frr.start()
         self._frr[node] = frr
         return frr
@@ -254,7 +268,7 @@ class MeshLab(Lab):
     def whoami(self, node: str, address: str, port: int = 80, *, timeout: float = 3.0) -> str:
         """As ``Lab.whoami``, and "office" for what left by the office's own uplink."""
         body = self.seen(node, address, port, timeout=timeout)
-        if body["seen"] == OFFICE_UPLINK[0]:
+        if body["seen"] in (OFFICE_UPLINK[0], OFFICE_UPLINK6[0]):
             return "office"
         return super().whoami(node, address, port, timeout=timeout)
 
@@ -313,7 +327,11 @@ class MeshLab(Lab):
         if node == "internet":
             self.ip_batch(
                 "internet",
-                ["link set up-office up", f"addr add {OFFICE_UPLINK[1]}/30 dev up-office"],
+                [
+                    "link set up-office up",
+                    f"addr add {OFFICE_UPLINK[1]}/30 dev up-office",
+                    f"addr add {OFFICE_UPLINK6[1]}/64 dev up-office nodad",
+                ],
             )
         elif node == "office":
             self.ip_batch(
@@ -323,12 +341,16 @@ class MeshLab(Lab):
                     f"link set {UPLINK} up",
                     f"addr add {OFFICE_UPLINK[0]}/30 dev {UPLINK}",
                     f"route add default via {OFFICE_UPLINK[1]}",
+                    f"addr add {OFFICE_UPLINK6[0]}/64 dev {UPLINK} nodad",
+                    f"route add default via {OFFICE_UPLINK6[1]}",
                     f"link set {LAN} up",
                     f"addr add {OFFICE_LAN[0]}/{OFFICE_SUBNET.prefixlen} dev {LAN}",
+                    f"addr add {OFFICE_LAN6[0]}/{OFFICE_SUBNET6.prefixlen} dev {LAN} nodad",
                 ],
             )
             rule = ["-w", "-t", "nat", "-A", "POSTROUTING", "-o", UPLINK, "-j", "MASQUERADE"]
-            self.run("office", ["iptables", *rule])
+            for tool in ("iptables", "ip6tables"):
+                self.run("office", [tool, *rule])
         elif node == "officehost":
             self.ip_batch(
                 "officehost",
@@ -337,6 +359,8 @@ class MeshLab(Lab):
                     f"link set {LAN} up",
                     f"addr add {OFFICE_LAN[1]}/{OFFICE_SUBNET.prefixlen} dev {LAN}",
                     f"route add default via {OFFICE_LAN[0]}",
+                    f"addr add {OFFICE_LAN6[1]}/{OFFICE_SUBNET6.prefixlen} dev {LAN} nodad",
+                    f"route add default via {OFFICE_LAN6[0]}",
                 ],
             )
 
