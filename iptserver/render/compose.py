@@ -108,6 +108,12 @@ def tunnel_end(mesh: Mesh, link: Link, keys: KeySource) -> TunnelEnd:
             f"{field_path(link, 'public_key')}: the private key of {link.node}'s end of "
             f"{link.tunnel} is kept elsewhere; a tunnel container needs it (private_key_file)"
         )
+    if link.table in (None, "auto") and any(net.prefixlen == 0 for net in link.allowed_nets):
+        raise ComposeError(
+            f"{field_path(link, 'allowed_nets')}: with wg-quick's Table = auto a default route "
+            "in AllowedIPs would take over the namespace's default route, which a container "
+            "may not do; give the networks behind the peer, or table: off (OSPF routes it)"
+        )
     rendered = tunnel_config(link, keys)
     key, *psk = rendered.secrets
     lines = []

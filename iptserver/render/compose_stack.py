@@ -50,7 +50,6 @@ from iptserver.render.compose import (
     RESTART,
     ComposeError,
     TunnelEnd,
-    field_path,
     frr_service,
     tunnel_end,
     tunnel_service,
@@ -77,8 +76,6 @@ def render_stack(
     if own.ospf and not frr:
         raise ComposeError(f"{format_path(('nodes', node, 'ospf'))}: no FRR files were given")
     ends = tuple(tunnel_end(mesh, link, keys) for link in own.links)
-    for end in ends:
-        _check_table(end)
     services: dict[str, Any] = {NAMESPACE: _namespace(ends, image)}
     for end in ends:
         services[end.service] = tunnel_service(end, image, NAMESPACE, f"./{WIREGUARD_DIR}")
@@ -129,19 +126,6 @@ def stack_node(mesh: Mesh, node: str) -> Node:
     if not own.links:
         raise ComposeError(f"{format_path(('nodes', node))}: no tunnel ends to run")
     return own
-
-
-def _check_table(end: TunnelEnd) -> None:
-    """wg-quick's ``Table = auto`` with a default route in AllowedIPs takes the namespace's
-    default route over with rules and sysctls a container may not set: refuse it here."""
-    link = end.link
-    if link.table is not None or not any(net.prefixlen == 0 for net in link.allowed_nets):
-        return
-    raise ComposeError(
-        f"{field_path(link, 'allowed_nets')}: with wg-quick's Table = auto a default route "
-        f"in AllowedIPs would take over the namespace's default route; in a container give "
-        "the networks behind the peer, or table: off (OSPF routes it)"
-    )
 
 
 def _namespace(ends: tuple[TunnelEnd, ...], image: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,8 @@ DOCKERD = "/usr/sbin/dockerd"
 DOCKER = "/usr/bin/docker"  # Debian's client (/usr/local/bin/docker is another one)
 COMPOSE = "/usr/bin/docker-compose"
 PROJECT = Path(__file__).resolve().parents[2]
+ARTIFACTS = PROJECT / "artifacts"
+IMAGE = "iptserver-sidecar:test"  # the image the tests build (sidecars and tunnels)
 DOCKERFILE = PROJECT / "compose" / "Dockerfile"
 CACHE = Path("/var/cache/iptserver/compose")
 MIRROR = "http://deb.debian.org/debian"
@@ -37,6 +40,7 @@ NETNS_PREFIX = "iptdock-"  # + the pid of the test process that made it
 WORKDIR_PREFIX = "iptserver-dockerd-"  # under /var/tmp, + the pid too
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+HEALTHY_TIMEOUT = 120.0  # health checks run every 10 s; give them a few rounds
 
 # Mount namespace set-up before dockerd starts: this netns's sysfs (so dockerd sees its
 # own links), with the host's cgroup hierarchies carried over (`ip netns exec` would hide
@@ -280,3 +284,55 @@ def build_image(dockerd: Dockerd, tarball: Path, context: Path, tag: str) -> Non
         str(context),
         timeout=1200,
     )
+
+
+@dataclass
+class Stack:
+    """A compose project on the private dockerd: its files, in the order compose merges them."""
+
+    dockerd: Dockerd
+    files: list[Path]
+    project: str
+
+    def compose(self, *args: str, timeout: float = 300) -> str:
+        argv = [COMPOSE, "-p", self.project]
+        for path in self.files:
+            argv += ["-f", str(path)]
+        return run([*argv, *args], env=self.dockerd.env, timeout=timeout)
+
+    def exec(self, service: str, *argv: str) -> str:
+        return self.compose("exec", "-T", service, *argv, timeout=60)
+
+    def status(self, service: str, *argv: str) -> tuple[int, str]:
+        """Run a command in a service: its exit code and what it printed."""
+        command = [COMPOSE, "-p", self.project]
+        for path in self.files:
+            command += ["-f", str(path)]
+        proc = subprocess.run(
+            [*command, "exec", "-T", service, *argv],
+            env=self.dockerd.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def health(self, service: str) -> str:
+        container = f"{self.project}_{service}_1"
+        found: str = json.loads(
+            self.dockerd.docker("inspect", "--format", "{{json .State.Health}}", container)
+        )["Status"]
+        return found
+
+
+def wait_healthy(stack: Stack, services: tuple[str, ...]) -> None:
+    """Wait until every one of ``services`` passes its health check."""
+    deadline = time.monotonic() + HEALTHY_TIMEOUT
+    while True:
+        states = {service: stack.health(service) for service in services}
+        if all(state == "healthy" for state in states.values()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not healthy after {HEALTHY_TIMEOUT} s: {states}")
+        time.sleep(1)

@@ -10,43 +10,32 @@ what it got, and what the kernel of that namespace holds.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from iptserver.cli import main
 from tests.compose.harness import (
-    COMPOSE,
-    WORKDIR_PREFIX,
+    ARTIFACTS,
+    HEALTHY_TIMEOUT,
+    IMAGE,
     Dockerd,
     HarnessError,
-    build_context,
-    build_image,
-    reap_stale_dockerds,
-    rootfs_tarball,
+    Stack,
     run,
-    start_dockerd,
-    stop_dockerd,
+    wait_healthy,
 )
 
-IMAGE = "iptserver-sidecar:test"
 SERVICE = "firezone"
 HOST_ADDRESS = "192.0.2.10"  # firezone: the address the clients ask
 AUTHORITY = "192.0.2.53"
 CLIENT = "192.0.2.20"
 MARK = 0x4242
 TUNNEL_PORT = 51821
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-HEALTHY_TIMEOUT = 120.0  # health checks run every 10 s; give the three a few rounds
 
 IDLE = (
     '["python3", "-c", "import signal, sys; '
@@ -105,76 +94,6 @@ print(" ".join(str(rr.rdata) for rr in reply.rr if rr.rtype == 1))
 """
 
 
-@dataclass
-class Stack:
-    dockerd: Dockerd
-    files: list[Path]
-    project: str
-
-    def compose(self, *args: str, timeout: float = 300) -> str:
-        argv = [COMPOSE, "-p", self.project]
-        for path in self.files:
-            argv += ["-f", str(path)]
-        return run([*argv, *args], env=self.dockerd.env, timeout=timeout)
-
-    def exec(self, service: str, *argv: str) -> str:
-        return self.compose("exec", "-T", service, *argv, timeout=60)
-
-    def status(self, service: str, *argv: str) -> tuple[int, str]:
-        """Run a command in a service: its exit code and what it printed."""
-        command = [COMPOSE, "-p", self.project]
-        for path in self.files:
-            command += ["-f", str(path)]
-        proc = subprocess.run(
-            [*command, "exec", "-T", service, *argv],
-            env=self.dockerd.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        return proc.returncode, proc.stdout + proc.stderr
-
-    def health(self, service: str) -> str:
-        container = f"{self.project}_{service}_1"
-        found: str = json.loads(
-            self.dockerd.docker("inspect", "--format", "{{json .State.Health}}", container)
-        )["Status"]
-        return found
-
-    def resolve(self, name: str) -> set[str]:
-        """The A records the client gets for ``name`` from the host service's address."""
-        return set(self.exec("client", "python3", "-c", QUERY, name, HOST_ADDRESS).split())
-
-
-@pytest.fixture(scope="module")
-def dockerd() -> Iterator[Dockerd]:
-    reap_stale_dockerds()
-    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir="/var/tmp"))
-    started = time.monotonic()
-    daemon = start_dockerd(workdir)
-    try:
-        tarball, rootfs_took = rootfs_tarball()
-        context = workdir / "context"
-        context.mkdir()
-        build_context(context)
-        build_started = time.monotonic()
-        build_image(daemon, tarball, context, IMAGE)
-        figures = (
-            f"rootfs (debootstrap): {'cached' if rootfs_took is None else f'{rootfs_took:.0f} s'}\n"
-            f"image (import + docker build): {time.monotonic() - build_started:.0f} s\n"
-            f"dockerd up to image ready: {time.monotonic() - started:.0f} s\n"
-        )
-        ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / "compose-build.txt").write_text(figures)
-        print(figures)
-        yield daemon
-    finally:
-        forced = stop_dockerd(daemon)
-        shutil.rmtree(workdir, ignore_errors=True)
-        assert not forced, f"dockerd did not stop cleanly: {forced}"
-
-
 @pytest.fixture
 def stack(dockerd: Dockerd, tmp_path: Path) -> Iterator[Stack]:
     (tmp_path / "state").mkdir()
@@ -202,15 +121,9 @@ def stack(dockerd: Dockerd, tmp_path: Path) -> Iterator[Stack]:
             stack.compose("down", "-v", "-t", "5")
 
 
-def wait_healthy(stack: Stack, services: tuple[str, ...]) -> None:
-    deadline = time.monotonic() + HEALTHY_TIMEOUT
-    while True:
-        states = {service: stack.health(service) for service in services}
-        if all(state == "healthy" for state in states.values()):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not healthy after {HEALTHY_TIMEOUT} s: {states}")
-        time.sleep(1)
+def resolve(stack: Stack, name: str) -> set[str]:
+    """The A records the client gets for ``name`` from the host service's address."""
+    return set(stack.exec("client", "python3", "-c", QUERY, name, HOST_ADDRESS).split())
 
 
 def members(stack: Stack) -> list[str]:
@@ -231,13 +144,13 @@ def test_sidecars_route_the_clients_answers_in_the_service_namespace(stack: Stac
 
     # A .co.uk name: the client gets the authority's answer through firezone's address,
     # and the namespace's sets hold the address with the uk exit's mark.
-    assert stack.resolve("www.bbc.co.uk") == {"198.51.100.10"}
+    assert resolve(stack, "www.bbc.co.uk") == {"198.51.100.10"}
     routed = [line for line in members(stack) if line.startswith("198.51.100.10 ")]
     assert routed, f"198.51.100.10 is in no set: {members(stack)}"
     assert all(f"skbmark {MARK:#x}" in line and "timeout" in line for line in routed), routed
 
     # A name no rule claims is answered too, and left out of the sets.
-    assert stack.resolve("www.example.com") == {"198.51.100.150"}
+    assert resolve(stack, "www.example.com") == {"198.51.100.150"}
     assert not [line for line in members(stack) if line.startswith("198.51.100.150")]
 
     # FRR runs on the configuration `iptserver render frr` wrote, in the same namespace.
@@ -265,7 +178,7 @@ def test_restart_policy_and_health_check(stack: Stack) -> None:
         assert time.monotonic() < deadline, "iptserver was not restarted"
         time.sleep(0.5)
     wait_healthy(stack, ("iptserver",))
-    assert stack.resolve("news.gov.uk") == {"203.0.113.60"}
+    assert resolve(stack, "news.gov.uk") == {"203.0.113.60"}
     routed = [line for line in members(stack) if line.startswith("203.0.113.60 ")]
     assert routed, f"203.0.113.60 is in no set: {members(stack)}"
     assert all(f"skbmark {MARK:#x}" in line for line in routed), routed
@@ -290,7 +203,7 @@ def test_the_sidecars_follow_a_restart_of_the_host_service(stack: Stack) -> None
     deadline = restarted + HEALTHY_TIMEOUT
     while True:
         try:
-            answered = stack.resolve("www.bbc.co.uk")
+            answered = resolve(stack, "www.bbc.co.uk")
         except HarnessError as e:
             answered = {str(e).splitlines()[-1]}
         routed = [line for line in members(stack) if line.startswith("198.51.100.10 ")]

@@ -454,6 +454,18 @@ def test_stack_errors_name_the_schema_field(
     assert not (project / "stacks").exists()
 
 
+def test_a_tunnel_container_takes_no_default_route_over(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    changed = SCHEMA.replace(
+        "entry: {compose_service: firezone}", "entry: {compose_service: firezone, table: auto}"
+    )
+    (project / "iptserver.yaml").write_text(changed)
+    assert render(project) == 1
+    expected = "tunnels.wg_out.hosts.entry.allowed_nets: with wg-quick's Table = auto"
+    assert expected in capsys.readouterr().err
+
+
 def test_a_tunnel_in_a_service_the_file_lacks_names_the_schema_field(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
