@@ -1,4 +1,4 @@
-"""FRR (zebra + ospfd) on a lab node: one FRR instance per namespace, from a config text.
+"""FRR (zebra + ospfd, and ospf6d) on a lab node: one FRR instance per namespace, from a config.
 
 Facts found on this machine (FRR 8.4, Debian):
 - ``-N NAME`` (pathspace) puts an instance's config in ``/etc/frr/NAME/`` and its vty

@@ -408,6 +408,7 @@ def read_rendered(directory: Path) -> dict[tuple[str, str], str]:
 
 
 RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_ROUTE = 0x400
 RTM_NEWROUTE = 24
 RTA_DST = 1
 RTMSG = struct.Struct("=BBBBBBBBI")
@@ -416,17 +417,18 @@ RTMSG = struct.Struct("=BBBBBBBBI")
 class RouteWatch:
     """When a host route appears in a node's kernel, timed as the event arrives.
 
-    A netlink socket inside the node's namespace, subscribed to IPv4 route events before
-    the action under test, read by a thread that notes the moment the route for
-    ``address`` is added (polling ``ip route`` would measure the polling instead).
+    A netlink socket inside the node's namespace, subscribed to route events (of the
+    address's family) before the action under test, read by a thread that notes the moment
+    the route for ``address`` is added (polling ``ip route`` would measure the polling
+    instead).
     """
 
     def __init__(self, lab: Lab, node: str, address: str) -> None:
-        self.address = ipaddress.IPv4Address(address)
+        self.address = ipaddress.ip_address(address)
         self.seen_at: float | None = None
         self._found = threading.Event()
         self._sock = lab.socket(node, socket.AF_NETLINK, socket.SOCK_RAW)
-        self._sock.bind((0, RTMGRP_IPV4_ROUTE))
+        self._sock.bind((0, RTMGRP_IPV4_ROUTE if self.address.version == 4 else RTMGRP_IPV6_ROUTE))
         self._sock.settimeout(0.2)
         self._stop = False
         self._thread = threading.Thread(target=self._read, name=f"routewatch-{node}", daemon=True)
@@ -449,7 +451,7 @@ class RouteWatch:
         for kind, body, end in messages(data):
             if kind != RTM_NEWROUTE or body + RTMSG.size > end:
                 continue
-            if RTMSG.unpack_from(data, body)[1] != 32:
+            if RTMSG.unpack_from(data, body)[1] != self.address.max_prefixlen:
                 continue
             for attr, value in attributes(data, body + RTMSG.size, end):
                 if attr == RTA_DST and value == self.address.packed:
