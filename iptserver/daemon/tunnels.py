@@ -1,8 +1,10 @@
 """Tunnel interfaces that go down, are made anew or appear after start.
 
-The kernel drops an interface's routes with it; when the interface is up again the exit
-tables and exported host routes through it go back in at once (no reload, no health
-needed), and the log says whose traffic was dropped meanwhile.
+The kernel drops an interface's routes with it. The exported routes out of it go back
+at once as blackholes (the mesh keeps sending that traffic to the entry, whose
+kill-switch drops it); when the interface is up again the exit tables and exported
+routes through it go back in (no reload, no health needed), and the log says whose
+traffic was dropped meanwhile.
 """
 
 from __future__ import annotations
@@ -98,12 +100,15 @@ class TunnelFollower:
         exits = self._exits_through(interface)
         if index is not None:
             self._spawn(self._relinked(interface, exits))
-        elif exits:
+            return
+        if exits:
             log.warning(
                 "interface %s is down or gone: traffic of exit %s is dropped until it is up",
                 interface,
                 ", ".join(exits),
             )
+        if self._reannounce is not None:  # the kernel dropped its exported routes
+            self._spawn(self._blackholed(interface))
 
     def _on_main_default(self) -> None:
         """main's default route changed (DHCP, the operator): the host gateway exits'
@@ -130,6 +135,11 @@ class TunnelFollower:
             if (index := link_state(interface)) is not None:
                 self._spawn(self._relinked(interface, self._exits_through(interface)))
             self._links[interface] = index
+
+    async def _blackholed(self, interface: str) -> None:
+        assert self._reannounce is not None
+        for problem in await self._reannounce(interface):
+            log.warning("%s", problem)
 
     async def _relinked(self, interface: str, exits: list[str]) -> None:
         assert self._relink is not None

@@ -18,7 +18,7 @@ from iptserver.schema.values import IPNetwork
 
 @dataclass(frozen=True, slots=True)
 class HostRoute:
-    network: IPNetwork  # a /32 or /128
+    network: IPNetwork  # a learned /32 or /128; for send: policy, a rule's aggregated net
     interface: str  # the exit's tunnel interface
 
 

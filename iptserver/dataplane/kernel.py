@@ -22,6 +22,7 @@ from pathlib import Path
 from iptserver.dataplane import firewall
 from iptserver.dataplane.export import ExportTable, HostRoute
 from iptserver.dataplane.ipset import Entry, IPSets
+from iptserver.dataplane.links import link_state
 from iptserver.dataplane.listing import Learned
 from iptserver.dataplane.plan import (
     MARK_MASK,
@@ -73,6 +74,8 @@ class Dataplane:
         # kernel.export_table: the learned host routes FRR announces, with their deadlines.
         self._exports = ExportTable()
         self._held: set[HostRoute] = set()  # the table's routes, while ``adopt`` runs
+        # The policy table's routes (send: policy), by network: what the kernel holds.
+        self._policy: dict[IPNetwork, str] = {}
         # What the learned sets must be read for since the last apply (see ``Adoption``).
         self.adoption = Adoption()
 
@@ -140,6 +143,7 @@ class Dataplane:
         self.adoption = Adoption()
         self._drop_stale(plan)
         self._sync_exports(plan)
+        self._sync_policy(plan)
         self._plan = plan
         self._save_state()
         log.info(
@@ -233,20 +237,28 @@ class Dataplane:
         return problems
 
     def reannounce(self, interface: str) -> list[str]:
-        """Put the exported host routes out of ``interface`` back as new routes (they were
-        blackholes while it was gone). Called a moment after ``relink``: zebra takes a
-        route out of an interface it does not yet take for up as inactive."""
+        """Put the exported routes out of ``interface`` back as new routes: a moment after
+        ``relink`` (zebra takes a route out of an interface it does not yet take for up
+        as inactive), or as blackholes when it went down (the kernel dropped them with
+        it, and the mesh would have sent that traffic out of its own uplinks)."""
         plan = self._plan
-        if plan is None or plan.export_table is None:
+        if plan is None:
             return []
-        lost = [route for route in self._exports.routes() if route.interface == interface]
-        problems = self._routing.reannounce_host_routes(plan.export_table, lost)
-        if lost:
+        problems = []
+        for table, routes in (
+            (plan.export_table, self._exports.routes()),
+            (plan.policy_table, plan.policy_routes),
+        ):
+            lost = [route for route in routes if route.interface == interface]
+            if table is None or not lost:
+                continue
+            problems += self._routing.reannounce_host_routes(table, lost)
             log.info(
-                "export table %d: %d host routes out of %s announced again",
-                plan.export_table,
+                "table %d: %d exported routes out of %s announced again%s",
+                table,
                 len(lost),
                 interface,
+                "" if link_state(interface) is not None else " (as blackholes)",
             )
         return problems
 
@@ -337,6 +349,35 @@ class Dataplane:
             if self._holds_learned(plan) or self._routing.exported_routes(plan.export_table):
                 self.adoption |= Adoption(exports=True)
 
+    def _sync_policy(self, plan: KernelPlan) -> None:
+        """Make the policy table hold the plan's routes, writing only what changed: a
+        reload that keeps the nets withdraws nothing from the mesh."""
+        old = self._plan.policy_table if self._plan is not None else None
+        if old is not None and old != plan.policy_table:
+            self._routing.delete_host_routes(old, self._routing.exported_routes(old))
+        if plan.policy_table is None:
+            self._policy = {}
+            return
+        if old != plan.policy_table:  # a start, or another table: read what is there
+            held = self._routing.exported_routes(plan.policy_table)
+            self._policy = {route.network: route.interface for route in held}
+        wanted = {route.network: route.interface for route in plan.policy_routes}
+        gone = [HostRoute(net, iface) for net, iface in self._policy.items() if net not in wanted]
+        self._routing.delete_host_routes(plan.policy_table, gone)
+        changed = [r for r in plan.policy_routes if self._policy.get(r.network) != r.interface]
+        for problem in self._routing.replace_host_routes(plan.policy_table, changed):
+            log.warning("%s", problem)
+        self._policy = wanted
+        if gone or changed:
+            log.info(
+                "policy table %d: %d routes for send: policy nodes (%d added or moved, "
+                "%d withdrawn)",
+                plan.policy_table,
+                len(wanted),
+                len(changed),
+                len(gone),
+            )
+
     def _holds_learned(self, plan: KernelPlan) -> bool:
         """Whether any learned set holds an entry (read from the sets' headers)."""
         return any(
@@ -392,6 +433,10 @@ class Dataplane:
             table = self._plan.export_table
             self._routing.delete_host_routes(table, self._routing.exported_routes(table))
             self._exports = ExportTable()
+        if self._plan.policy_table is not None:
+            table = self._plan.policy_table
+            self._routing.delete_host_routes(table, self._routing.exported_routes(table))
+            self._policy = {}
         for exit_ in self._plan.exits:
             self._routing.remove_exit(exit_)
         for name in self._sets.names():

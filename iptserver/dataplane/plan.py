@@ -23,6 +23,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
+from iptserver.dataplane.export import HostRoute
 from iptserver.policy.core import PRIVATE_NETS
 from iptserver.policy.sources import source_classes
 from iptserver.schema.model import Exit, Route, Schema
@@ -141,6 +142,8 @@ class KernelPlan:
     max_learned: int = 1_000_000  # entries a learned set holds at most (kernel.max_learned)
     sources: tuple[SourcePlan, ...] = ()  # per source class (rules with sources)
     guard: DnsGuard | None = None  # the kernel's share of dns.rate_limit (None: no limit)
+    policy_table: int | None = None  # for nodes with send: policy (FRR imports it)
+    policy_routes: tuple[HostRoute, ...] = ()  # what that table holds
 
     def exit(self, name: str) -> ExitPlan:
         return next(e for e in self.exits if e.name == name)
@@ -224,7 +227,9 @@ def plan(
         )
         for c in source_classes(schema)
     )
-    never = _plain_sets("private", (*PRIVATE_NETS, *schema.never_diverted()))
+    never_diverted = (*PRIVATE_NETS, *schema.never_diverted())
+    never = _plain_sets("private", never_diverted)
+    policy_table = schema.policy_table()
     doh = None
     if schema.dns.block_doh:
         doh = _plain_sets("doh", (*WELL_KNOWN_DOH, *schema.dns.doh_servers))
@@ -239,7 +244,49 @@ def plan(
         max_learned=schema.kernel.max_learned,
         sources=sources,
         guard=_guard(schema),
+        policy_table=policy_table,
+        policy_routes=_policy_routes(classes, exits, never_diverted) if policy_table else (),
     )
+
+
+def _policy_routes(
+    classes: Sequence[WeightClass], exits: Sequence[ExitPlan], never: Sequence[IPNetwork]
+) -> tuple[HostRoute, ...]:
+    """What ``send: policy`` nodes are taught: the static nets (rules' nets and country
+    networks) whose entry carries a tunnel exit's mark, aggregated per exit to the
+    fewest prefixes, each out of its exit's interface. Whatever part of them a higher
+    rule sends elsewhere, the entry routes so: it applies the schema to what arrives.
+    IPv4 only: FRR 8.4 imports no IPv6 routing table (``ip import-table`` is IPv4)."""
+    tunnels = {e.mark: e.interface for e in exits if e.route is Route.INTERFACE}
+    nets: dict[str, list[IPNetwork]] = {}
+    for weight_class in classes:
+        for set_plan in weight_class.static:
+            if set_plan.family != 4:
+                continue
+            for network, mark in set_plan.entries:
+                if mark in tunnels:
+                    nets.setdefault(tunnels[mark], []).append(network)
+    spans = [_span(private) for private in never]
+    routes = []
+    for interface, networks in sorted(nets.items()):
+        v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
+        collapsed = ipaddress.collapse_addresses(v4)
+        routes += [
+            HostRoute(network, interface)
+            for network in collapsed
+            if not _within(_span(network), spans)
+        ]
+    return tuple(routes)
+
+
+def _span(network: IPNetwork) -> tuple[int, int, int]:
+    return (network.version, int(network.network_address), int(network.broadcast_address))
+
+
+def _within(span: tuple[int, int, int], outer: Sequence[tuple[int, int, int]]) -> bool:
+    """Whether a network (as a ``_span``) lies inside one of ``outer``'s."""
+    version, first, last = span
+    return any(v == version and f <= first and last <= t for v, f, t in outer)
 
 
 def _guard(schema: Schema) -> DnsGuard | None:

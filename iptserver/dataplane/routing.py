@@ -18,11 +18,13 @@ import socket
 from collections.abc import Sequence
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from iptserver.dataplane.export import HostRoute
 from iptserver.dataplane.links import link_state
 from iptserver.dataplane.netlink import kernel_errors
 from iptserver.dataplane.plan import MARK_MASK, ExitPlan
+from iptserver.dataplane.route_netlink import RouteWire
 from iptserver.errors import DataplaneError
 from iptserver.schema.model import Route
 from iptserver.schema.values import IPNetwork
@@ -41,9 +43,11 @@ _GONE = frozenset({errno.ESRCH, errno.ENOENT})  # deleting a route that is not t
 class Routing:
     def __init__(self) -> None:
         self._ip = IPRoute()
+        self._wire = RouteWire()  # the exported tables' routes, many at a time
 
     def close(self) -> None:
         self._ip.close()
+        self._wire.close()
 
     def interface_index(self, name: str) -> int | None:
         found = self._ip.link_lookup(ifname=name)
@@ -221,26 +225,35 @@ class Routing:
         A route whose interface is missing or down goes in as a blackhole: OSPF still
         announces it, so the mesh (an office) sends that traffic here, where the exit's
         kill-switch drops it, rather than out of its own uplink; ``relink`` puts the
-        interface's route back. Returns one problem per such route."""
+        interface's route back. Returns one problem per such interface."""
         problems = []
-        indexes: dict[str, int | None] = {}
+        by_interface: dict[str, list[HostRoute]] = {}
         for route in routes:
-            if route.interface not in indexes:
-                indexes[route.interface] = link_state(route.interface)
-            index = indexes[route.interface]
+            by_interface.setdefault(route.interface, []).append(route)
+        for interface, own in by_interface.items():
+            index = link_state(interface)
             if index is None:
+                shown = ", ".join(str(r.network) for r in own[:3])
+                more = f" and {len(own) - 3} more" if len(own) > 3 else ""
                 problems.append(
-                    f"export table {table}: {route.network} announced as a blackhole: "
-                    f"interface {route.interface} is down or missing (the mesh sends its "
+                    f"export table {table}: {shown}{more} announced as a blackhole: "
+                    f"interface {interface} is down or missing (the mesh sends its "
                     "traffic here, where the kill-switch drops it)"
                 )
-                doing = f"export table {table}: cannot add a blackhole for {route.network}"
+            mirrored = [r for r in own if _mirrored(r.network, table)]
+            for route in mirrored:
+                if index is None:
+                    doing = f"export table {table}: cannot add a blackhole for {route.network}"
+                    with kernel_errors(doing):
+                        self._host_route("replace", table, route.network, type="blackhole")
+                    continue
+                doing = f"export table {table}: cannot route {route.network} via {interface}"
                 with kernel_errors(doing):
-                    self._ip.route("replace", **_host_route(table, route.network), type="blackhole")
-                continue
-            doing = f"export table {table}: cannot route {route.network} via {route.interface}"
-            with kernel_errors(doing):
-                self._ip.route("replace", **_host_route(table, route.network), oif=index)
+                    self._host_route("replace", table, route.network, oif=index)
+            if len(mirrored) < len(own):
+                many = [(r.network, index) for r in own if not _mirrored(r.network, table)]
+                refused = self._wire.replace(table, EXPORT_PROTO, many)
+                problems += [f"export table {table}: cannot route {p}" for p in refused]
         return problems
 
     def reannounce_host_routes(self, table: int, routes: Sequence[HostRoute]) -> list[str]:
@@ -248,23 +261,47 @@ class Routing:
         takes an imported route out of an interface it did not yet take for up as
         inactive, and neither a replace nor a stand-in route at another metric makes it
         look again (it keys imported routes by prefix). The mesh misses the route for
-        the moment between the two."""
-        problems = []
-        for route in routes:
-            if link_state(route.interface) is None:
-                problems += self.replace_host_routes(table, [route])
-                continue
-            self.delete_host_routes(table, [route])
-            problems += self.replace_host_routes(table, [route])
-        return problems
+        the moment between the two. Routes out of an interface that is down or missing
+        become blackholes, announced the same way."""
+        interfaces = {r.interface for r in routes}
+        up = {name for name in interfaces if link_state(name) is not None}
+        lasting = [r for r in routes if r.interface in up]
+        self.delete_host_routes(table, lasting)
+        problems = self.replace_host_routes(table, lasting)
+        # The kernel dropped the routes of a gone interface without a word to zebra: it
+        # holds them as inactive until it hears them deleted. Put each in, delete it,
+        # and put it in again.
+        down = [r for r in routes if r.interface not in up]
+        self.replace_host_routes(table, down)
+        self.delete_host_routes(table, down)
+        return problems + self.replace_host_routes(table, down)
 
     def delete_host_routes(self, table: int, routes: Sequence[HostRoute]) -> None:
         """Delete host routes from ``table`` (ones already gone are fine)."""
+        many = [r.network for r in routes if not _mirrored(r.network, table)]
+        if refused := self._wire.delete(table, EXPORT_PROTO, many):
+            shown = ", ".join(refused[:3])
+            raise DataplaneError(f"export table {table}: cannot delete routes: {shown}")
         for route in routes:
+            if not _mirrored(route.network, table):
+                continue
             doing = f"export table {table}: cannot delete the route to {route.network}"
             with kernel_errors(doing, fine=_GONE | {errno.ENODEV}):
                 # scope "nowhere": any scope (a hand-made "dev X" route is scope link)
-                self._ip.route("del", **_host_route(table, route.network), scope=RT_SCOPE_NOWHERE)
+                self._host_route("del", table, route.network, scope=RT_SCOPE_NOWHERE)
+
+    def _host_route(self, op: str, table: int, network: IPNetwork, **extra: object) -> None:
+        """Add, replace or delete a host route of ``table``; an IPv6 /128 in ``main`` too:
+        FRR 8.4 imports no IPv6 table (zebra has no ``ipv6 import-table``, ospf6d no
+        ``redistribute table``), so its ospf6d takes them from main (``redistribute
+        kernel``, /128s only), where zebra would have put imported routes anyway."""
+        if _mirrored(network, table):
+            try:
+                self._ip.route(op, **_host_route(MAIN_TABLE, network), **extra)
+            except NetlinkError as e:  # a copy already gone: the table's may be there
+                if op != "del" or e.code not in _GONE | {errno.ENODEV}:
+                    raise
+        self._ip.route(op, **_host_route(table, network), **extra)
 
     def exported_routes(self, table: int) -> list[HostRoute]:
         """The host routes of ours in ``table`` (left by an earlier run, or this one)."""
@@ -285,6 +322,11 @@ class Routing:
                 network = ipaddress.ip_network(f"{dst}/{message['dst_len']}")
                 found.append(HostRoute(network, name))
         return found
+
+
+def _mirrored(network: IPNetwork, table: int) -> bool:
+    """Whether ``_host_route`` copies this route into main (an IPv6 /128)."""
+    return network.version == 6 and network.prefixlen == 128 and table != MAIN_TABLE
 
 
 def _host_route(table: int, network: IPNetwork) -> dict[str, object]:

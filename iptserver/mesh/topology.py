@@ -46,6 +46,19 @@ class Link:
     # With ``send: all``, on the node's tunnel to the entry: the subnets whose traffic is
     # all policy-routed into it (what is more specific in main, OSPF's too, still wins).
     send_all: tuple[IPNetwork, ...] = ()
+    # A dual-stack tunnel (``subnet6``): the IPv6 addresses besides the IPv4 ones.
+    address6: IPInterface | None = None
+    peer_address6: IPInterface | None = None
+
+    @property
+    def addresses(self) -> tuple[IPInterface, ...]:
+        """The end's addresses: ``address``, then the IPv6 one of a dual-stack tunnel."""
+        return (self.address,) if self.address6 is None else (self.address, self.address6)
+
+    @property
+    def ipv6(self) -> IPInterface | None:
+        """The end's IPv6 address, if the tunnel carries IPv6."""
+        return self.address if self.address.version == 6 else self.address6
 
 
 @dataclass(frozen=True)
@@ -150,6 +163,11 @@ def mesh_of(schema: Schema) -> Mesh:
                     ospf=own_node.ospf if own_node else True,
                 )
             )
+        if tunnel.subnet6 is not None:
+            six_a, six_b = (_interface(a6, tunnel.subnet6) for a6 in _hosts(tunnel.subnet6, 2))
+            for node, mine, theirs in ((a, six_a, six_b), (b, six_b, six_a)):
+                own = links[node]
+                own[-1] = dataclasses.replace(own[-1], address6=mine, peer_address6=theirs)
     entry = next((name for name, spec in declared.items() if spec.entry), None)
     for name, own in links.items():
         spec = declared.get(name)

@@ -99,7 +99,7 @@ class OfficeView:
     entry at all (``nodes.NAME.send``), so whether the decision applies to it."""
 
     node: str
-    send: str  # "learned" or "all"
+    send: str  # "learned", "policy" or "all"
     reaches: bool  # the decision applies; else it leaves by the node's own uplink
 
     def to_json(self) -> dict[str, Any]:
@@ -108,11 +108,20 @@ class OfficeView:
     def describe(self) -> str:
         head = f"from node {self.node!r} (send: {self.send}): "
         if self.reaches:
-            how = "all of its traffic" if self.send == "all" else "this DNS-learned address"
+            how = {
+                "all": "all of its traffic",
+                "policy": "this address (announced for a rule with a tunnel exit)",
+            }.get(self.send, "this DNS-learned address")
             return head + f"the entry routes {how}, as above"
+        if self.send == "policy":
+            return head + (
+                "this leaves by the node's own uplink instead: only addresses of rules with "
+                "a tunnel exit reach the entry (send: all sends everything, default included)"
+            )
         return head + (
             "this leaves by the node's own uplink instead: only addresses learned from DNS "
-            "for domain rules with a tunnel exit reach the entry (send: all sends everything)"
+            "for domain rules with a tunnel exit reach the entry (send: policy adds rules' "
+            "nets and countries; send: all sends everything)"
         )
 
 
@@ -197,11 +206,25 @@ def explain(
             learned=winner is not None
             and winner.kind is MatchKind.DOMAIN
             and interface not in (None, HOST_GATEWAY),
+            announced=any(_announced(policy, c) for c in candidates),
         ),
     )
 
 
-def _office(policy: Policy, client: IPAddress | None, *, learned: bool) -> OfficeView | None:
+def _announced(policy: Policy, candidate: Candidate) -> bool:
+    """Whether ``send: policy`` nodes are taught a route for this match: a net or
+    country network of a rule (for every client) with a tunnel exit."""
+    rule = policy.schema.rules[candidate.rule]
+    return (
+        candidate.kind is not MatchKind.DOMAIN
+        and not rule.sources
+        and policy.exits[rule.exit].interface != HOST_GATEWAY
+    )
+
+
+def _office(
+    policy: Policy, client: IPAddress | None, *, learned: bool, announced: bool
+) -> OfficeView | None:
     """The mesh node whose subnets hold ``client`` (not the entry's), and what it sends."""
     if client is None:
         return None
@@ -210,7 +233,8 @@ def _office(policy: Policy, client: IPAddress | None, *, learned: bool) -> Offic
             client in net for net in node.subnets if net.version == client.version
         ):
             continue
-        return OfficeView(name, node.send, reaches=node.send == "all" or learned)
+        reaches = {"all": True, "policy": learned or announced}.get(node.send, learned)
+        return OfficeView(name, node.send, reaches=reaches)
     return None
 
 

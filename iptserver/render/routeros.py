@@ -124,12 +124,13 @@ def _wireguard(link: Link, keys: KeySource, secrets: list[Secret]) -> list[str]:
         peer.append(f"preshared-key={ros_string(psk)}")
     peer.append(_comment(f"{link.tunnel} peer {link.peer_node}"))
     lines.append(" ".join(peer))
-    menu = "/ip address" if link.address.version == 4 else "/ipv6 address"
-    extra = "" if link.address.version == 4 else " advertise=no"
-    lines.append(
-        f"{menu} add address={link.address} interface={ros_string(link.interface)}{extra} "
-        f"{_comment(link.tunnel)}"
-    )
+    for address in link.addresses:
+        menu = "/ip address" if address.version == 4 else "/ipv6 address"
+        extra = "" if address.version == 4 else " advertise=no"
+        lines.append(
+            f"{menu} add address={address} interface={ros_string(link.interface)}{extra} "
+            f"{_comment(link.tunnel)}"
+        )
     if link.masquerade:
         lines += _masquerade(link)
     return lines

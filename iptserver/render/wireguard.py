@@ -118,7 +118,7 @@ def tunnel_config(link: Link, keys: KeySource) -> Rendered:
         f"# {link.node}: tunnel {link.tunnel} to {link.peer_node} ({link.peer_interface}).",
         "# Rendered by `iptserver render wireguard`; edit the schema, not this file.",
         "[Interface]",
-        f"Address = {link.address}",
+        f"Address = {', '.join(str(address) for address in link.addresses)}",
     ]
     if link.listen_port is not None:
         lines.append(f"ListenPort = {link.listen_port}")

@@ -19,7 +19,7 @@ from pydantic_core import ErrorDetails
 
 from iptserver.errors import Problem, SchemaError
 from iptserver.schema.legacy import Format, Translation, detect_format, translate
-from iptserver.schema.mesh import ingress_problems, mesh_problems
+from iptserver.schema.mesh import ingress_problems, mesh_problems, policy_problems
 from iptserver.schema.model import Schema
 from iptserver.schema.source import Document, Path, parse_yaml
 
@@ -87,6 +87,7 @@ def parse_schema(text: str, file: str = "<schema>") -> Loaded:
             doc.problem(translation.legacy_path(path), message)
             for path, message in mesh_problems(schema.nodes, schema.tunnels, schema.clients)
             + ingress_problems(schema.nodes, schema.tunnels, schema.ingress)
+            + policy_problems(schema.nodes, schema.kernel.export_table, schema.kernel.policy_table)
         ]
         problems += [
             doc.problem(translation.legacy_path(path), message)

@@ -101,11 +101,12 @@ class Node(_Model):
     entry: StrictBool = Field(
         False, description="iptserver runs here; mobile clients use it for DNS"
     )
-    send: Literal["learned", "all"] = Field(
+    send: Literal["learned", "policy", "all"] = Field(
         "learned",
         description="What of this node's subnets' traffic goes to the entry: learned (the "
-        "destinations the entry exports over OSPF) or all (everything; the entry applies "
-        "the whole schema, default included)",
+        "DNS-learned destinations the entry exports over OSPF), policy (those, and the nets "
+        "and country networks of rules with a tunnel exit, aggregated) or all (everything; "
+        "the entry applies the whole schema, default included)",
     )
 
     check_endpoint = field_validator("endpoint")(_no_port)
@@ -160,6 +161,11 @@ class Tunnel(_Model):
     subnet: Network = Field(
         description="Point-to-point subnet: the hosts, in the order written, get its first "
         "and second host address"
+    )
+    subnet6: Network | None = Field(
+        None,
+        description="An IPv6 point-to-point subnet besides an IPv4 subnet (a dual-stack "
+        "tunnel): the hosts get its first and second host address too",
     )
     preshared_key: StrictBool = Field(False, description="Add a generated preshared key")
     hosts: dict[NodeName, TunnelHost] = Field(description="The tunnel's two sides, by node")
@@ -241,21 +247,25 @@ def _entry_problems(nodes: dict[str, Node]) -> Problems:
 
 
 def _send_problems(nodes: dict[str, Node], tunnels: dict[str, Tunnel]) -> Problems:
-    """``send: all`` needs LANs to send from, a tunnel to the entry, and wg-quick."""
+    """``send: policy`` and ``all`` need LANs to send from, a tunnel to the entry that
+    carries everything, and a Linux node (FRR route-maps, wg-quick)."""
     entry = next((name for name, node in nodes.items() if node.entry), None)
     problems: Problems = []
     for name, node in nodes.items():
-        if node.send != "all":
+        if node.send == "learned":
             continue
         path: Path = ("nodes", name, "send")
+        mode = f"send: {node.send}"
         if node.entry:
-            problems.append((path, "the entry sends nothing to itself: send: all is for offices"))
+            problems.append((path, f"the entry sends nothing to itself: {mode} is for offices"))
         elif node.mikrotik:
-            problems.append((path, "send: all is rendered for Linux nodes (wg-quick) only"))
+            problems.append((path, f"{mode} is rendered for Linux nodes (FRR, wg-quick) only"))
+        elif not node.ospf and node.send == "policy":
+            problems.append((path, "send: policy takes its routes from OSPF: set ospf: true"))
         elif not node.subnets:
-            problems.append((path, "send: all needs the node's subnets (nothing to send from)"))
+            problems.append((path, f"{mode} needs the node's subnets (nothing to send from)"))
         elif not (links := [(n, t) for n, t in tunnels.items() if {name, entry} == set(t.hosts)]):
-            problems.append((path, f"send: all needs a tunnel between {name!r} and the entry"))
+            problems.append((path, f"{mode} needs a tunnel between {name!r} and the entry"))
         else:
             for tunnel_name, tunnel in links:
                 nets = tunnel.hosts[name].allowed_nets
@@ -265,7 +275,7 @@ def _send_problems(nodes: dict[str, Node], tunnels: dict[str, Tunnel]) -> Proble
                         problems.append(
                             (
                                 ("tunnels", tunnel_name, "hosts", name, "allowed_nets"),
-                                f"send: all on {name!r}: allowed_nets must hold {everything} "
+                                f"{mode} on {name!r}: allowed_nets must hold {everything} "
                                 "(WireGuard sends the entry only what they cover)",
                             )
                         )
@@ -275,13 +285,13 @@ def _send_problems(nodes: dict[str, Node], tunnels: dict[str, Tunnel]) -> Proble
 def ingress_problems(
     nodes: dict[str, Node], tunnels: dict[str, Tunnel], ingress: list[str]
 ) -> Problems:
-    """The entry's end of a ``send: all`` node's tunnel must be an ingress: else the
-    office's traffic reaches the entry unmarked and leaves by its uplink, whatever the
-    schema says."""
+    """The entry's end of a ``send: policy`` or ``all`` node's tunnel must be an ingress:
+    else the office's traffic reaches the entry unmarked and leaves as the entry's main
+    table says, whatever the schema says."""
     entry = next((name for name, node in nodes.items() if node.entry), None)
     problems: Problems = []
     for name, node in nodes.items():
-        if node.send != "all" or node.entry:
+        if node.send == "learned" or node.entry:
             continue
         for tunnel_name, tunnel in tunnels.items():
             if {name, entry} != set(tunnel.hosts) or entry is None:
@@ -291,11 +301,52 @@ def ingress_problems(
                 problems.append(
                     (
                         ("nodes", name, "send"),
-                        f"send: all: add the entry's end of tunnel {tunnel_name!r} "
+                        f"send: {node.send}: add the entry's end of tunnel {tunnel_name!r} "
                         f"({interface}) to ingress, or the entry routes none of it",
                     )
                 )
     return problems
+
+
+POLICY_TABLES = range(1, 253)  # zebra's `ip import-table` takes these
+
+
+def policy_table(export_table: int | None, policy_table: int | None) -> int | None:
+    """The routing table of the routes ``send: policy`` nodes take (kernel.policy_table,
+    default the one after kernel.export_table)."""
+    if policy_table is not None:
+        return policy_table
+    return export_table + 1 if export_table is not None else None
+
+
+def policy_problems(
+    nodes: dict[str, Node], export_table: int | None, chosen: int | None
+) -> Problems:
+    """``send: policy`` is announced by FRR from a table beside kernel.export_table."""
+    senders = [name for name, node in nodes.items() if node.send == "policy" and not node.entry]
+    if not senders:
+        return []
+    if export_table is None:
+        return [
+            (
+                ("nodes", senders[0], "send"),
+                "send: policy needs kernel.export_table (the entry announces routes over "
+                "OSPF from routing tables FRR imports)",
+            )
+        ]
+    table = policy_table(export_table, chosen)
+    path: Path = ("kernel", "policy_table" if chosen is not None else "export_table")
+    if table not in POLICY_TABLES:
+        return [
+            (
+                path,
+                f"send: policy puts its routes in table {table}: FRR imports tables "
+                f"{POLICY_TABLES.start}-{POLICY_TABLES.stop - 1} only (set kernel.policy_table)",
+            )
+        ]
+    if table == export_table:
+        return [(path, f"table {table} is kernel.export_table: give the policy routes another")]
+    return []
 
 
 def _unknown_node(nodes: dict[str, Node], name: str, path: Path) -> Problems:
@@ -322,6 +373,7 @@ def _tunnel_problems(
                 "(use a /30 or /31, or a /126 or /127)",
             )
         )
+    problems += _subnet6_problems(tunnel, base)
     for host, side in tunnel.hosts.items():
         path: Path = (*base, "hosts", host)
         problems += _unknown_node(nodes, host, path)
@@ -334,6 +386,21 @@ def _tunnel_problems(
         if port:
             problems += claims.claim(host, int(port), (*path, "expose"))
     return problems
+
+
+def _subnet6_problems(tunnel: Tunnel, base: Path) -> Problems:
+    """``subnet6`` is the IPv6 half of a dual-stack tunnel whose ``subnet`` is IPv4."""
+    net = tunnel.subnet6
+    path: Path = (*base, "subnet6")
+    if net is None:
+        return []
+    if net.version != 6:
+        return [(path, f"{net} is not an IPv6 subnet (subnet6 is the tunnel's IPv6 subnet)")]
+    if tunnel.subnet.version != 4:
+        return [(path, f"subnet {tunnel.subnet} is IPv6 already: give subnet6 with an IPv4 subnet")]
+    if _host_count(net) < 2:
+        return [(path, f"{net} has fewer than two host addresses (use a /126 or /127, or a /64)")]
+    return []
 
 
 def _host_count(net: IPNetwork) -> int:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from iptserver.schema.health import BLOCK, Health, HealthSettings, OnDown
-from iptserver.schema.mesh import Clients, Node, NodeName, Tunnel
+from iptserver.schema.mesh import Clients, Node, NodeName, Tunnel, policy_table
 from iptserver.schema.values import (
     Country,
     Domain,
@@ -245,6 +245,12 @@ class Kernel(_Model):
         "table as a host route out of the exit's interface, for as long as it is held, so "
         "FRR can announce it (zebra `ip import-table`); nothing forwards by it (default: off)",
     )
+    policy_table: TableId | None = Field(
+        None,
+        description="For nodes with send: policy: the routing table that holds the nets and "
+        "country networks of rules with a tunnel exit, aggregated, each out of its exit's "
+        "interface, for FRR to announce (default: export_table + 1)",
+    )
     export_delay_ms: Annotated[StrictInt, Field(ge=0, le=5000)] = Field(
         100,
         description="With export_table: an answer that adds a host route to the table is "
@@ -290,10 +296,17 @@ class Schema(_Model):
     def exit_of(self, rule: Rule) -> Exit:
         return self.exits[rule.exit]
 
+    def policy_table(self) -> int | None:
+        """The table of the routes ``send: policy`` nodes take (None: no node does)."""
+        if not any(node.send == "policy" and not node.entry for node in self.nodes.values()):
+            return None
+        return policy_table(self.kernel.export_table, self.kernel.policy_table)
+
     def never_diverted(self) -> tuple[IPNetwork, ...]:
         """The mesh's own subnets: `mesh` as written plus the tunnels', nodes' and clients'."""
         nets: list[IPNetwork] = list(self.mesh)
-        nets += (tunnel.subnet for tunnel in self.tunnels.values())
+        for tunnel in self.tunnels.values():
+            nets += (tunnel.subnet,) if tunnel.subnet6 is None else (tunnel.subnet, tunnel.subnet6)
         nets += (net for node in self.nodes.values() for net in node.subnets)
         if self.clients is not None:
             nets.append(self.clients.subnet)

@@ -121,6 +121,39 @@ def test_learned_ips_of_tunnel_exits_become_host_routes(
     assert str(TABLE) not in sh("ip", "-n", netns, "rule", "show")
 
 
+def main_copies(netns: str) -> dict[str, str]:
+    """iptserver's IPv6 host routes in main (proto 157): destination -> interface."""
+    listing = sh("ip", "-6", "-n", netns, "route", "show", "table", "main", "proto", "157")
+    return {
+        line.split()[1 if line.startswith("blackhole") else 0]: (
+            "blackhole" if line.startswith("blackhole") else line.split()[2]
+        )
+        for line in listing.splitlines()
+    }
+
+
+def test_ipv6_host_routes_are_in_main_too_for_ospf6d(
+    netns: str, driver: Callable[[], Driver], write_schema: Callable[[str], Path]
+) -> None:
+    """FRR 8.4 imports no IPv6 table: ospf6d finds the learned /128s in main. The copies
+    follow the table's routes: in, blackholed with their interface gone, expired; the
+    IPv4 ones stay out of main (zebra imports those)."""
+    dataplane = driver()
+    dataplane(apply=str(write_schema(SCHEMA)))
+    dataplane(
+        learn=[
+            ["2001:db8:ff::8", "ru", 10],
+            ["2001:db8:ff::9", "gone", 10],
+            ["203.0.113.8", "ru", 10],
+        ]
+    )
+    assert main_copies(netns) == {"2001:db8:ff::8": "xru", "2001:db8:ff::9": "blackhole"}
+    assert "203.0.113.8" not in sh("ip", "-n", netns, "route", "show", "table", "main")
+    dataplane(expire=15)
+    assert main_copies(netns) == {}
+    assert routes(netns) == {}
+
+
 def test_routes_expire_with_their_hold_and_repeat_answers_extend_it(
     netns: str, driver: Callable[[], Driver], write_schema: Callable[[str], Path]
 ) -> None:

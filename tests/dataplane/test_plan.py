@@ -294,3 +294,48 @@ def test_ingress_and_export_table_are_carried_over() -> None:
     text = exits_yaml("uk") + "ingress: [wg-clients, eth1]\nkernel: {export_table: 4242}\n"
     kernel = plan(schema(text), {})
     assert (kernel.ingress, kernel.export_table) == (("wg-clients", "eth1"), 4242)
+
+
+# -- send: policy -----------------------------------------------------------------------
+
+POLICY_SCHEMA = """\
+exits:
+  uk: {interface: wg-uk}
+  ru: {interface: wg-ru}
+  direct: {interface: _DEFAULT}
+ingress: [wg-office]
+kernel: {export_table: 200}
+rules:
+  - {exit: direct, weight: 100, nets: [198.51.100.64/26]}
+  - {exit: uk, nets: [198.51.100.0/25, 198.51.100.128/25, "2001:db8:1::/49"]}
+  - {exit: uk, nets: [10.1.0.0/16, 198.51.100.7/32]}
+  - {exit: ru, countries: [RU]}
+  - {exit: direct, nets: [203.0.113.0/24]}
+  - {exit: uk, sources: [10.77.1.0/24], nets: [192.0.2.0/24]}
+nodes:
+  entry: {entry: true}
+  office: {subnets: [10.88.0.0/24], send: policy}
+tunnels:
+  wg-office:
+    subnet: 10.99.0.0/30
+    hosts: {entry: {expose: true}, office: {}}
+"""
+
+
+def test_send_policy_announces_each_tunnel_exits_nets_aggregated() -> None:
+    """Rules' nets and country networks of tunnel exits, collapsed per exit; not the
+    host gateway's, not private ones, not those of rules for some clients only."""
+    countries = {"RU": [net("198.18.64.0/19"), net("198.18.96.0/19")]}
+    found = plan(schema(POLICY_SCHEMA), countries)
+    assert found.policy_table == 201
+    assert [(str(r.network), r.interface) for r in found.policy_routes] == [
+        ("198.18.64.0/18", "wg-ru"),
+        ("198.51.100.0/24", "wg-uk"),  # the /25s, and the /32 inside them
+        # 2001:db8:1::/48 not: FRR 8.4 imports no IPv6 table
+    ]
+
+
+def test_without_a_send_policy_node_nothing_is_announced() -> None:
+    text = POLICY_SCHEMA.replace(", send: policy", "")
+    found = plan(schema(text), {"RU": [net("198.18.64.0/19")]})
+    assert found.policy_table is None and found.policy_routes == ()

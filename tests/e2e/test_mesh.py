@@ -339,10 +339,10 @@ def test_the_office_leaves_by_no_uplink_while_the_exits_tunnel_is_gone(
     mesh: Mesh, lab_mmdb: Path
 ) -> None:
     """The entry's end of uk's tunnel is gone (its container stopped): a name ruled to uk,
-    answered now, is still announced to the office (as a blackhole at the entry), so the
-    office host's first connection goes to the entry and dies at uk's kill-switch: not
-    one packet out of the office's or the entry's uplink. Once the tunnel is back, the
-    same address takes uk."""
+    answered before or now, is still announced to the office (as a blackhole at the
+    entry), so the office host's connections go to the entry and die at uk's
+    kill-switch: not one packet out of the office's or the entry's uplink. Once the
+    tunnel is back, the same address takes uk."""
     lab = mesh.lab
     iface = lab.wg_interface("uk")
     config = (mesh.rendered / "wireguard" / "entry" / f"{iface}.conf").read_text()
@@ -351,8 +351,16 @@ def test_the_office_leaves_by_no_uplink_while_the_exits_tunnel_is_gone(
     try:
         for node in nodes:
             lab.run(node, ["iptables", "-w", "-I", *LEAK_RULE])
+        lab.resolve("officehost", ROUTED_NAME, server=ENTRY_DNS)  # learned before it goes
+        started = time.monotonic()
+        while (way := _way(lab, ROUTED_IP, "officehost")) != "uk":  # uk revived before
+            assert time.monotonic() - started < 10, f"{way}, not uk, before the tunnel goes"
+            time.sleep(0.2)
         lab.drop_tunnel_end(iface)
         try:
+            time.sleep(1)  # the entry hears the link go, and blackholes its routes
+            way = _way(lab, ROUTED_IP, "officehost")  # learned before: no new answer
+            assert way.startswith("nowhere"), f"{way}: not dropped at the entry"
             answer = lab.resolve("officehost", ROUTED_NAME, server=ENTRY_DNS)
             assert [v for _, kind, v, _ in answer if kind == "A"] == [ROUTED_IP]
             way = _way(lab, ROUTED_IP, "officehost")
@@ -416,3 +424,85 @@ def test_an_office_that_sends_all_follows_the_whole_schema(
         lab.apply_wireguard("office", interface, configs["learned"])
         code = stop_iptserver(running)
     assert code == 0, running.log
+
+
+GB_NET = "198.51.100.0/26"  # GB_IP's network in the lab's GeoIP
+
+
+def _restart_frr(lab: MeshLab, configs: dict[tuple[str, str], str]) -> None:
+    """Every node's FRR again, from ``configs`` (rendered), and OSPF back to Full."""
+    for (node, name), text in configs.items():
+        if name == "frr.conf":
+            lab.stop_frr(node)
+            lab.start_frr(node, text)
+    lab.frr("office").wait_route("10.77.1.0/24")
+    for exit_name in ("uk", "ru", "us"):
+        lab.frr(exit_name).wait_route("10.88.0.0/24")
+
+
+def _leaked_to(lab: MeshLab, node: str, address: str) -> int:
+    """Packets to ``address`` that left ``node`` by its own uplink (a LEAK_COMMENT rule)."""
+    listing = lab.run(node, ["iptables", "-w", "-L", "FORWARD", "-v", "-x", "-n"]).stdout
+    return sum(
+        int(line.split()[0])
+        for line in listing.splitlines()
+        if LEAK_COMMENT in line and address in line
+    )
+
+
+def test_an_office_that_sends_policy_takes_the_country_rule_but_not_the_default(
+    mesh: Mesh, lab_mmdb: Path, tmp_path: Path
+) -> None:
+    """``send: policy`` on the office: the entry announces the networks of its country
+    rule for uk (aggregated, out of uk's tunnel), so the office host reaches a GB address
+    through uk without asking DNS; the schema's default is not announced (that address
+    leaves by the office's uplink). uk refuses those routes (they point back into its
+    tunnel). With uk's tunnel gone, the routes stay announced as blackholes: not one
+    packet to the GB address leaves by an uplink; the tunnel back, uk again."""
+    lab = mesh.lab
+    text = mesh.schema.read_text().replace(
+        "rules:\n", "default: us\nrules:\n  - {exit: uk, countries: [GB]}\n"
+    )
+    office = f"router_id: {ROUTER_IDS['office']}"
+    schema = tmp_path / "policy.yaml"
+    schema.write_text(text.replace(office, f"{office}, send: policy"))
+    assert "send: policy" in schema.read_text()
+    _restart_frr(lab, render(schema, "frr", tmp_path / "frr"))
+    iface = lab.wg_interface("uk")
+    config = (mesh.rendered / "wireguard" / "entry" / f"{iface}.conf").read_text()
+    running = start_iptserver(lab, schema, lab_mmdb)
+    leak = ["FORWARD", "-o", "uplink", "-d", GB_IP, "-m", "comment", "--comment", LEAK_COMMENT]
+    nodes = ("office", "entry")
+    try:
+        lab.frr("office").wait_route(GB_NET)
+        assert _way(lab, GB_IP, "officehost") == "uk"  # the country rule, no DNS asked
+        assert _way(lab, BESIDE_IP, "officehost") == "office"  # the default: not announced
+        assert "proto ospf" not in lab.run("uk", ["ip", "route", "show", GB_NET]).stdout
+        for node in nodes:
+            lab.run(node, ["iptables", "-w", "-I", *leak])
+        lab.drop_tunnel_end(iface)
+        try:
+            time.sleep(1)  # the entry hears the link go (it blackholes at once)
+            way = _way(lab, GB_IP, "officehost")
+            debug = (
+                lab.run("entry", ["ip", "route", "show", "table", "201"]).stdout
+                + lab.run("office", ["ip", "route"]).stdout
+                + running.log[-3000:]
+            )
+            assert way.startswith("nowhere"), f"{way}: not dropped at the entry\n{debug}"
+            assert {node: _leaked_to(lab, node, GB_IP) for node in nodes} == dict.fromkeys(nodes, 0)
+            assert "proto ospf" in lab.run("office", ["ip", "route", "show", GB_NET]).stdout
+        finally:
+            lab.make_tunnel_end(iface, config)
+        started = time.monotonic()
+        while (way := _way(lab, GB_IP, "officehost")) != "uk":
+            assert time.monotonic() - started < 15, f"{way}, not uk, once the tunnel is back"
+            time.sleep(0.2)
+    finally:
+        code = stop_iptserver(running)
+        for node in nodes:
+            lab.run(node, ["iptables", "-w", "-D", *leak], check=False)
+        _restart_frr(lab, render(mesh.schema, "frr", tmp_path / "frr-learned"))
+    assert code == 0, running.log
+    said = [line for line in running.output.splitlines() if "policy table" in line]
+    assert any("policy table 201: 1 routes for send: policy nodes" in line for line in said), said

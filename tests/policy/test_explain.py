@@ -217,7 +217,8 @@ OFFICES = """
 exits:
   uk: {interface: wg_uk}
   direct: {interface: _DEFAULT}
-ingress: [wg_office, wg_branch]
+ingress: [wg_office, wg_branch, wg_hq]
+kernel: {export_table: 200}
 default: uk
 rules:
   - {exit: uk, domains: [bbc.co.uk]}
@@ -227,9 +228,11 @@ nodes:
   entry: {entry: true, endpoint: 198.18.0.1}
   office: {subnets: [10.88.0.0/24]}
   branch: {subnets: [10.89.0.0/24], send: all}
+  hq: {subnets: [10.90.0.0/24], send: policy}
 tunnels:
   wg_office: {subnet: 10.99.0.0/30, hosts: {entry: {expose: true}, office: {}}}
   wg_branch: {subnet: 10.99.0.4/30, hosts: {entry: {expose: true}, branch: {}}}
+  wg_hq: {subnet: 10.99.0.8/30, hosts: {entry: {expose: true}, hq: {}}}
 """
 
 
@@ -242,6 +245,10 @@ tunnels:
         ("203.0.113.9", "10.88.0.5", ("office", "learned", False)),  # the default
         ("192.0.2.7", "10.89.0.5", ("branch", "all", True)),
         ("203.0.113.9", "10.89.0.5", ("branch", "all", True)),
+        ("192.0.2.7", "10.90.0.5", ("hq", "policy", True)),  # a net rule: announced
+        ("www.bbc.co.uk=198.51.100.10", "10.90.0.5", ("hq", "policy", True)),
+        ("203.0.113.9", "10.90.0.5", ("hq", "policy", False)),  # the default: not
+        ("www.example.org=198.51.100.11", "10.90.0.5", ("hq", "policy", False)),
         ("192.0.2.7", "10.77.1.2", None),  # a client of the entry's own
     ],
 )

@@ -82,6 +82,42 @@ def test_frr_accepts_every_rendered_config(
         assert valid, f"{path}: {said}"
 
 
+POLICY_MESH = (
+    MESH.replace("kernel:", "ingress: [wg_office]\nkernel:")
+    .replace("subnets: [10.88.0.0/24]}", "subnets: [10.88.0.0/24], send: policy}")
+    .replace("  mt: {mikrotik: true}", "  branch: {subnets: [10.89.0.0/24]}")
+    .replace(
+        "  wg_quiet:",
+        "  wg_branch:\n    subnet: 10.99.0.12/30\n    hosts:\n      entry: {}\n"
+        "      branch: {expose: true}\n  wg_quiet:",
+    )
+)
+
+
+def test_send_policy_the_entry_announces_the_policy_table_and_only_its_nodes_take_it(
+    write_schema: Callable[[str], Path], tmp_path: Path
+) -> None:
+    assert POLICY_MESH.count("send: policy") == 1 and "wg_branch" in POLICY_MESH
+    assert main(["render", "frr", str(write_schema(POLICY_MESH)), "--out", str(tmp_path)]) == 0
+    conf = {node: (tmp_path / node / "frr.conf").read_text() for node in ("entry", "office")}
+    conf |= {node: (tmp_path / node / "frr.conf").read_text() for node in ("uk", "branch")}
+    entry = conf["entry"]
+    assert "ip import-table 200\n" in entry and "ip import-table 201\n" in entry
+    assert " redistribute table 201 route-map IPTS-POLICY\n" in entry
+    assert "route-map IPTS-POLICY permit 10\n set tag 201\n" in entry
+    assert "IPTS-REFUSED" not in entry and "IPTS-REFUSED" not in conf["office"]
+
+    def refused(text: str) -> list[str]:
+        return [line.split()[-1] for line in text.splitlines() if line.startswith(" match tag")]
+
+    assert refused(conf["uk"]) == ["200", "201"]  # both point back into its tunnel
+    assert refused(conf["branch"]) == ["201"]  # learned: the policy nets are not for it
+    assert "ip protocol ospf route-map IPTS-REFUSED" in conf["branch"]
+    for path in sorted(tmp_path.glob("*/frr.conf")):
+        valid, said = dry_run(path)
+        assert valid, f"{path}: {said}"
+
+
 def test_dry_run_rejects_a_broken_config() -> None:
     valid, said = dry_run("router ospf\n ospf router-id not-an-address\n")
     assert not valid and "router-id" in said

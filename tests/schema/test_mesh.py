@@ -156,7 +156,10 @@ OFFICE = (
     [
         (OFFICE, "add the entry's end of tunnel 'wg_office' (wg_office) to ingress"),
         (OFFICE.replace("entry: true,", "entry: true, send: all,"), "for offices"),
-        (OFFICE.replace("subnets:", "mikrotik: true, subnets:"), "Linux nodes (wg-quick) only"),
+        (
+            OFFICE.replace("subnets:", "mikrotik: true, subnets:"),
+            "Linux nodes (FRR, wg-quick) only",
+        ),
         (OFFICE.replace("subnets: [10.88.0.0/24], ", ""), "needs the node's subnets"),
         (
             "nodes:\n  entry: {entry: true}\n  branch: {}\n"
@@ -178,6 +181,56 @@ def test_send_all_mistakes(text: str, says: str) -> None:
 
 def test_send_all_with_its_tunnel_an_ingress_is_valid() -> None:
     parse_schema(HEAD + "ingress: [wg_office]\n" + OFFICE, "s.yaml")
+
+
+POLICY = "ingress: [wg_office]\n" + OFFICE.replace("send: all", "send: policy")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            POLICY,
+            "s.yaml:8:43: nodes.office.send: send: policy needs kernel.export_table (the "
+            "entry announces routes over OSPF from routing tables FRR imports)",
+        ),
+        (
+            POLICY + "kernel: {export_table: 252}\n",
+            "s.yaml:15:24: kernel.export_table: send: policy puts its routes in table 253: "
+            "FRR imports tables 1-252 only (set kernel.policy_table)",
+        ),
+        (
+            POLICY + "kernel: {export_table: 200, policy_table: 200}\n",
+            "s.yaml:15:43: kernel.policy_table: table 200 is kernel.export_table: give the "
+            "policy routes another",
+        ),
+        (
+            POLICY.replace("subnets:", "ospf: false, subnets:") + "kernel: {export_table: 200}\n",
+            "s.yaml:8:56: nodes.office.send: send: policy takes its routes from OSPF: set "
+            "ospf: true",
+        ),
+        (
+            OFFICE.replace("send: all", "send: policy") + "kernel: {export_table: 200}\n",
+            "s.yaml:7:43: nodes.office.send: send: policy: add the entry's end of tunnel "
+            "'wg_office' (wg_office) to ingress, or the entry routes none of it",
+        ),
+    ],
+)
+def test_send_policy_mistakes(text: str, expected: str) -> None:
+    assert problems(HEAD + text) == [expected]
+
+
+def test_send_policy_takes_the_table_after_the_export_table() -> None:
+    schema = parse_schema(HEAD + POLICY + "kernel: {export_table: 200}\n", "s.yaml").schema
+    assert schema.policy_table() == 201
+    chosen = parse_schema(
+        HEAD + POLICY + "kernel: {export_table: 200, policy_table: 42}\n", "s.yaml"
+    ).schema
+    assert chosen.policy_table() == 42
+    learned = parse_schema(
+        HEAD + OFFICE.replace(", send: all", "") + "kernel: {export_table: 200}\n", "s.yaml"
+    )
+    assert learned.schema.policy_table() is None
 
 
 def test_tunnel_clients_and_node_subnets_are_never_diverted() -> None:
