@@ -29,14 +29,12 @@ BLOCK = "block"
 
 
 def parse_probe_target(raw: Any) -> tuple[IPAddress, int]:
-    """``ADDR:PORT`` with an IPv4 address.
+    """``ADDR:PORT``, or ``[IPv6ADDR]:PORT``.
 
     The probe leaves by SO_BINDTODEVICE on the exit's interface, which IPv4 routes on-link
-    when no table has a route out of it; IPv6 would need a route of its own per exit."""
-    address, port = parse_endpoint(raw)
-    if address.version != 4:
-        raise ValueError(f"{raw!r}: probe targets must be IPv4 addresses (IPv6 is not supported)")
-    return address, port
+    when no table has a route out of it; an IPv6 probe gets a route of its own per exit
+    (``iptserver.dataplane.probe6``), and its source is the tunnel's IPv6 address."""
+    return parse_endpoint(raw)
 
 
 ProbeTarget = Annotated[
@@ -44,7 +42,10 @@ ProbeTarget = Annotated[
     PlainValidator(parse_probe_target),
     PlainSerializer(format_endpoint),
     WithJsonSchema(
-        {"type": "string", "description": "IPv4ADDR:PORT reached with TCP through the exit"}
+        {
+            "type": "string",
+            "description": "ADDR:PORT or [IPv6ADDR]:PORT reached with TCP through the exit",
+        }
     ),
 ]
 

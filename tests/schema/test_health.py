@@ -37,6 +37,9 @@ def test_defaults_and_values() -> None:
         3,
     )
     assert uk.health.handshake_max == 180
+    six = parse_schema(text.replace("'198.51.100.80:80'", "'[2001:db8::1]:80'")).schema
+    assert six.exits["uk"].health is not None
+    assert six.exits["uk"].health.probe == [(ipaddress.ip_address("2001:db8::1"), 80)]
     assert schema.exits["ru"].on_down == BLOCK and schema.exits["ru"].health is None
     assert schema.health.webhook == "https://ops.example.org/hook"
     assert parse_schema(HEAD + "rules: []\n").schema.health.webhook is None
@@ -82,11 +85,10 @@ MALFORMED = [
     (
         "probe-targets",
         HEAD + "  uk:\n    interface: wg-uk\n"
-        "    health: {probe: ['[2001:db8::1]:80', '198.51.100.80']}\n",
+        "    health: {probe: ['[2001:db8::1]', '198.51.100.80']}\n",
         [
-            "s.yaml:6:22: exits.uk.health.probe.0: '[2001:db8::1]:80': probe targets must be "
-            "IPv4 addresses (IPv6 is not supported)",
-            "s.yaml:6:42: exits.uk.health.probe.1: '198.51.100.80' is not ADDR:PORT (port 1-65535)",
+            "s.yaml:6:22: exits.uk.health.probe.0: '[2001:db8::1]' is not ADDR:PORT (port 1-65535)",
+            "s.yaml:6:39: exits.uk.health.probe.1: '198.51.100.80' is not ADDR:PORT (port 1-65535)",
         ],
     ),
     (
