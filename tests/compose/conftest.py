@@ -1,5 +1,5 @@
 """The private dockerd and the sidecar image, shared by the compose tests of a run: one
-dockerd, one image build (a minute the second module would otherwise spend again)."""
+dockerd, one image build (the half minute a second module would otherwise spend again)."""
 
 from __future__ import annotations
 

@@ -1,21 +1,27 @@
 """Tunnel containers for real: an entry stack, an exit stack and an office stack on the
-private dockerd; traffic crosses the tunnels and leaves via the exit, and the office's
-kill-switch holds while its tunnel is down.
+private dockerd, every node running OSPF; traffic crosses the tunnels and leaves via the
+exit, and the office's kill-switch holds while its tunnel is down.
 
 The world, on networks of the dockerd (bridges in the dockerd's own namespace, which
-forwards nothing): ``wan`` (203.0.113.0/24, the internet) holds the uplinks of the entry,
-the exit and the office, and a whoami ``server``; ``lan`` (192.0.2.0/24) holds the stand-in
-``firezone`` and a ``client`` whose default route is firezone; ``officelan``
-(10.88.0.0/24) holds the office's namespace and a ``host`` whose default route is it.
+forwards nothing):
 
-* Entry: the user's file plus the override of ``iptserver render compose``: iptserver
-  (default exit ``uk``), the recursor and FRR, and two tunnel containers in firezone's
-  namespace: ``wg_uk`` dialling the exit, ``wg_office`` listening for the office.
-* Exit and office: what ``iptserver render compose --stack NODE`` writes, plus a file of
-  the operator's that puts the stack's namespace on its networks. Each stack is its own
-  network namespace (``iptserver-net``'s), with the kill-switch.
+* ``wan`` (203.0.113.0/24): the uplinks of the entry, the exit and the office, which dial
+  each other there; its gateway leads nowhere.
+* ``internet`` (198.51.100.0/24): the whoami ``server`` and the exit's second leg: the
+  exit is the only way there. The server also has a leg on ``wan``, where the test makes
+  it the office's default gateway (its ISP): an office that leaked would reach it.
+* ``lan`` (192.0.2.0/24): the stand-in ``firezone`` and a ``client`` routed through it.
+* ``officelan`` (10.88.0.0/24): the office's namespace and a ``host`` routed through it.
 
-The server reports the source address it sees: the exit's uplink address proves the way.
+Entry: the user's file plus the override of ``iptserver render compose``: iptserver
+(default exit ``uk``), the recursor and FRR, and two tunnel containers in firezone's
+namespace: ``wg_uk`` dialling the exit, ``wg_office`` listening for the office. Exit and
+office: what ``iptserver render compose --stack NODE`` writes (namespace with kill-switch,
+tunnel, FRR), plus a file of the operator's that puts the namespace on its networks. The
+office sends all its LAN's traffic to the entry (``send: all``). The way back to the LANs
+is OSPF's: the FRR of each stack has to work for any reply to arrive.
+
+The server reports the source address it sees: the exit's address proves the way.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from pathlib import Path
 import pytest
 
 from iptserver.cli import main
-from iptserver.render.compose_stack import KILLSWITCH_CHAIN, NAMESPACE
+from iptserver.render.compose_stack import FRR, KILLSWITCH_CHAIN, NAMESPACE
+from iptserver.render.wireguard import SEND_ALL_TABLE
 from tests.compose.harness import (
     ARTIFACTS,
     HEALTHY_TIMEOUT,
@@ -41,13 +48,16 @@ from tests.compose.harness import (
     wait_healthy,
 )
 
-WAN = "wan"  # the dockerd network of every uplink, made by the test
+WAN = "wan"  # dockerd networks the test makes (the stacks' files name them external)
+INTERNET = "internet"
 ENTRY_LAN = "192.0.2.10"
 CLIENT = "192.0.2.20"
 ENTRY_WAN = "203.0.113.10"
 EXIT_WAN = "203.0.113.20"
 OFFICE_WAN = "203.0.113.30"
-SERVER = "203.0.113.100"
+ISP = "203.0.113.100"  # the server's leg on wan: the office's default gateway
+EXIT_OUT = "198.51.100.20"  # the exit's leg on the internet: what the server should see
+SERVER = "198.51.100.100"
 OFFICE_LAN = "10.88.0.2"
 OFFICE_HOST = "10.88.0.5"
 TO_EXIT = "wg_uk"
@@ -59,7 +69,7 @@ IDLE = (
     'signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); signal.pause()"]'
 )
 ENTRY_COMPOSE = f"""\
-# The entry's stack: the stand-in host service, a client behind it, the internet's server.
+# The entry's stack: the stand-in host service, a client behind it; and the server.
 version: "2.4"
 networks:
   lan:
@@ -68,6 +78,8 @@ networks:
         - subnet: 192.0.2.0/24
           gateway: 192.0.2.1
   {WAN}:
+    external: true
+  {INTERNET}:
     external: true
 services:
   firezone:
@@ -89,18 +101,22 @@ services:
     command: ["python3", "-m", "iptserver.lab.whoami", "--port", "80"]
     cap_add: [NET_ADMIN]
     networks:
-      {WAN}: {{ipv4_address: {SERVER}}}
+      {INTERNET}: {{ipv4_address: {SERVER}}}
+      {WAN}: {{ipv4_address: {ISP}}}
 """
 EXIT_NETWORKS = f"""\
-# The exit's uplink: the operator's choice, merged into the rendered stack.
+# The exit's uplink and its way to the internet: the operator's, merged into the stack.
 version: "2.4"
 networks:
   {WAN}:
+    external: true
+  {INTERNET}:
     external: true
 services:
   {NAMESPACE}:
     networks:
       {WAN}: {{ipv4_address: {EXIT_WAN}}}
+      {INTERNET}: {{ipv4_address: {EXIT_OUT}}}
 """
 OFFICE_NETWORKS = f"""\
 # The office's uplink and LAN, and a host on that LAN.
@@ -125,8 +141,6 @@ services:
     networks:
       officelan: {{ipv4_address: {OFFICE_HOST}}}
 """
-# The office sends the server's address into its tunnel (wg-quick routes its allowed_nets):
-# with the tunnel down, the kernel would send it straight out of the office's uplink.
 SCHEMA = f"""\
 ingress: [eth0, {TO_OFFICE}]
 mesh: [192.0.2.0/24]
@@ -135,28 +149,21 @@ exits:
 default: uk
 rules: []
 nodes:
-  entry: {{entry: true, endpoint: {ENTRY_WAN}}}
-  uk: {{endpoint: {EXIT_WAN}, ospf: false}}
-  office: {{ospf: false, subnets: [10.88.0.0/24]}}
+  entry: {{entry: true, endpoint: {ENTRY_WAN}, subnets: [192.0.2.0/24]}}
+  uk: {{endpoint: {EXIT_WAN}}}
+  office: {{subnets: [10.88.0.0/24], send: all}}
 tunnels:
   {TO_EXIT}:
     subnet: 10.99.0.0/30
     preshared_key: true
     hosts:
       entry: {{compose_service: firezone}}
-      uk:
-        expose: 51821
-        masquerade: true
-        allowed_nets: [192.0.2.0/24, 10.88.0.0/24, 10.99.0.0/24]
+      uk: {{expose: 51821, masquerade: true}}
   {TO_OFFICE}:
     subnet: 10.99.0.4/30
     hosts:
-      office: {{allowed_nets: [{SERVER}/32, 10.99.0.0/24]}}
-      entry:
-        expose: 51822
-        compose_service: firezone
-        table: auto
-        allowed_nets: [10.88.0.0/24, 10.99.0.4/30]
+      office: {{}}
+      entry: {{expose: 51822, compose_service: firezone}}
 """
 WHOAMI = """\
 import socket, sys
@@ -209,6 +216,7 @@ def world(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         dockerd, [stacks / "office" / "docker-compose.yml", tmp / "office.yml"], "office"
     )
     dockerd.docker("network", "create", "--subnet", "203.0.113.0/24", WAN)
+    dockerd.docker("network", "create", "--subnet", "198.51.100.0/24", INTERNET)
     try:
         started = time.monotonic()
         for stack in (exit_, entry, office):
@@ -216,8 +224,10 @@ def world(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         world = World(entry, exit_, office, time.monotonic() - started)
         world.entry.exec("client", "ip", "route", "replace", "default", "via", ENTRY_LAN)
         world.office.exec("host", "ip", "route", "replace", "default", "via", OFFICE_LAN)
-        # The server answers the office's LAN through the office: were the office to leak,
-        # the server would see the host's own address (the kill-switch test's control).
+        # The office's ISP is the server's wan leg, and the server answers the office's LAN
+        # through the office: were the office to leak, the server would see the host's own
+        # address (the kill-switch test's control).
+        in_namespace(office, NAMESPACE, "ip", "route", "replace", "default", "via", ISP)
         world.entry.exec("server", "ip", "route", "add", "10.88.0.0/24", "via", OFFICE_WAN)
         yield world
     finally:
@@ -226,7 +236,7 @@ def world(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 print(stack.compose("logs", "--no-color", "--tail=40"))
             finally:
                 stack.compose("down", "-v", "-t", "5")
-        dockerd.docker("network", "rm", WAN)
+        dockerd.docker("network", "rm", WAN, INTERNET)
 
 
 def seen(stack: Stack, service: str) -> str:
@@ -257,9 +267,9 @@ def in_namespace(stack: Stack, service: str, *argv: str) -> str:
 
 def test_traffic_crosses_the_tunnels_and_leaves_via_the_exit(world: World) -> None:
     started = time.monotonic()
-    wait_healthy(world.exit, (NAMESPACE, tunnel(TO_EXIT)))
-    wait_healthy(world.office, (NAMESPACE, tunnel(TO_OFFICE)))
-    wait_healthy(world.entry, (tunnel(TO_EXIT), tunnel(TO_OFFICE), "iptserver"))
+    wait_healthy(world.exit, (NAMESPACE, tunnel(TO_EXIT), FRR))
+    wait_healthy(world.office, (NAMESPACE, tunnel(TO_OFFICE), FRR))
+    wait_healthy(world.entry, (tunnel(TO_EXIT), tunnel(TO_OFFICE), "iptserver", FRR))
     healthy = time.monotonic() - started
 
     # The entry's tunnel ends live in firezone's namespace, beside firezone's own links.
@@ -277,11 +287,20 @@ def test_traffic_crosses_the_tunnels_and_leaves_via_the_exit(world: World) -> No
         psk = stack.exec(tunnel(TO_EXIT), "wg", "show", TO_EXIT, "preshared-keys").split()
         assert psk[1] != "(none)"
 
-    # The client behind the entry, and the host behind the office: both leave via the exit.
+    # The client behind the entry, and the host behind the office: both leave via the exit
+    # (and the replies find their way back to the LANs over OSPF's routes).
     from_client, took = wait_seen(world.entry, "client")
-    assert from_client == EXIT_WAN, f"the server saw {from_client}, not the exit ({EXIT_WAN})"
+    assert from_client == EXIT_OUT, f"the server saw {from_client}, not the exit ({EXIT_OUT})"
     from_office, office_took = wait_seen(world.office, "host")
-    assert from_office == EXIT_WAN, f"the server saw {from_office}, not the exit ({EXIT_WAN})"
+    assert from_office == EXIT_OUT, f"the server saw {from_office}, not the exit ({EXIT_OUT})"
+
+    # The stacks' FRR runs on the rendered files, each adjacent to the entry's over the
+    # tunnel, and put the far LANs in the namespace's table.
+    entry_id = "10.99.0.1"  # the entry's end of wg_uk: its router id
+    for stack, lan in ((world.exit, "10.88.0.0/24"), (world.office, "192.0.2.0/24")):
+        neighbours = stack.exec(FRR, "vtysh", "-c", "show ip ospf neighbor")
+        assert any(entry_id in line and "Full" in line for line in neighbours.splitlines())
+        assert "proto ospf" in in_namespace(stack, NAMESPACE, "ip", "route", "show", lan)
 
     figures = (
         f"three stacks `up -d`: {world.up_took:.1f} s\n"
@@ -295,18 +314,18 @@ def test_traffic_crosses_the_tunnels_and_leaves_via_the_exit(world: World) -> No
 
 
 def test_the_office_kill_switch_holds_while_its_tunnel_is_down(world: World) -> None:
-    """Stop the office's tunnel container: its interface and the route into it go, and
-    the kernel would send the host's traffic straight out of the uplink (the server is
-    on that link). The kill-switch drops it: the server sees nothing. The control: with
-    the kill-switch taken out by hand, the server does see the host's own address. With
-    the tunnel back, the host's traffic leaves via the exit again."""
+    """Stop the office's tunnel container: its interface goes, and ``send: all``'s rules
+    with it, so the kernel would send the host's traffic out of the office's uplink to its
+    ISP (which is the server). The kill-switch drops it: the server sees nothing. The
+    control: with the kill-switch taken out by hand, the server does see the host's own
+    address. With the tunnel back, the host's traffic leaves via the exit again."""
     wait_healthy(world.office, (NAMESPACE, tunnel(TO_OFFICE)))
-    assert wait_seen(world.office, "host")[0] == EXIT_WAN
+    assert wait_seen(world.office, "host")[0] == EXIT_OUT
 
     world.office.compose("stop", "-t", "5", tunnel(TO_OFFICE))
     assert f": {TO_OFFICE}:" not in in_namespace(world.office, NAMESPACE, "ip", "-o", "link")
-    route = in_namespace(world.office, NAMESPACE, "ip", "route", "get", SERVER)
-    assert f"dev {TO_OFFICE}" not in route  # without the kill-switch: out of the uplink
+    rules = in_namespace(world.office, NAMESPACE, "ip", "rule", "show")
+    assert f"lookup {SEND_ALL_TABLE}" not in rules  # the LAN's traffic takes main's default
     with pytest.raises(HarnessError, match="timed out"):
         seen(world.office, "host")
 
@@ -323,7 +342,7 @@ def test_the_office_kill_switch_holds_while_its_tunnel_is_down(world: World) -> 
     deadline = time.monotonic() + HEALTHY_TIMEOUT
     while True:
         try:
-            assert seen(world.office, "host") == EXIT_WAN
+            assert seen(world.office, "host") == EXIT_OUT
             break
         except HarnessError:
             assert time.monotonic() < deadline, "the host's traffic did not come back"
@@ -335,13 +354,13 @@ def test_the_entrys_tunnels_follow_a_restart_of_the_host_service(world: World) -
     containers are left in the old one, empty. They notice, exit, and their restart
     policy brings them up in the new one: the client's traffic leaves via the exit again."""
     wait_healthy(world.entry, (tunnel(TO_EXIT), "iptserver"))
-    assert wait_seen(world.entry, "client")[0] == EXIT_WAN
+    assert wait_seen(world.entry, "client")[0] == EXIT_OUT
     world.entry.dockerd.docker("restart", "-t", "2", f"{world.entry.project}_firezone_1")
     restarted = time.monotonic()
     deadline = restarted + HEALTHY_TIMEOUT
     while True:
         try:
-            if seen(world.entry, "client") == EXIT_WAN:
+            if seen(world.entry, "client") == EXIT_OUT:
                 break
         except HarnessError:
             pass
