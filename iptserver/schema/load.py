@@ -91,7 +91,7 @@ def parse_schema(text: str, file: str = "<schema>") -> Loaded:
         ]
         problems += [
             doc.problem(translation.legacy_path(path), message)
-            for path, message in _source_problems(schema)
+            for path, message in _source_problems(schema) + _probe6_problems(schema)
         ]
     if problems or schema is None:
         raise SchemaError(problems)
@@ -149,6 +149,34 @@ def _cross_check(doc: Document, t: Translation) -> list[Problem]:
                     )
                 seen.setdefault(value, name)
     return problems
+
+
+def _probe6_problems(schema: Schema) -> list[tuple[Path, str]]:
+    """An IPv6 probe leaves from the tunnel's own IPv6 address (the far side answers
+    through the tunnel only to that): a tunnel the mesh describes must have one."""
+    entry = next((name for name, node in schema.nodes.items() if node.entry), None)
+    ipv4_only = {
+        side.interface or name: name
+        for name, tunnel in schema.tunnels.items()
+        if tunnel.subnet.version == 4 and tunnel.subnet6 is None
+        for host, side in tunnel.hosts.items()
+        if host == entry
+    }
+    found: list[tuple[Path, str]] = []
+    for name, spec in schema.exits.items():
+        tunnel = ipv4_only.get(spec.interface)
+        if spec.health is None or tunnel is None:
+            continue
+        for i, (address, _) in enumerate(spec.health.probe):
+            if address.version == 6:
+                found.append(
+                    (
+                        ("exits", name, "health", "probe", i),
+                        f"{address} is IPv6 and tunnel {tunnel!r} ({spec.interface}) has no "
+                        "IPv6 address to probe from: give it a subnet6, or probe an IPv4 target",
+                    )
+                )
+    return found
 
 
 def _source_problems(schema: Schema) -> list[tuple[Path, str]]:

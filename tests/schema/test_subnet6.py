@@ -77,3 +77,21 @@ def test_a_tunnel_without_subnet6_is_as_before() -> None:
 )
 def test_mistakes_name_subnet6(subnet: str, subnet6: str, expected: str) -> None:
     assert problems(HEAD + NODES + tunnel(subnet, subnet6)) == [expected]
+
+
+def test_an_ipv6_probe_needs_an_ipv6_address_on_its_tunnel() -> None:
+    """The probe's source is the tunnel's IPv6 address: without one the far side's
+    answer would not come back through the tunnel, and the exit would look down."""
+    watched = HEAD.replace(
+        "uk: {interface: wg_uk}",
+        "uk: {interface: t1, health: {probe: ['[2001:db8::1]:80', '198.51.100.80:80']}}",
+    )
+    assert problems(
+        watched + NODES + tunnel("10.99.0.0/30", "x").replace("    subnet6: 'x'\n", "")
+    ) == [
+        "s.yaml:2:40: exits.uk.health.probe.0: 2001:db8::1 is IPv6 and tunnel 't1' (t1) has "
+        "no IPv6 address to probe from: give it a subnet6, or probe an IPv4 target"
+    ]
+    parse_schema(watched + NODES + tunnel("10.99.0.0/30", "fd99::/64"), "s.yaml")
+    # A tunnel the schema does not describe: nothing to check against.
+    parse_schema(watched, "s.yaml")
