@@ -130,7 +130,7 @@ def stack_node(mesh: Mesh, node: str) -> Node:
 
 def _namespace(ends: tuple[TunnelEnd, ...], image: str) -> dict[str, Any]:
     """The namespace's owner: uplink, published ports, forwarding, the kill-switch."""
-    families = {end.link.address.version for end in ends}
+    families = {address.version for end in ends for address in end.link.addresses}
     families |= {net.version for end in ends for net in end.link.allowed_nets}
     sysctls = {"net.ipv4.ip_forward": 1}
     if 6 in families:

@@ -496,3 +496,23 @@ def test_one_mode_at_a_time(
 ) -> None:
     assert main(["render", "compose", "--config", str(project / "iptserver.yaml"), *argv]) == 2
     assert "--stack NODE" in capsys.readouterr().err
+
+
+def test_a_dual_stack_tunnel_gets_ipv6_forwarding(project: Path) -> None:
+    """The office's tunnel carries IPv4 only: no IPv6 forwarding; with ``subnet6`` on it,
+    the namespace forwards IPv6 too and the tunnel end has both addresses."""
+    assert render_stack_cli(project, "office", "v4") == 0
+    compose = yaml.safe_load((project / "v4" / "office" / "docker-compose.yml").read_text())
+    assert compose["services"]["iptserver-net"]["sysctls"] == {"net.ipv4.ip_forward": 1}
+    dual = SCHEMA.replace(
+        "    subnet: 10.99.0.16/30\n", "    subnet: 10.99.0.16/30\n    subnet6: fd99::/64\n"
+    )
+    (project / "iptserver.yaml").write_text(dual)
+    assert render_stack_cli(project, "office", "v6") == 0
+    compose = yaml.safe_load((project / "v6" / "office" / "docker-compose.yml").read_text())
+    assert compose["services"]["iptserver-net"]["sysctls"] == {
+        "net.ipv4.ip_forward": 1,
+        "net.ipv6.conf.all.forwarding": 1,
+    }
+    conf = (project / "v6" / "office" / "wireguard" / "wg_office.conf").read_text()
+    assert "Address = 10.99.0.17/30, fd99::1/64" in conf
