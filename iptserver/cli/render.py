@@ -116,8 +116,11 @@ def _register_compose(actions: Commands) -> None:
     compose.add_argument(
         "--stack",
         metavar="NODE",
+        nargs="?",
+        const="",
         help="stack mode: a standalone stack for this exit or office node (its tunnels, "
-        "kill-switch and FRR), written to --out DIR/NODE/",
+        "kill-switch and FRR), written to --out DIR/NODE/; without NODE, one for every "
+        "node with compose: true",
     )
     compose.add_argument(
         "--config", metavar="SCHEMA", type=Path, default=Path("iptserver.yaml"), help="schema"
@@ -174,7 +177,7 @@ def _compose(args: argparse.Namespace) -> int:
 
     if args.stack is not None:
         if args.compose_file is not None or args.out is None:
-            raise UsageError("--stack NODE writes a stack to --out DIR, without --compose-file")
+            raise UsageError("--stack [NODE] writes stacks to --out DIR, without --compose-file")
         return _compose_stack(args)
     if args.compose_file is None or args.service is None:
         raise UsageError("give --compose-file FILE --service NAME, or --stack NODE --out DIR")
@@ -231,17 +234,23 @@ def _compose_stack(args: argparse.Namespace) -> int:
     from iptserver.cli.output import write_under
     from iptserver.mesh.keys import KeyStore
     from iptserver.mesh.topology import mesh_of
+    from iptserver.render.compose import ComposeError
     from iptserver.render.compose_stack import render_stack, stack_node
     from iptserver.render.frr import render_frr
     from iptserver.schema import load_schema
 
     schema = load_schema(args.config).schema
     mesh = mesh_of(schema)
+    names = [args.stack] if args.stack else [n for n, spec in schema.nodes.items() if spec.compose]
+    if not names:
+        raise ComposeError(f"{args.config}: nodes: no node has compose: true (or: --stack NODE)")
+    keys = KeyStore(args.state_dir.resolve())
     with _disk_errors():
-        node = stack_node(mesh, args.stack)
-        frr = render_frr(mesh, schema, node.name).files if node.ospf else ()
-        files = render_stack(mesh, args.stack, KeyStore(args.state_dir.resolve()), args.image, frr)
-        write_under(args.out, ((f.path, f.data) for f in files))
+        nodes = [stack_node(mesh, name) for name in names]
+        for node in nodes:
+            frr = render_frr(mesh, schema, node.name).files if node.ospf else ()
+            files = render_stack(mesh, node.name, keys, args.image, frr)
+            write_under(args.out, ((f.path, f.data) for f in files))
     return EXIT_OK
 
 

@@ -101,6 +101,11 @@ class Node(_Model):
     entry: StrictBool = Field(
         False, description="iptserver runs here; mobile clients use it for DNS"
     )
+    compose: StrictBool = Field(
+        False,
+        description="An exit or office run as a docker compose stack of its own "
+        "(`iptserver render compose --stack` renders every such node)",
+    )
     send: Literal["learned", "policy", "all"] = Field(
         "learned",
         description="What of this node's subnets' traffic goes to the entry: learned (the "
@@ -208,7 +213,7 @@ def mesh_problems(
     nodes: dict[str, Node], tunnels: dict[str, Tunnel], clients: Clients | None
 ) -> Problems:
     """What the model alone cannot see: references between sections, address fit."""
-    problems = _entry_problems(nodes) + _send_problems(nodes, tunnels)
+    problems = _entry_problems(nodes) + _send_problems(nodes, tunnels) + _compose_problems(nodes)
     claims = _Claims()  # shared: a tunnel and the clients must not take the same port
     for position, (name, tunnel) in enumerate(tunnels.items(), start=1):
         problems += _tunnel_problems(name, position, tunnel, nodes, claims)
@@ -244,6 +249,18 @@ def _entry_problems(nodes: dict[str, Node]) -> Problems:
         (("nodes", extra, "entry"), f"only one node can be the entry ({entries[0]!r} is)")
         for extra in entries[1:]
     ]
+
+
+def _compose_problems(nodes: dict[str, Node]) -> Problems:
+    """A stack of its own is for exits and offices that run wg-quick and FRR."""
+    problems: Problems = []
+    for name, node in nodes.items():
+        path: Path = ("nodes", name, "compose")
+        if node.compose and node.entry:
+            problems.append((path, "the entry runs beside its host service (compose_service)"))
+        elif node.compose and node.mikrotik:
+            problems.append((path, "a RouterOS peer runs no containers"))
+    return problems
 
 
 def _send_problems(nodes: dict[str, Node], tunnels: dict[str, Tunnel]) -> Problems:

@@ -495,7 +495,7 @@ def test_one_mode_at_a_time(
     project: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["render", "compose", "--config", str(project / "iptserver.yaml"), *argv]) == 2
-    assert "--stack NODE" in capsys.readouterr().err
+    assert "--stack " in capsys.readouterr().err
 
 
 def test_a_dual_stack_tunnel_gets_ipv6_forwarding(project: Path) -> None:
@@ -516,3 +516,43 @@ def test_a_dual_stack_tunnel_gets_ipv6_forwarding(project: Path) -> None:
     }
     conf = (project / "v6" / "office" / "wireguard" / "wg_office.conf").read_text()
     assert "Address = 10.99.0.17/30, fd99::1/64" in conf
+
+
+def test_every_node_with_compose_true_gets_its_stack(project: Path) -> None:
+    marked = SCHEMA.replace(
+        "  uk: {endpoint: 198.18.1.1}", "  uk: {endpoint: 198.18.1.1, compose: true}"
+    )
+    marked = marked.replace("  office: {ospf: false", "  office: {compose: true, ospf: false")
+    (project / "iptserver.yaml").write_text(marked)
+    assert render_stack_cli(project, "") == 0  # --stack without a node
+    written = sorted(tree(project / "stacks"))
+    assert [path for path in written if path.endswith("docker-compose.yml")] == [
+        "office/docker-compose.yml",
+        "uk/docker-compose.yml",
+    ]
+
+
+def test_no_node_with_compose_true(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert render_stack_cli(project, "") == 1
+    assert "nodes: no node has compose: true (or: --stack NODE)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("node", "expected"),
+    [
+        ("entry", "nodes.entry.compose: the entry runs beside its host service"),
+        ("mt", "nodes.mt.compose: a RouterOS peer runs no containers"),
+    ],
+    ids=["entry", "mikrotik"],
+)
+def test_compose_true_where_no_stack_can_run_is_a_schema_error(
+    project: Path, node: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marked = SCHEMA.replace(f"  {node}: {{", f"  {node}: {{compose: true, ", 1)
+    (project / "iptserver.yaml").write_text(marked)
+    assert main(["check", str(project / "iptserver.yaml")]) != 0
+    err = capsys.readouterr().err
+    lines = marked.splitlines()
+    line = 1 + next(n for n, text in enumerate(lines) if text.startswith(f"  {node}: "))
+    assert f"{project / 'iptserver.yaml'}:{line}:" in err
+    assert expected in err
