@@ -18,9 +18,8 @@ Entry: the user's file plus the override of ``iptserver render compose``: iptser
 namespace: ``wg_uk`` dialling the exit, ``wg_office`` listening for the office. Exit and
 office (``compose: true``): what ``iptserver render compose --stack`` writes (namespace
 with kill-switch, tunnel, FRR), plus a file of the operator's that puts the namespace on
-its networks. The
-office sends all its LAN's traffic to the entry (``send: all``). The way back to the LANs
-is OSPF's: the FRR of each stack has to work for any reply to arrive.
+its networks. The office sends all its LAN's traffic to the entry (``send: all``). The
+way back to the LANs is OSPF's: the FRR of each stack has to work for any reply to arrive.
 
 The server reports the source address it sees: the exit's address proves the way.
 """
