@@ -174,7 +174,7 @@ def frr_rss(lab: MeshLab, node: str) -> float:
 def reload_withdraws(lab: MeshLab, running: Iptserver) -> int:
     """Routes the office loses over a SIGHUP that changes nothing (it should be 0)."""
     before = office_route_count(lab)
-    assert running.reload()
+    assert running.reload(timeout=180)
     lowest = before
     for _ in range(20):
         lowest = min(lowest, office_route_count(lab))

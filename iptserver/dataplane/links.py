@@ -10,6 +10,7 @@ started, carries traffic again at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import ipaddress
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from pyroute2 import IPRoute
 
+from iptserver.dataplane.route_netlink import RouteWire
 from iptserver.schema.values import IPNetwork
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,8 @@ def interface_networks(interfaces: Iterable[str]) -> list[IPNetwork]:
     in the neighbours of every interface). A missing interface has none.
     """
     found: dict[IPNetwork, None] = {}
-    with IPRoute() as ip:
+    wire = RouteWire()  # main may hold a country's routes: only the interface's are read
+    with contextlib.closing(wire), IPRoute() as ip:
         for name in interfaces:
             indexes = ip.link_lookup(ifname=name)
             if not indexes:
@@ -123,25 +126,26 @@ def interface_networks(interfaces: Iterable[str]) -> list[IPNetwork]:
                 network = ipaddress.ip_interface(f"{address}/{message['prefixlen']}").network
                 if not network.is_link_local:
                     found[network] = None
-            for family in (socket.AF_INET, socket.AF_INET6):
-                for route in ip.get_routes(family=family, oif=indexes[0], table=254):
-                    destination = route.get_attr("RTA_DST")
-                    if destination is not None and route["dst_len"]:
-                        routed = f"{destination}/{route['dst_len']}"
-                        found[ipaddress.ip_network(routed, strict=False)] = None
+            for version in (4, 6):
+                for route in wire.dump(version, MAIN_TABLE, oif=indexes[0]):
+                    if route.network.prefixlen:
+                        found[route.network] = None
     return list(found)
 
 
 class LinkWatcher:
     """Calls ``on_change(interface, index)`` for every link event (index None: the
     interface is down or gone), ``on_main_default()`` when a default route of ``main``
-    comes or goes, and ``on_overrun()`` when the kernel dropped events because they came
-    faster than they were read: then nothing is known for sure.
+    comes or goes, and ``on_overrun()`` when the kernel dropped link events because they
+    came faster than they were read: then nothing is known for sure. Route events come
+    on a socket of their own: a table of a country's routes written (and zebra's copies
+    in main) is a flood that must not cost the link events; when route events are lost,
+    ``on_main_default()`` is called (main's default routes are copied again).
 
     Subscribed from construction (events queue up in the socket), read from ``start``:
     an interface that appears while the kernel is first programmed is not missed.
-    ``sock``: a rtnetlink socket made elsewhere (in another namespace); default, one in
-    this thread's namespace.
+    ``sock`` and ``route_sock``: rtnetlink sockets made elsewhere (in another namespace);
+    default, ones in this thread's namespace.
     """
 
     def __init__(
@@ -150,6 +154,7 @@ class LinkWatcher:
         on_overrun: Callable[[], None],
         sock: socket.socket | None = None,
         on_main_default: Callable[[], None] | None = None,
+        route_sock: socket.socket | None = None,
     ) -> None:
         self._on_change = on_change
         self._on_overrun = on_overrun
@@ -158,21 +163,41 @@ class LinkWatcher:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self._sock = sock
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        groups = RTMGRP_LINK
-        if on_main_default is not None:
-            groups |= RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
-        self._sock.bind((0, groups))
+        self._sock.bind((0, RTMGRP_LINK))
         self._sock.setblocking(False)
+        self._routes: socket.socket | None = None
+        if on_main_default is not None:
+            routes = route_sock or socket.socket(
+                socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE
+            )
+            routes.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            routes.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
+            routes.setblocking(False)
+            self._routes = routes
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._sock, self._readable)
+        if self._routes is not None:
+            self._loop.add_reader(self._routes, self._routes_readable)
 
     def _readable(self) -> None:
-        while True:
+        for data in self._datagrams(self._sock, self._on_overrun):
+            for interface, index in link_events(data):
+                self._on_change(interface, index)
+
+    def _routes_readable(self) -> None:
+        assert self._routes is not None and self._on_main_default is not None
+        for data in self._datagrams(self._routes, self._on_main_default):
+            if main_default_changed(data):
+                self._on_main_default()
+
+    def _datagrams(self, sock: socket.socket, on_overrun: Callable[[], None]) -> Iterator[bytes]:
+        """What ``sock`` holds now; ``on_overrun`` for each time the kernel dropped some."""
+        while self._loop is not None:
             try:
-                data = self._sock.recv(65536)
+                yield sock.recv(65536)
             except BlockingIOError:
                 return
             except OSError as e:
@@ -184,15 +209,14 @@ class LinkWatcher:
                     )
                     self.close()
                     return
-                self._on_overrun()
-                continue
-            for interface, index in link_events(data):
-                self._on_change(interface, index)
-            if self._on_main_default is not None and main_default_changed(data):
-                self._on_main_default()
+                on_overrun()
 
     def close(self) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self._sock)
+            if self._routes is not None:
+                self._loop.remove_reader(self._routes)
             self._loop = None
         self._sock.close()
+        if self._routes is not None:
+            self._routes.close()

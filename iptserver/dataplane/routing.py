@@ -13,7 +13,6 @@ would let the rule lookup fall through to ``main`` and out of the host's own upl
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 from collections.abc import Sequence
 
@@ -36,6 +35,7 @@ RTN_UNICAST = 1
 # The `proto` of the host routes iptserver exports (kernel.export_table): what is ours.
 EXPORT_PROTO = 157
 FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+VERSIONS: dict[int, int] = {socket.AF_INET: 4, socket.AF_INET6: 6}
 RT_SCOPE_NOWHERE = 255
 _GONE = frozenset({errno.ESRCH, errno.ENOENT})  # deleting a route that is not there
 
@@ -117,18 +117,13 @@ class Routing:
     def _defaults(self, table: int, family: int) -> dict[tuple[object, ...], dict[str, object]]:
         """The table's default routes that lead somewhere (not a kill-switch), by their
         (interface, gateway, metric); multipath routes are left out."""
-        with kernel_errors(f"cannot list routing table {table}"):
-            found = self._ip.get_routes(family=family, table=table)
         routes: dict[tuple[object, ...], dict[str, object]] = {}
-        for message in found:
-            if message["dst_len"] != 0 or message["type"] != RTN_UNICAST:
+        for listed in self._wire.dump(VERSIONS[family], table, defaults=True):
+            if listed.kind != RTN_UNICAST:
                 continue
-            if message.get_attr("RTA_TABLE") not in (None, table):
-                continue
-            oif, gateway = message.get_attr("RTA_OIF"), message.get_attr("RTA_GATEWAY")
+            oif, gateway, priority = listed.oif, listed.gateway, listed.priority
             if oif is None and gateway is None:
                 continue
-            priority = message.get_attr("RTA_PRIORITY") or 0
             spec: dict[str, object] = {"family": family, "dst": "default", "priority": priority}
             if oif is not None:
                 spec["oif"] = oif
@@ -161,8 +156,9 @@ class Routing:
     def _flush(self, table: int, family: int) -> None:
         if table in RESERVED_TABLES:
             return  # a schema that named main (or local) as an exit's table
-        with kernel_errors(f"cannot flush table {table}"):
-            self._ip.flush_routes(table=table, family=family)
+        routes = [listed.network for listed in self._wire.dump(VERSIONS[family], table)]
+        if refused := self._wire.delete(table, 0, routes):
+            raise DataplaneError(f"cannot flush table {table}: {', '.join(refused[:3])}")
 
     def _default_route(
         self, exit_: ExitPlan, via: ExitPlan, family: int, version: int, index: int | None
@@ -306,21 +302,19 @@ class Routing:
     def exported_routes(self, table: int) -> list[HostRoute]:
         """The host routes of ours in ``table`` (left by an earlier run, or this one)."""
         found = []
-        for family in FAMILIES.values():
-            with kernel_errors(f"cannot list routing table {table}"):
-                dump = self._ip.get_routes(family=family, table=table, proto=EXPORT_PROTO)
-            for message in dump:
-                dst = message.get_attr("RTA_DST")
-                oif = message.get_attr("RTA_OIF")
-                if dst is None:
-                    continue
-                if oif is None:  # a blackhole, while its interface is down or missing
+        names: dict[int, str] = {}
+        for version in FAMILIES:
+            for listed in self._wire.dump(version, table, EXPORT_PROTO):
+                if listed.oif is None:  # a blackhole, while its interface is down or missing
                     name = ""
                 else:
-                    links = self._ip.get_links(oif)
-                    name = links[0].get_attr("IFLA_IFNAME") if links else str(oif)
-                network = ipaddress.ip_network(f"{dst}/{message['dst_len']}")
-                found.append(HostRoute(network, name))
+                    if listed.oif not in names:
+                        try:
+                            names[listed.oif] = socket.if_indextoname(listed.oif)
+                        except OSError:
+                            names[listed.oif] = str(listed.oif)
+                    name = names[listed.oif]
+                found.append(HostRoute(listed.network, name))
         return found
 
 

@@ -113,6 +113,7 @@ def test_changes_of_mains_default_route_are_reported_and_others_not(netns: str) 
             lambda: seen.append("overrun"),
             sock,
             on_main_default=lambda: seen.append("default"),
+            route_sock=socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW),
         )
         try:
             await asyncio.to_thread(ip, netns, *commands)
@@ -130,3 +131,34 @@ def test_changes_of_mains_default_route_are_reported_and_others_not(netns: str) 
     assert asyncio.run(main_defaults(others)) == 0
     changes = ["route add default via 192.0.2.1 dev xuk", "route del default"]
     assert asyncio.run(main_defaults(changes)) == 2
+
+
+def test_a_flood_of_route_events_costs_no_link_event(netns: str) -> None:
+    """20,000 routes written at once (a country's, and zebra's copies) overrun the route
+    events: main's default is copied again, but no link event is lost (which would
+    relink every tunnel)."""
+    batch = [f"route add 10.{i // 256}.{i % 256}.0/24 dev xuk table 201" for i in range(20000)]
+
+    async def flood() -> list[object]:
+        seen: list[object] = []
+        routes = socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW)
+        watcher = LinkWatcher(
+            lambda iface, index: seen.append((iface, index)),
+            lambda: seen.append("overrun"),
+            socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW),
+            on_main_default=lambda: seen.append("default"),
+            route_sock=routes,
+        )
+        routes.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            await asyncio.to_thread(ip, netns, "link set xuk up", *batch, "link set xuk down")
+            watcher.start()
+            await asyncio.sleep(0.5)
+        finally:
+            watcher.close()
+        return seen
+
+    seen = asyncio.run(flood())
+    assert "overrun" not in seen
+    assert "default" in seen  # the route events were lost: main's default copied again
+    assert [e for e in seen if isinstance(e, tuple) and e[0] == "xuk"] == [("xuk", None)]
