@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from iptserver.dataplane.probe6 import PROBE_TABLE
 from iptserver.lab import LabError
 from iptserver.lab.addresses import CLIENT
 from iptserver.lab.entry import ENTRY_DNS, start_iptserver, stop_iptserver
@@ -316,7 +317,11 @@ def test_an_exit_whose_ipv6_probe_fails_is_failed_over_to_direct(
         assert f"exit uk DOWN (2 rounds of probes to {PROBE6}" in running.output, running.log
         print(f"IPv6 failover: direct {took:.2f} s after uk died")
         assert took < FAILOVER_BOUND, f"{took:.2f} s"
+        rules = lab.run("entry", ["ip", "-6", "rule"]).stdout
+        assert f"oif {lab.wg_interface('uk')} lookup {PROBE_TABLE}" in rules, rules
     finally:
         code = stop_iptserver(running)
     assert code == 0, running.log
+    # The probe's own route and rule go with iptserver.
+    assert str(PROBE_TABLE) not in lab.run("entry", ["ip", "-6", "rule"]).stdout
     lab.frr("uk").wait_route(str(OFFICE_SUBNET6))
