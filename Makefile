@@ -68,6 +68,7 @@ bench: setup
 	$(BIN)/python bench/hostile.py
 	$(BIN)/python bench/held.py
 	$(BIN)/python bench/convergence.py
+	$(BIN)/python bench/office_policy.py
 
 clean:
 	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from iptserver.lab.errors import LabError
 from iptserver.lab.processes import stop_children
+from iptserver.render.frr import ZEBRA_NETLINK_BUFFER
 from iptserver.schema.values import IPNetwork
 
 if TYPE_CHECKING:
@@ -156,6 +157,9 @@ class Frr:
             str(run_dir(self.instance) / f"{daemon}.pid"),
             "-f",
             "/dev/null",  # the config comes from frr.conf, through vtysh -b
+            # zebra's netlink buffer, as the rendered daemons file sets it: the kernel's
+            # default loses route events when a policy table is written at once
+            *(("-s", str(ZEBRA_NETLINK_BUFFER)) if daemon == "zebra" else ()),
         ]
 
     def _wait_sockets(self, timeout: float) -> None:

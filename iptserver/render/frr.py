@@ -42,6 +42,7 @@ from iptserver.schema.values import IPNetwork
 HELLO = 1  # seconds
 DEAD = 4  # seconds: four hellos missed
 SPF_THROTTLE = (0, 50, 500)  # delay, initial hold, max hold (ms)
+ZEBRA_NETLINK_BUFFER = 90_000_000  # bytes: a policy table's 100,000s of route events
 IMPORT_TABLES = range(1, 253)  # what zebra's `ip import-table` accepts
 LEARNED = "IPTS-LEARNED"
 POLICY = "IPTS-POLICY"
@@ -279,7 +280,7 @@ def daemons_file(node: Node) -> str:
         *(f"{daemon}=yes" for daemon in wanted if daemon != "zebra"),
         *(f"{daemon}=no" for daemon in OTHER_DAEMONS if daemon not in wanted),
         "vtysh_enable=yes",
-        'zebra_options="  -A 127.0.0.1 -s 90000000"',
+        f'zebra_options="  -A 127.0.0.1 -s {ZEBRA_NETLINK_BUFFER}"',
         'ospfd_options="  -A 127.0.0.1"',
     ]
     if "ospf6d" in wanted:
