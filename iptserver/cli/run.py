@@ -52,6 +52,12 @@ def register(commands: Commands) -> None:
         help="processes answering DNS on the same addresses (default 1; not with export_table)",
     )
     run.add_argument(
+        "--node",
+        metavar="NAME",
+        help="the entry this daemon runs on, for a schema with several entries: its own "
+        "names for the exits' and ingress interfaces and its tunnel addresses",
+    )
+    run.add_argument(
         "--fail-closed",
         action="store_true",
         help="answer SERVFAIL when the kernel cannot be programmed",
@@ -82,6 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         api=args.api,
         api_token_file=args.api_token_file,
         workers=args.workers,
+        node=args.node,
         lists_dir=args.state_dir / "lists" if args.state_dir is not None else None,
     )
     # uvloop: the proxy's sockets and timers cost a fraction of asyncio's own.

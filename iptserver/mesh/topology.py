@@ -98,8 +98,15 @@ class Clients:
 @dataclass(frozen=True)
 class Mesh:
     nodes: dict[str, Node]
-    clients: Clients | None
+    clients: Clients | None  # on the (first) node the clients connect to
     subnets: tuple[IPNetwork, ...]  # never diverted: tunnels', nodes', clients'
+    # The clients on each entry they may use (``clients.nodes``): the same peers,
+    # addresses and DNS, each entry's endpoint and key.
+    all_clients: tuple[Clients, ...] = ()
+
+    def clients_on(self, node: str) -> Clients | None:
+        """The clients' interface on ``node``, if the clients connect to it."""
+        return next((c for c in self.all_clients if c.node == node), None)
 
     def node(self, name: str) -> Node:
         try:
@@ -168,13 +175,13 @@ def mesh_of(schema: Schema) -> Mesh:
             for node, mine, theirs in ((a, six_a, six_b), (b, six_b, six_a)):
                 own = links[node]
                 own[-1] = dataclasses.replace(own[-1], address6=mine, peer_address6=theirs)
-    entry = next((name for name, spec in declared.items() if spec.entry), None)
+    entries = {name for name, spec in declared.items() if spec.entry}
     for name, own in links.items():
         spec = declared.get(name)
         if spec is not None and spec.send == "all":
             subnets = tuple(spec.subnets)
             own[:] = [
-                dataclasses.replace(link, send_all=subnets) if link.peer_node == entry else link
+                dataclasses.replace(link, send_all=subnets) if link.peer_node in entries else link
                 for link in own
             ]
     nodes: dict[str, Node] = {}
@@ -194,7 +201,8 @@ def mesh_of(schema: Schema) -> Mesh:
             entry=spec.entry if spec else False,
             links=tuple(own),
         )
-    return Mesh(nodes, _clients(schema), schema.never_diverted())
+    every = _clients(schema)
+    return Mesh(nodes, every[0] if every else None, schema.never_diverted(), every)
 
 
 def _link(
@@ -241,10 +249,11 @@ def _link(
     )
 
 
-def _clients(schema: Schema) -> Clients | None:
+def _clients(schema: Schema) -> tuple[Clients, ...]:
+    """The clients on each node they connect to (``clients.node`` or ``clients.nodes``)."""
     spec = schema.clients
     if spec is None:
-        return None
+        return ()
     own = _hosts(spec.subnet, 1)[0]
     taken = {peer.address for peer in spec.peers.values() if peer.address is not None}
     free = (ip for ip in spec.subnet.hosts() if ip != own and ip not in taken)
@@ -257,16 +266,19 @@ def _clients(schema: Schema) -> Clients | None:
         )
         for name, peer in spec.peers.items()
     )
-    node = schema.nodes.get(spec.node)
-    return Clients(
-        node=spec.node,
-        interface=spec.interface,
-        subnet=spec.subnet,
-        address=_interface(own, spec.subnet),
-        port=spec.port,
-        endpoint=_dial(node.endpoint if node else None, spec.port),
-        dns=tuple(spec.dns) or (own,),
-        allowed_ips=tuple(spec.allowed_ips),
-        keepalive=spec.keepalive,
-        peers=peers,
+    return tuple(
+        Clients(
+            node=name,
+            interface=spec.interface,
+            subnet=spec.subnet,
+            address=_interface(own, spec.subnet),
+            port=spec.port,
+            endpoint=_dial(node.endpoint if node else None, spec.port),
+            dns=tuple(spec.dns) or (own,),
+            allowed_ips=tuple(spec.allowed_ips),
+            keepalive=spec.keepalive,
+            peers=peers,
+        )
+        for name in spec.entries
+        for node in (schema.nodes.get(name),)
     )

@@ -26,12 +26,16 @@ class ClientsRender:
     notes: tuple[str, ...]  # clients skipped, and why (for stderr)
 
 
-def client_config(clients: Clients, peer: ClientPeer, keys: KeySource) -> Rendered:
-    """One client's config: its key and address, the clients' node as its only peer."""
+def client_config(
+    clients: Clients, peer: ClientPeer, keys: KeySource, *, per_entry: bool = False
+) -> Rendered:
+    """One client's config: its key and address, the clients' node as its only peer.
+    ``per_entry`` (several entries): written as ``NODE/NAME.conf``, one per entry."""
     private = keys.client_private(peer.name, peer.private_key_file)
     where = peer.private_key_file or str(keys.root / "clients" / f"{peer.name}.key")
     text = config_text(clients, peer, private, keys.public(clients.node, clients.interface))
-    return Rendered(PurePosixPath(f"{peer.name}.conf"), text, (Secret(private, where),))
+    path = PurePosixPath(clients.node, f"{peer.name}.conf") if per_entry else None
+    return Rendered(path or PurePosixPath(f"{peer.name}.conf"), text, (Secret(private, where),))
 
 
 def config_text(clients: Clients, peer: ClientPeer, private: str | None, server: str) -> str:
@@ -62,7 +66,9 @@ def config_text(clients: Clients, peer: ClientPeer, private: str | None, server:
 
 
 def render_clients(mesh: Mesh, keys: KeySource, client: str | None = None) -> ClientsRender:
-    """Every client's config (or one client's), in schema order."""
+    """Every client's config (or one client's), in schema order; with several entries
+    (``clients.nodes``) one per entry, ``NODE/NAME.conf``: the same key, address and DNS,
+    that entry as the peer (a client switches entries by switching configs)."""
     clients = mesh.clients
     if clients is None or not clients.peers:
         raise RenderError("the schema has no clients (clients.peers) to render")
@@ -84,7 +90,8 @@ def render_clients(mesh: Mesh, keys: KeySource, client: str | None = None) -> Cl
                 raise RenderError(why)
             notes.append(why)
             continue
-        files.append(client_config(clients, peer, keys))
+        per_entry = len(mesh.all_clients) > 1
+        files += (client_config(c, peer, keys, per_entry=per_entry) for c in mesh.all_clients)
     return ClientsRender(tuple(files), tuple(notes))
 
 

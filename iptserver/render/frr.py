@@ -24,6 +24,11 @@ What each node gets:
   (the nets and country networks of rules with a tunnel exit, aggregated) and announces
   it tagged with that number; every other node but the entry refuses that tag (OSPF
   floods the LSAs to all, but only the nodes that asked route by them).
+- With several entries (``entry: true`` on each): each imports and announces its own
+  tables, tagged alike, and refuses those tags from OSPF: an entry routes what its
+  clients and offices send by its own policy, never into another entry. An office takes
+  each learned route from the entry that announced it at the lowest cost (the tunnels'
+  ``ospf_cost``), and from another entry that learned it too once the first is gone.
 
 Pure and deterministic: the same schema gives the same bytes.
 """
@@ -36,6 +41,7 @@ from pathlib import PurePosixPath
 from iptserver.mesh.topology import Link, Mesh, Node
 from iptserver.render.files import Rendered
 from iptserver.render.wireguard import RenderError
+from iptserver.schema.entries import Resolver
 from iptserver.schema.model import Schema
 from iptserver.schema.values import IPNetwork
 
@@ -49,6 +55,7 @@ POLICY = "IPTS-POLICY"
 REFUSED = "IPTS-REFUSED"
 BACK_INTO_TUNNEL = "routes out of this exit's tunnel: following them loops back to the entry."
 NOT_ASKED = "the nets of the entry's policy, for nodes with send: policy only."
+OTHER_ENTRY = "another entry's routes: each entry routes by its own policy."
 DAEMONS = ("zebra", "ospfd")
 LEARNED6 = "IPTS-LEARNED6"
 SUBNETS6 = "IPTS-SUBNETS6"
@@ -65,22 +72,24 @@ class FrrRender:
 
 
 def exit_peers(mesh: Mesh, schema: Schema) -> frozenset[str]:
-    """The nodes at the far end of a tunnel the entry uses as an exit."""
-    exit_interfaces = {e.interface for e in schema.exits.values()}
+    """The nodes at the far end of a tunnel an entry uses as an exit (each entry's own
+    names for the exits' interfaces: ``iptserver.schema.entries``)."""
+    resolver = Resolver(schema)
     return frozenset(
         link.peer_node
         for node in mesh.nodes.values()
         if node.entry
         for link in node.links
-        if link.interface in exit_interfaces
+        if link.interface
+        in {resolver.interface(e.interface, node.name) for e in schema.exits.values()}
     )
 
 
 def _announced(mesh: Mesh, node: Node) -> list[IPNetwork]:
     nets = [link.address.network for link in node.links if link.address.version == 4]
     nets += [net for net in node.subnets if net.version == 4]
-    clients = mesh.clients
-    if clients is not None and clients.node == node.name and clients.subnet.version == 4:
+    clients = mesh.clients_on(node.name)
+    if clients is not None and clients.subnet.version == 4:
         nets.append(clients.subnet)
     return list(dict.fromkeys(nets))
 
@@ -215,8 +224,8 @@ def runs_ospf6(node: Node) -> bool:
 
 def _subnets6(mesh: Mesh, node: Node) -> list[IPNetwork]:
     nets = [net for net in node.subnets if net.version == 6]
-    clients = mesh.clients
-    if clients is not None and clients.node == node.name and clients.subnet.version == 6:
+    clients = mesh.clients_on(node.name)
+    if clients is not None and clients.subnet.version == 6:
         nets.append(clients.subnet)
     return list(dict.fromkeys(nets))
 
@@ -305,6 +314,7 @@ def render_frr(mesh: Mesh, schema: Schema, node: str | None = None) -> FrrRender
         chosen = list(mesh.nodes.values())
     policy_table = schema.policy_table()
     refusing = exit_peers(mesh, schema) if export_table is not None else frozenset()
+    several_entries = sum(1 for n in mesh.nodes.values() if n.entry) > 1
     files: list[Rendered] = []
     notes: list[str] = []
     for each in chosen:
@@ -317,6 +327,9 @@ def render_frr(mesh: Mesh, schema: Schema, node: str | None = None) -> FrrRender
         refused: tuple[tuple[int, str], ...] = ()
         if export_table is not None and each.name in refusing:
             refused = ((export_table, BACK_INTO_TUNNEL),)
+        if each.entry and several_entries:
+            tables = (export_table, policy_table)
+            refused = tuple((table, OTHER_ENTRY) for table in tables if table is not None)
         if policy_table is not None and not each.entry:
             if each.name in refusing:
                 refused += ((policy_table, BACK_INTO_TUNNEL),)

@@ -209,8 +209,8 @@ def render_wireguard(mesh: Mesh, keys: KeySource, node: str | None = None) -> Wi
                 )
                 continue
             files.append(tunnel_config(link, keys))
-        if mesh.clients is not None and mesh.clients.node == each.name:
-            files.append(clients_config(each, mesh.clients, keys))
+        if (clients := mesh.clients_on(each.name)) is not None:
+            files.append(clients_config(each, clients, keys))
     if not files and not notes:
         where = f"node {node!r}" if node is not None else "the schema"
         raise RenderError(f"{where} has no WireGuard tunnels or clients to render")

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from iptserver.errors import Problem, SchemaError
+from iptserver.schema.entries import entry_interface_problems, ingress_everywhere
 from iptserver.schema.legacy import Format, Translation, detect_format, translate
 from iptserver.schema.mesh import ingress_problems, mesh_problems, policy_problems
 from iptserver.schema.model import Schema
@@ -86,7 +87,8 @@ def parse_schema(text: str, file: str = "<schema>") -> Loaded:
         problems += [
             doc.problem(translation.legacy_path(path), message)
             for path, message in mesh_problems(schema.nodes, schema.tunnels, schema.clients)
-            + ingress_problems(schema.nodes, schema.tunnels, schema.ingress)
+            + ingress_problems(schema.nodes, schema.tunnels, ingress_everywhere(schema))
+            + entry_interface_problems(schema)
             + policy_problems(schema.nodes, schema.kernel.export_table, schema.kernel.policy_table)
         ]
         problems += [

@@ -191,7 +191,14 @@ class ClientPeer(_Model):
 class Clients(_Model):
     """Mobile clients: one WireGuard interface on one node, a peer each."""
 
-    node: NodeName = Field(description="The node the clients connect to")
+    node: NodeName | None = Field(
+        None, description="The node the clients connect to (or nodes, for several entries)"
+    )
+    nodes: list[NodeName] = Field(
+        default_factory=list,
+        description="The entries the clients may use: each gets the clients' interface, "
+        "subnet and peers, and each client a config per entry (instead of node)",
+    )
     interface: Interface = "wg-clients"
     subnet: Network = Field(description="The node takes the first host address, peers the rest")
     port: Port = 51820
@@ -204,6 +211,11 @@ class Clients(_Model):
     )
     keepalive: Annotated[StrictInt, Field(ge=1, le=65535)] | None = 25
     peers: dict[NodeName, ClientPeer] = Field(default_factory=dict)
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """The nodes the clients connect to: ``node``, or ``nodes`` in order."""
+        return (self.node,) if self.node is not None else tuple(dict.fromkeys(self.nodes))
 
 
 Problems = list[tuple[Path, str]]
@@ -218,12 +230,41 @@ def mesh_problems(
     for position, (name, tunnel) in enumerate(tunnels.items(), start=1):
         problems += _tunnel_problems(name, position, tunnel, nodes, claims)
     if clients is not None:
-        base: Path = ("clients",)
-        problems += claims.claim(clients.node, clients.port, (*base, "port"))
-        problems += _unknown_node(nodes, clients.node, (*base, "node"))
-        problems += claims.claim(clients.node, clients.interface, (*base, "interface"))
-        problems += _client_addresses(clients)
+        problems += _clients_problems(nodes, clients, claims)
     return problems
+
+
+def _clients_problems(nodes: dict[str, Node], clients: Clients, claims: _Claims) -> Problems:
+    """``node`` or ``nodes`` (entries), each with the clients' interface and port free."""
+    base: Path = ("clients",)
+    if clients.node is not None and clients.nodes:
+        return [((*base, "nodes"), "give node (one) or nodes (several entries), not both")]
+    if clients.node is None and not clients.nodes:
+        return [
+            (
+                (*base, "node"),
+                "name the node the clients connect to (node: NAME, or "
+                "nodes: [NAME, ...] for several entries)",
+            )
+        ]
+    problems: Problems = []
+    field = "node" if clients.node is not None else "nodes"
+    seen: set[str] = set()
+    for i, name in enumerate([clients.node] if clients.node is not None else clients.nodes):
+        assert name is not None
+        path: Path = (*base, field) if field == "node" else (*base, field, i)
+        if name in seen:
+            problems.append((path, f"node {name!r} is listed twice"))
+            continue
+        seen.add(name)
+        problems += _unknown_node(nodes, name, path)
+        if field == "nodes" and name in nodes and not nodes[name].entry:
+            problems.append(
+                (path, f"node {name!r} is no entry (clients.nodes lists entries: entry: true)")
+            )
+        problems += claims.claim(name, clients.port, (*base, "port"))
+        problems += claims.claim(name, clients.interface, (*base, "interface"))
+    return problems + _client_addresses(clients)
 
 
 class _Claims:
@@ -244,11 +285,17 @@ class _Claims:
 
 
 def _entry_problems(nodes: dict[str, Node]) -> Problems:
-    entries = [name for name, node in nodes.items() if node.entry]
+    """Several entries may run iptserver; a RouterOS peer cannot."""
     return [
-        (("nodes", extra, "entry"), f"only one node can be the entry ({entries[0]!r} is)")
-        for extra in entries[1:]
+        (("nodes", name, "entry"), "a RouterOS peer runs no iptserver: it cannot be an entry")
+        for name, node in nodes.items()
+        if node.entry and node.mikrotik
     ]
+
+
+def entries_of(nodes: dict[str, Node]) -> list[str]:
+    """The entry nodes (``entry: true``), in the order written."""
+    return [name for name, node in nodes.items() if node.entry]
 
 
 def _compose_problems(nodes: dict[str, Node]) -> Problems:
@@ -266,7 +313,7 @@ def _compose_problems(nodes: dict[str, Node]) -> Problems:
 def _send_problems(nodes: dict[str, Node], tunnels: dict[str, Tunnel]) -> Problems:
     """``send: policy`` and ``all`` need LANs to send from, a tunnel to the entry that
     carries everything, and a Linux node (FRR route-maps, wg-quick)."""
-    entry = next((name for name, node in nodes.items() if node.entry), None)
+    entries = set(entries_of(nodes))
     problems: Problems = []
     for name, node in nodes.items():
         if node.send == "learned":
@@ -281,7 +328,7 @@ def _send_problems(nodes: dict[str, Node], tunnels: dict[str, Tunnel]) -> Proble
             problems.append((path, "send: policy takes its routes from OSPF: set ospf: true"))
         elif not node.subnets:
             problems.append((path, f"{mode} needs the node's subnets (nothing to send from)"))
-        elif not (links := [(n, t) for n, t in tunnels.items() if {name, entry} == set(t.hosts)]):
+        elif not (links := [(n, t) for n, t in tunnels.items() if _to_entry(name, t, entries)]):
             problems.append((path, f"{mode} needs a tunnel between {name!r} and the entry"))
         else:
             for tunnel_name, tunnel in links:
@@ -305,14 +352,15 @@ def ingress_problems(
     """The entry's end of a ``send: policy`` or ``all`` node's tunnel must be an ingress:
     else the office's traffic reaches the entry unmarked and leaves as the entry's main
     table says, whatever the schema says."""
-    entry = next((name for name, node in nodes.items() if node.entry), None)
+    entries = set(entries_of(nodes))
     problems: Problems = []
     for name, node in nodes.items():
         if node.send == "learned" or node.entry:
             continue
         for tunnel_name, tunnel in tunnels.items():
-            if {name, entry} != set(tunnel.hosts) or entry is None:
+            if not _to_entry(name, tunnel, entries):
                 continue
+            (entry,) = set(tunnel.hosts) - {name}
             interface = tunnel.hosts[entry].interface or tunnel_name
             if interface not in ingress:
                 problems.append(
@@ -323,6 +371,12 @@ def ingress_problems(
                     )
                 )
     return problems
+
+
+def _to_entry(name: str, tunnel: Tunnel, entries: set[str]) -> bool:
+    """The tunnel joins node ``name`` and one of the entries."""
+    others = set(tunnel.hosts) - {name}
+    return name in tunnel.hosts and len(others) == 1 and others <= entries
 
 
 POLICY_TABLES = range(1, 253)  # zebra's `ip import-table` takes these

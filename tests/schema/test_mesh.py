@@ -97,9 +97,9 @@ MISTAKES = [
         ],
     ),
     (
-        "two-entries",
-        "nodes:\n  a: {entry: true}\n  b: {entry: true}\n",
-        ["s.yaml:7:14: nodes.b.entry: only one node can be the entry ('a' is)"],
+        "routeros-entry",
+        "nodes:\n  a: {entry: true}\n  b: {entry: true, mikrotik: true}\n",
+        ["s.yaml:7:14: nodes.b.entry: a RouterOS peer runs no iptserver: it cannot be an entry"],
     ),
     (
         "client-outside-subnet",
