@@ -99,19 +99,20 @@ def start_iptserver(
     upstream: Sequence[str] = (UPSTREAM,),
     probe: tuple[str, str, int] = ("client", ENTRY_DNS, 53),
     wrapper: Sequence[str] = (),
+    node: str = "entry",
 ) -> Iptserver:
     """Start ``iptserver run`` in the entry; return once it serves DNS. ``wrapper``: a
-    command the daemon runs under (``setpriv ... --``).
+    command the daemon runs under (``setpriv ... --``); ``node``: another entry's node.
 
     Ready means: this daemon logged that it runs (after its signal handlers are in place,
     so a SIGHUP cannot kill it), and ``probe`` (node, server, port: by default the client
     asking 10.77.1.1:53) gets the DoH canary's NXDOMAIN, which the proxy answers itself
     (so a daemon whose upstreams are dead is ready too).
     """
-    log = lab.workdir / "logs" / "entry-iptserver.log"  # as Lab.spawn names it; appended to
+    log = lab.workdir / "logs" / f"{node}-iptserver.log"  # as Lab.spawn names it; appended to
     log_start = log.stat().st_size if log.exists() else 0
     argv = [*wrapper, *iptserver_argv(schema, mmdb, *extra, upstream=upstream)]
-    proc = lab.spawn("entry", argv, name="iptserver")
+    proc = lab.spawn(node, argv, name="iptserver")
     running = Iptserver(lab, schema, mmdb, proc, log_start)
     deadline = time.monotonic() + START_TIMEOUT
     while RUNNING_LINE not in running.output:
