@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -135,7 +136,9 @@ def _register_compose(actions: Commands) -> None:
     )
     compose.add_argument("--frr-dir", metavar="DIR", type=Path, default=Path("frr"))
     compose.add_argument(
-        "--node", help="override mode: the node whose tunnel ends run here (default: the entry)"
+        "--node",
+        help="override mode: the node whose tunnel ends run here (default: the entry; "
+        "with several entries, the entry's name: the daemon runs with --node too)",
     )
     compose.add_argument(
         "--wireguard-dir",
@@ -219,7 +222,15 @@ def _compose_override(args: argparse.Namespace) -> int:
     user = read_compose(args.compose_file)
     user_services(user, args.service, str(args.compose_file))  # before any key is made
     mesh = mesh_of(load_schema(args.config).schema)
-    node = args.node or next((n.name for n in mesh.nodes.values() if n.entry), None)
+    entries = [n.name for n in mesh.nodes.values() if n.entry]
+    if len(entries) > 1:  # the daemon must know which entry it runs on
+        if args.node not in entries:
+            raise ComposeError(
+                f"{args.config}: the schema has several entries ({', '.join(entries)}): "
+                "say which one this override is for with --node"
+            )
+        settings = dataclasses.replace(settings, entry=args.node)
+    node = args.node or next(iter(entries), None)
     with _disk_errors():
         tunnels = compose_tunnels(mesh, node, KeyStore(settings.state_dir)) if node else ()
         text = render_override(user, settings, str(args.compose_file), tunnels)

@@ -189,6 +189,7 @@ class ComposeSettings:
     allow_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default_factory=tuple
     )
+    entry: str | None = None  # with several entries: the one this is (iptserver run --node)
 
 
 def read_compose(path: Path) -> dict[str, Any]:
@@ -301,6 +302,8 @@ def _daemon(settings: ComposeSettings) -> dict[str, Any]:
         format_endpoint(_reachable(settings.dns_listen)),
     ]
     volumes = [f"{settings.schema}:{SCHEMA_PATH}:ro", f"{settings.state_dir}:{STATE_PATH}"]
+    if settings.entry is not None:
+        command += ["--node", settings.entry]
     if settings.geoip is not None:
         command += ["--geoip", GEOIP_PATH]
         volumes.append(f"{settings.geoip}:{GEOIP_PATH}:ro")

@@ -8,6 +8,7 @@ import configparser
 from pathlib import Path
 
 import pytest
+import yaml
 
 from iptserver.cli import main
 from iptserver.lab.frr import dry_run
@@ -107,3 +108,18 @@ def test_each_entry_announces_its_own_learned_routes_and_refuses_the_others(
     for path in sorted(tmp_path.glob("*/frr.conf")):
         valid, said = dry_run(path)
         assert valid, f"{path}: {said}"
+
+
+def test_a_compose_override_names_its_entry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "docker-compose.yml").write_text("services:\n  firezone:\n    image: fz\n")
+    argv = ["render", "compose", "--compose-file", str(tmp_path / "docker-compose.yml")]
+    argv += ["--service", "firezone", "--config", str(SCHEMA), "-o", str(tmp_path / "o.yml")]
+    argv += ["--state-dir", str(tmp_path / "state"), "--frr-dir", str(tmp_path / "frr")]
+    assert main(argv) == 1
+    assert "several entries (entry, entry2): say which one" in capsys.readouterr().err
+    assert main([*argv, "--node", "entry2"]) == 0
+    override = yaml.safe_load((tmp_path / "o.yml").read_text())
+    command = override["services"]["iptserver"]["command"]
+    assert command[command.index("--node") + 1] == "entry2"
