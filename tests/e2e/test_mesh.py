@@ -329,10 +329,14 @@ LEAK_COMMENT = "ipts-mesh-leak"
 LEAK_RULE = ["FORWARD", "-o", "uplink", "-d", ROUTED_IP, "-m", "comment", "--comment", LEAK_COMMENT]
 
 
-def _leaked(lab: MeshLab, node: str) -> int:
-    """Packets to ROUTED_IP that left ``node`` by its own uplink (counted by LEAK_RULE)."""
+def _leaked_to(lab: MeshLab, node: str, address: str) -> int:
+    """Packets to ``address`` that left ``node`` by its own uplink (a LEAK_COMMENT rule)."""
     listing = lab.run(node, ["iptables", "-w", "-L", "FORWARD", "-v", "-x", "-n"]).stdout
-    return sum(int(line.split()[0]) for line in listing.splitlines() if LEAK_COMMENT in line)
+    return sum(
+        int(line.split()[0])
+        for line in listing.splitlines()
+        if LEAK_COMMENT in line and address in line
+    )
 
 
 def test_the_office_leaves_by_no_uplink_while_the_exits_tunnel_is_gone(
@@ -365,7 +369,8 @@ def test_the_office_leaves_by_no_uplink_while_the_exits_tunnel_is_gone(
             assert [v for _, kind, v, _ in answer if kind == "A"] == [ROUTED_IP]
             way = _way(lab, ROUTED_IP, "officehost")
             assert way.startswith("nowhere"), f"{way}: not dropped at the entry"
-            assert {node: _leaked(lab, node) for node in nodes} == dict.fromkeys(nodes, 0)
+            leaked = {node: _leaked_to(lab, node, ROUTED_IP) for node in nodes}
+            assert leaked == dict.fromkeys(nodes, 0)
             route = lab.run("office", ["ip", "route", "show", ROUTED_IP]).stdout
             assert "proto ospf" in route, route
         finally:
@@ -438,16 +443,6 @@ def _restart_frr(lab: MeshLab, configs: dict[tuple[str, str], str]) -> None:
     lab.frr("office").wait_route("10.77.1.0/24")
     for exit_name in ("uk", "ru", "us"):
         lab.frr(exit_name).wait_route("10.88.0.0/24")
-
-
-def _leaked_to(lab: MeshLab, node: str, address: str) -> int:
-    """Packets to ``address`` that left ``node`` by its own uplink (a LEAK_COMMENT rule)."""
-    listing = lab.run(node, ["iptables", "-w", "-L", "FORWARD", "-v", "-x", "-n"]).stdout
-    return sum(
-        int(line.split()[0])
-        for line in listing.splitlines()
-        if LEAK_COMMENT in line and address in line
-    )
 
 
 def test_an_office_that_sends_policy_takes_the_country_rule_but_not_the_default(
