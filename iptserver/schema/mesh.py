@@ -330,6 +330,15 @@ def _send_problems(nodes: dict[str, Node], tunnels: dict[str, Tunnel]) -> Proble
             problems.append((path, f"{mode} needs the node's subnets (nothing to send from)"))
         elif not (links := [(n, t) for n, t in tunnels.items() if _to_entry(name, t, entries)]):
             problems.append((path, f"{mode} needs a tunnel between {name!r} and the entry"))
+        elif node.send == "all" and len(links) > 1:
+            problems.append(
+                (
+                    path,
+                    f"send: all over tunnels to several entries ({', '.join(n for n, _ in links)})"
+                    " is not supported: the node's default would follow one tunnel whether "
+                    "or not its entry is alive; use send: learned or policy (OSPF moves those)",
+                )
+            )
         else:
             for tunnel_name, tunnel in links:
                 nets = tunnel.hosts[name].allowed_nets

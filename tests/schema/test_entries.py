@@ -118,8 +118,23 @@ def test_each_entry_runs_the_policy_with_its_own_names_and_addresses() -> None:
                 "nodes: [NAME, ...] for several entries)"
             ],
         ),
+        (
+            ("office: {subnets: [10.88.0.0/24]}", "office: {subnets: [10.88.0.0/24], send: all}"),
+            [
+                "s.yaml:14:43: nodes.office.send: send: all over tunnels to several entries "
+                "(wg_office, wy_office) is not supported: the node's default would follow one "
+                "tunnel whether or not its entry is alive; use send: learned or policy (OSPF "
+                "moves those)"
+            ],
+        ),
     ],
-    ids=["exit-without-a-tunnel-on-entry2", "clients-on-a-non-entry", "node-and-nodes", "no-node"],
+    ids=[
+        "exit-without-a-tunnel-on-entry2",
+        "clients-on-a-non-entry",
+        "node-and-nodes",
+        "no-node",
+        "send-all-to-two-entries",
+    ],
 )
 def test_mistakes_with_two_entries_are_reported_where_written(
     change: tuple[str, str], expected: list[str]
