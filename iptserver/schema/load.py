@@ -7,7 +7,7 @@ path of the field in the file's own terms (``routes.3.net.0`` for a legacy file)
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from functools import cache
@@ -18,11 +18,12 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from iptserver.errors import Problem, SchemaError
-from iptserver.schema.entries import entry_interface_problems, ingress_everywhere
+from iptserver.schema.entries import Resolver, entry_interface_problems, ingress_everywhere
 from iptserver.schema.legacy import Format, Translation, detect_format, translate
 from iptserver.schema.mesh import ingress_problems, mesh_problems, policy_problems
 from iptserver.schema.model import Schema
 from iptserver.schema.source import Document, Path, parse_yaml
+from iptserver.schema.values import IPAddress
 
 if TYPE_CHECKING:
     from iptserver.lists.store import ListRead
@@ -156,29 +157,36 @@ def _cross_check(doc: Document, t: Translation) -> list[Problem]:
 def _probe6_problems(schema: Schema) -> list[tuple[Path, str]]:
     """An IPv6 probe leaves from the tunnel's own IPv6 address (the far side answers
     through the tunnel only to that): a tunnel the mesh describes must have one."""
-    entry = next((name for name, node in schema.nodes.items() if node.entry), None)
+    resolver = Resolver(schema)
     ipv4_only = {
-        side.interface or name: name
+        (host, side.interface or name): name
         for name, tunnel in schema.tunnels.items()
         if tunnel.subnet.version == 4 and tunnel.subnet6 is None
         for host, side in tunnel.hosts.items()
-        if host == entry
+        if host in resolver.entries
     }
     found: list[tuple[Path, str]] = []
-    for name, spec in schema.exits.items():
-        tunnel = ipv4_only.get(spec.interface)
-        if spec.health is None or tunnel is None:
-            continue
-        for i, (address, _) in enumerate(spec.health.probe):
-            if address.version == 6:
-                found.append(
-                    (
-                        ("exits", name, "health", "probe", i),
-                        f"{address} is IPv6 and tunnel {tunnel!r} ({spec.interface}) has no "
-                        "IPv6 address to probe from: give it a subnet6, or probe an IPv4 target",
-                    )
-                )
-    return found
+    for (entry, interface), tunnel in ipv4_only.items():
+        for name, spec in schema.exits.items():
+            if spec.health is None or resolver.interface(spec.interface, entry) != interface:
+                continue
+            found += _probe6_through(name, spec.health.probe, tunnel, interface)
+    return list(dict.fromkeys(found))
+
+
+def _probe6_through(
+    name: str, probe: Sequence[tuple[IPAddress, int]], tunnel: str, interface: str
+) -> list[tuple[Path, str]]:
+    """The IPv6 targets of exit ``name``'s probe, through an IPv4-only tunnel."""
+    return [
+        (
+            ("exits", name, "health", "probe", i),
+            f"{address} is IPv6 and tunnel {tunnel!r} ({interface}) has no IPv6 address to "
+            "probe from: give it a subnet6, or probe an IPv4 target",
+        )
+        for i, (address, _) in enumerate(probe)
+        if address.version == 6
+    ]
 
 
 def _source_problems(schema: Schema) -> list[tuple[Path, str]]:

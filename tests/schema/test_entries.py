@@ -153,3 +153,14 @@ def test_the_daemon_needs_node_with_several_entries(tmp_path: Path) -> None:
         Options(config=path, node="office").load(ListReader(None))
     loaded = Options(config=path, node="entry2").load(ListReader(None))
     assert loaded.schema.exits["uk"].interface == "wy_uk"
+
+
+def test_an_ipv6_probe_needs_an_ipv6_tunnel_on_every_entry() -> None:
+    text = TWO.replace(
+        "  uk: {interface: wg_uk}\n",
+        '  uk: {interface: wg_uk, health: {probe: ["[2001:db8::1]:80"]}}\n',
+    ).replace("    subnet: 10.99.0.0/30\n", "    subnet: 10.99.0.0/30\n    subnet6: 'fd99::/64'\n")
+    assert problems(text) == [
+        "s.yaml:2:43: exits.uk.health.probe.0: 2001:db8::1 is IPv6 and tunnel 'wy_uk' (wy_uk) "
+        "has no IPv6 address to probe from: give it a subnet6, or probe an IPv4 target"
+    ]
