@@ -24,11 +24,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from iptserver.cli import main as cli
 from iptserver.geoip.build import write_country_db
 from iptserver.lab.addresses import LAB_COUNTRIES
 from iptserver.lab.entry import ENTRY_DNS, start_iptserver, stop_iptserver
-from iptserver.lab.mesh import MeshLab, read_rendered
+from iptserver.lab.mesh import MeshLab
 from iptserver.lab.zones import CHURN_ZONE, distinct_names
 
 EXPORT_TABLE = 200
@@ -66,16 +65,7 @@ rules:
 """
         + lab.mesh_schema()
     )
-    for what in ("wireguard", "frr"):
-        out = work / what
-        assert cli(["render", what, str(schema), "--out", str(out), "--state-dir", str(work)]) == 0
-        for (node, name), text in read_rendered(out).items():
-            if what == "wireguard":
-                lab.apply_wireguard(node, name.removesuffix(".conf"), text)
-            elif name == "frr.conf":
-                lab.start_frr(node, text)
-        if what == "wireguard":
-            lab.wait_tunnels()
+    lab.deploy(schema, work)
     lab.frr("office").wait_route("10.77.1.0/24")
     return schema
 

@@ -17,8 +17,6 @@ Measured, not judged: the exit status is 1 only if the routes never all arrived.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import ipaddress
 import os
 import sys
@@ -28,11 +26,10 @@ from pathlib import Path
 
 from convergence import external_lsas, frr_cpu
 
-from iptserver.cli import main as cli
 from iptserver.geoip.reader import GeoIPDatabase
 from iptserver.lab import entry
 from iptserver.lab.entry import Iptserver
-from iptserver.lab.mesh import ROUTER_IDS, MeshLab, read_rendered
+from iptserver.lab.mesh import ROUTER_IDS, MeshLab
 
 EXPORT_TABLE = 200
 POLICY_TABLE = EXPORT_TABLE + 1
@@ -117,18 +114,7 @@ def deploy(lab: MeshLab, work: Path, countries: list[str]) -> Path:
         + f"kernel: {{export_table: {EXPORT_TABLE}}}\nrules:\n{rules}"
         + lab.mesh_schema().replace(office, f"{office}, send: policy")
     )
-    for what in ("wireguard", "frr"):
-        out = work / what
-        with contextlib.redirect_stdout(io.StringIO()):  # the files written, one a line
-            argv = ["render", what, str(schema), "--out", str(out), "--state-dir", str(work)]
-            assert cli(argv) == 0
-        for (node, name), text in read_rendered(out).items():
-            if what == "wireguard":
-                lab.apply_wireguard(node, name.removesuffix(".conf"), text)
-            elif name == "frr.conf":
-                lab.start_frr(node, text)
-        if what == "wireguard":
-            lab.wait_tunnels()
+    lab.deploy(schema, work)
     lab.frr("office").wait_route("10.77.1.0/24")
     return schema
 

@@ -23,7 +23,9 @@ source address that arrived. Opt-in: the plain ``Lab`` builds none of this.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import functools
+import io
 import ipaddress
 import os
 import socket
@@ -222,6 +224,18 @@ class MeshLab(Lab):
         self.wait_for(f"{sock} (wireguard-go)", sock.exists, [proc])
         self.apply_wireguard(node, interface, config)
 
+    def deploy(self, schema: Path, work: Path) -> None:
+        """Every tunnel and FRR from ``iptserver render wireguard`` (keys in WORK/state)
+        and ``render frr`` output for ``schema``, as an operator would deploy them."""
+        state = ("--state-dir", str(work / "state"))
+        wireguard = render_files(schema, "wireguard", work / "wireguard", *state)
+        for (node, name), text in wireguard.items():
+            self.apply_wireguard(node, name.removesuffix(".conf"), text)
+        self.wait_tunnels()
+        for (node, name), text in render_files(schema, "frr", work / "frr").items():
+            if name == "frr.conf":
+                self.start_frr(node, text)
+
     def wait_tunnels(self, timeout: float | None = None) -> None:
         """Until every tunnel end has completed a WireGuard handshake."""
         deadline = time.monotonic() + (self.ready_timeout if timeout is None else timeout)
@@ -396,6 +410,18 @@ def _first_section_only(config: str) -> str:
             break
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def render_files(schema: Path, what: str, out: Path, *extra: str) -> dict[tuple[str, str], str]:
+    """``iptserver render WHAT SCHEMA --out OUT`` as an operator runs it (the files it lists
+    on stdout are not printed): (node, file name) -> text."""
+    from iptserver.cli import main  # the CLI imports the lab for `iptserver demo`
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(["render", what, str(schema), "--out", str(out), *extra])
+    if code != 0:
+        raise LabError(f"iptserver render {what} {schema} exited {code}")
+    return read_rendered(out)
 
 
 def read_rendered(directory: Path) -> dict[tuple[str, str], str]:

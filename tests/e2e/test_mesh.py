@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from iptserver.cli import main
 from iptserver.lab import LabError
 from iptserver.lab.entry import ENTRY_DNS, start_iptserver, stop_iptserver
 from iptserver.lab.mesh import (
@@ -24,7 +23,7 @@ from iptserver.lab.mesh import (
     ROUTER_IDS,
     MeshLab,
     RouteWatch,
-    read_rendered,
+    render_files,
 )
 from iptserver.lab.zones import BENCH_ZONE, distinct_names, synthetic
 from tests.conftest import REPO
@@ -62,11 +61,6 @@ class Mesh:
     rendered: Path
 
 
-def render(schema: Path, what: str, out: Path, *extra: str) -> dict[tuple[str, str], str]:
-    assert main(["render", what, str(schema), "--out", str(out), *extra]) == 0
-    return read_rendered(out)
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """The mesh lab, its tunnels and FRR configured from rendered files only."""
@@ -74,13 +68,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     with MeshLab() as lab:
         schema = work / "mesh.yaml"
         schema.write_text(schema_text(lab), encoding="utf-8")
-        state = ["--state-dir", str(work / "state")]
-        for (node, name), text in render(schema, "wireguard", work / "wireguard", *state).items():
-            lab.apply_wireguard(node, name.removesuffix(".conf"), text)
-        lab.wait_tunnels()
-        for (node, name), text in render(schema, "frr", work / "frr").items():
-            if name == "frr.conf":
-                lab.start_frr(node, text)
+        lab.deploy(schema, work)
         # Ready when OSPF has taught each side the way to the other's LAN.
         lab.frr("office").wait_route("10.77.1.0/24")
         for exit_name in ("uk", "ru", "us"):
@@ -409,7 +397,7 @@ def test_an_office_that_sends_all_follows_the_whole_schema(
     assert everything.read_text() != text
     state = str(mesh.rendered / "state")
     configs = {
-        name: render(path, "wireguard", tmp_path / name, "--state-dir", state)[
+        name: render_files(path, "wireguard", tmp_path / name, "--state-dir", state)[
             ("office", f"{interface}.conf")
         ]
         for name, path in (("learned", learned), ("all", everything))
@@ -419,6 +407,7 @@ def test_an_office_that_sends_all_follows_the_whole_schema(
     running = start_iptserver(lab, everything, lab_mmdb)
     try:
         assert _way(lab, GB_IP, "officehost") == "office"  # learned: only exported routes
+        assert _way(lab, BESIDE_IP, "officehost") == "office"  # nor the default
         lab.apply_wireguard("office", interface, configs["all"])
         assert _way(lab, GB_IP, "officehost") == "uk"  # the country rule
         assert _way(lab, BESIDE_IP, "officehost") == "us"  # the schema's default
@@ -462,7 +451,7 @@ def test_an_office_that_sends_policy_takes_the_country_rule_but_not_the_default(
     schema = tmp_path / "policy.yaml"
     schema.write_text(text.replace(office, f"{office}, send: policy"))
     assert "send: policy" in schema.read_text()
-    _restart_frr(lab, render(schema, "frr", tmp_path / "frr"))
+    _restart_frr(lab, render_files(schema, "frr", tmp_path / "frr"))
     iface = lab.wg_interface("uk")
     config = (mesh.rendered / "wireguard" / "entry" / f"{iface}.conf").read_text()
     running = start_iptserver(lab, schema, lab_mmdb)
@@ -497,7 +486,7 @@ def test_an_office_that_sends_policy_takes_the_country_rule_but_not_the_default(
         code = stop_iptserver(running)
         for node in nodes:
             lab.run(node, ["iptables", "-w", "-D", *leak], check=False)
-        _restart_frr(lab, render(mesh.schema, "frr", tmp_path / "frr-learned"))
+        _restart_frr(lab, render_files(mesh.schema, "frr", tmp_path / "frr-learned"))
     assert code == 0, running.log
     said = [line for line in running.output.splitlines() if "policy table" in line]
     assert any("policy table 201: 1 routes for send: policy nodes" in line for line in said), said

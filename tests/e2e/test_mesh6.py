@@ -31,7 +31,7 @@ from iptserver.lab.mesh import (
 )
 from iptserver.lab.zones import FRESH_ZONE, synthetic
 from tests.conftest import REPO
-from tests.e2e.test_mesh import Mesh, render
+from tests.e2e.test_mesh import Mesh
 
 EXPORT_TABLE = 200
 ROUTED_NAME = "news.gov.uk"  # a domain rule sends it to uk
@@ -62,13 +62,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     with MeshLab() as lab:
         schema = work / "mesh6.yaml"
         schema.write_text(schema_text(lab), encoding="utf-8")
-        state = ["--state-dir", str(work / "state")]
-        for (node, name), text in render(schema, "wireguard", work / "wireguard", *state).items():
-            lab.apply_wireguard(node, name.removesuffix(".conf"), text)
-        lab.wait_tunnels()
-        for (node, name), text in render(schema, "frr", work / "frr").items():
-            if name == "frr.conf":
-                lab.start_frr(node, text)
+        lab.deploy(schema, work)
         # Ready when OSPFv3 has taught each side the way to the other's IPv6 LAN.
         lab.frr("office").wait_route(str(CLIENT_SUBNET6))
         for exit_name in ("uk", "ru", "us"):

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from iptserver.cli import main
 from iptserver.lab.entry import ENTRY_DNS, Iptserver, start_iptserver, stop_iptserver
-from iptserver.lab.mesh import OFFICE_TUNNEL, read_rendered
+from iptserver.lab.mesh import OFFICE_TUNNEL
 from iptserver.lab.mesh2 import ENTRY2, ENTRY2_ROUTER_ID, ENTRY2_TUNNELS, TwoEntryLab
 from iptserver.lab.zones import BENCH_ZONE, distinct_names
 from iptserver.render.frr import DEAD
@@ -56,11 +55,6 @@ class Mesh:
     entries: dict[str, Iptserver]
 
 
-def render(schema: Path, what: str, out: Path, *extra: str) -> dict[tuple[str, str], str]:
-    assert main(["render", what, str(schema), "--out", str(out), *extra]) == 0
-    return read_rendered(out)
-
-
 def office_route(lab: TwoEntryLab, address: str) -> str:
     return lab.run("office", ["ip", "route", "show", address]).stdout.strip()
 
@@ -80,13 +74,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, lab_mmdb: Path) -> Iterator[M
     with TwoEntryLab() as lab:
         schema = work / "mesh.yaml"
         schema.write_text(schema_text(lab), encoding="utf-8")
-        state = ["--state-dir", str(work / "state")]
-        for (node, name), text in render(schema, "wireguard", work / "wireguard", *state).items():
-            lab.apply_wireguard(node, name.removesuffix(".conf"), text)
-        lab.wait_tunnels()
-        for (node, name), text in render(schema, "frr", work / "frr").items():
-            if name == "frr.conf":
-                lab.start_frr(node, text)
+        lab.deploy(schema, work)
         lab.frr("office").wait_route("10.77.1.0/24")
         entries: dict[str, Iptserver] = {}
         try:
