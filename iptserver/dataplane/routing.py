@@ -17,7 +17,6 @@ import socket
 from collections.abc import Sequence
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from iptserver.dataplane.export import HostRoute
 from iptserver.dataplane.links import link_state
@@ -36,7 +35,6 @@ RTN_UNICAST = 1
 EXPORT_PROTO = 157
 FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 VERSIONS: dict[int, int] = {socket.AF_INET: 4, socket.AF_INET6: 6}
-RT_SCOPE_NOWHERE = 255
 _GONE = frozenset({errno.ESRCH, errno.ENOENT})  # deleting a route that is not there
 
 
@@ -236,20 +234,11 @@ class Routing:
                     f"interface {interface} is down or missing (the mesh sends its "
                     "traffic here, where the kill-switch drops it)"
                 )
-            mirrored = [r for r in own if _mirrored(r.network, table)]
-            for route in mirrored:
-                if index is None:
-                    doing = f"export table {table}: cannot add a blackhole for {route.network}"
-                    with kernel_errors(doing):
-                        self._host_route("replace", table, route.network, type="blackhole")
-                    continue
-                doing = f"export table {table}: cannot route {route.network} via {interface}"
-                with kernel_errors(doing):
-                    self._host_route("replace", table, route.network, oif=index)
-            if len(mirrored) < len(own):
-                many = [(r.network, index) for r in own if not _mirrored(r.network, table)]
-                refused = self._wire.replace(table, EXPORT_PROTO, many)
-                problems += [f"export table {table}: cannot route {p}" for p in refused]
+            wanted = [(r.network, index) for r in own]
+            copies = [(net, oif) for net, oif in wanted if _mirrored(net, table)]
+            refused = self._wire.replace(MAIN_TABLE, EXPORT_PROTO, copies)
+            refused += self._wire.replace(table, EXPORT_PROTO, wanted)
+            problems += [f"export table {table}: cannot route {p}" for p in refused]
         return problems
 
     def reannounce_host_routes(self, table: int, routes: Sequence[HostRoute]) -> list[str]:
@@ -274,30 +263,14 @@ class Routing:
 
     def delete_host_routes(self, table: int, routes: Sequence[HostRoute]) -> None:
         """Delete host routes from ``table`` (ones already gone are fine)."""
-        many = [r.network for r in routes if not _mirrored(r.network, table)]
-        if refused := self._wire.delete(table, EXPORT_PROTO, many):
+        networks = [r.network for r in routes]
+        refused = self._wire.delete(
+            MAIN_TABLE, EXPORT_PROTO, [n for n in networks if _mirrored(n, table)]
+        )
+        refused += self._wire.delete(table, EXPORT_PROTO, networks)
+        if refused:
             shown = ", ".join(refused[:3])
             raise DataplaneError(f"export table {table}: cannot delete routes: {shown}")
-        for route in routes:
-            if not _mirrored(route.network, table):
-                continue
-            doing = f"export table {table}: cannot delete the route to {route.network}"
-            with kernel_errors(doing, fine=_GONE | {errno.ENODEV}):
-                # scope "nowhere": any scope (a hand-made "dev X" route is scope link)
-                self._host_route("del", table, route.network, scope=RT_SCOPE_NOWHERE)
-
-    def _host_route(self, op: str, table: int, network: IPNetwork, **extra: object) -> None:
-        """Add, replace or delete a host route of ``table``; an IPv6 /128 in ``main`` too:
-        FRR 8.4 imports no IPv6 table (zebra has no ``ipv6 import-table``, ospf6d no
-        ``redistribute table``), so its ospf6d takes them from main (``redistribute
-        kernel``, /128s only), where zebra would have put imported routes anyway."""
-        if _mirrored(network, table):
-            try:
-                self._ip.route(op, **_host_route(MAIN_TABLE, network), **extra)
-            except NetlinkError as e:  # a copy already gone: the table's may be there
-                if op != "del" or e.code not in _GONE | {errno.ENODEV}:
-                    raise
-        self._ip.route(op, **_host_route(table, network), **extra)
 
     def exported_routes(self, table: int) -> list[HostRoute]:
         """The host routes of ours in ``table`` (left by an earlier run, or this one)."""
@@ -319,15 +292,8 @@ class Routing:
 
 
 def _mirrored(network: IPNetwork, table: int) -> bool:
-    """Whether ``_host_route`` copies this route into main (an IPv6 /128)."""
+    """Whether an exported route is also written to ``main``: an IPv6 /128. FRR 8.4
+    imports no IPv6 table (zebra has no ``ipv6 import-table``, ospf6d no ``redistribute
+    table``), so the entry's ospf6d takes them from main (``redistribute kernel``, /128s
+    only), where zebra would have put imported routes anyway."""
     return network.version == 6 and network.prefixlen == 128 and table != MAIN_TABLE
-
-
-def _host_route(table: int, network: IPNetwork) -> dict[str, object]:
-    return {
-        "family": FAMILIES[network.version],
-        "dst": str(network.network_address),
-        "dst_len": network.prefixlen,
-        "table": table,
-        "proto": EXPORT_PROTO,
-    }
