@@ -271,10 +271,8 @@ def _disk_errors() -> Iterator[None]:
     from iptserver.render.compose import ComposeError
 
     try:
-        yield
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        raise ComposeError(f"{where}{e.strerror}") from e
+        with render_mesh.disk_errors(ComposeError):
+            yield
     except KeyError as e:  # an unknown node (Mesh.node says which exist)
         raise ComposeError(str(e.args[0])) from None
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from iptserver.cli.command import EXIT_OK, Commands, Handler, add_command
 from iptserver.cli.output import emit, write_under
+from iptserver.errors import IptserverError
 from iptserver.mesh.keys import KeyStore
 from iptserver.mesh.topology import Mesh, mesh_of
 from iptserver.render.files import printable
@@ -76,13 +77,14 @@ def _mesh_command(
 
 
 @contextlib.contextmanager
-def _disk_errors() -> Iterator[None]:
-    """A key directory or output directory the operator must fix: one line, not a trace."""
+def disk_errors(error: type[IptserverError] = RenderError) -> Iterator[None]:
+    """A key directory or output directory the operator must fix: one line (``error``),
+    not a trace."""
     try:
         yield
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
-        raise RenderError(f"{where}{e.strerror}") from e
+        raise error(f"{where}{e.strerror}") from e
 
 
 def _mesh(schema: Path) -> Mesh:
@@ -100,7 +102,7 @@ def _frr(args: argparse.Namespace) -> int:
     from iptserver.render.frr import render_frr
     from iptserver.schema import load_schema
 
-    with _disk_errors():
+    with disk_errors():
         schema = load_schema(args.schema).schema
         result = render_frr(mesh_of(schema), schema, args.node)
         _notes("frr", result.notes)
@@ -111,7 +113,7 @@ def _frr(args: argparse.Namespace) -> int:
 def _wireguard(args: argparse.Namespace) -> int:
     from iptserver.render.wireguard import render_wireguard
 
-    with _disk_errors():
+    with disk_errors():
         result = render_wireguard(_mesh(args.schema), KeyStore(args.state_dir), args.node)
         _notes("wireguard", result.notes)
         emit(result.files, args.out, show_keys=args.show_keys)
@@ -122,7 +124,7 @@ def _clients(args: argparse.Namespace) -> int:
     """The clients' configs, each beside its QR code as a PNG when written."""
     from iptserver.render.clients import qr_png, qr_terminal, render_clients
 
-    with _disk_errors():
+    with disk_errors():
         result = render_clients(_mesh(args.schema), KeyStore(args.state_dir), args.client)
         _notes("clients", result.notes)
         if args.out is None:
@@ -144,7 +146,7 @@ def _clients(args: argparse.Namespace) -> int:
 def _routeros(args: argparse.Namespace) -> int:
     from iptserver.render.routeros import render_routeros
 
-    with _disk_errors():
+    with disk_errors():
         result = render_routeros(_mesh(args.schema), KeyStore(args.state_dir), args.node)
         emit(result.files, args.out, show_keys=args.show_keys)
     return EXIT_OK

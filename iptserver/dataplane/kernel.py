@@ -74,8 +74,6 @@ class Dataplane:
         # kernel.export_table: the learned host routes FRR announces, with their deadlines.
         self._exports = ExportTable()
         self._held: set[HostRoute] = set()  # the table's routes, while ``adopt`` runs
-        # The policy table's routes (send: policy), by network: what the kernel holds.
-        self._policy: dict[IPNetwork, str] = {}
         # What the learned sets must be read for since the last apply (see ``Adoption``).
         self.adoption = Adoption()
 
@@ -356,18 +354,18 @@ class Dataplane:
         if old is not None and old != plan.policy_table:
             self._routing.delete_host_routes(old, self._routing.exported_routes(old))
         if plan.policy_table is None:
-            self._policy = {}
             return
-        if old != plan.policy_table:  # a start, or another table: read what is there
+        if self._plan is not None and old == plan.policy_table:
+            held: Sequence[HostRoute] = self._plan.policy_routes
+        else:  # a start, or another table: read what is there
             held = self._routing.exported_routes(plan.policy_table)
-            self._policy = {route.network: route.interface for route in held}
+        was = {route.network: route.interface for route in held}
         wanted = {route.network: route.interface for route in plan.policy_routes}
-        gone = [HostRoute(net, iface) for net, iface in self._policy.items() if net not in wanted]
+        gone = [HostRoute(net, iface) for net, iface in was.items() if net not in wanted]
         self._routing.delete_host_routes(plan.policy_table, gone)
-        changed = [r for r in plan.policy_routes if self._policy.get(r.network) != r.interface]
+        changed = [r for r in plan.policy_routes if was.get(r.network) != r.interface]
         for problem in self._routing.replace_host_routes(plan.policy_table, changed):
             log.warning("%s", problem)
-        self._policy = wanted
         if gone or changed:
             log.info(
                 "policy table %d: %d routes for send: policy nodes (%d added or moved, "
@@ -436,7 +434,6 @@ class Dataplane:
         if self._plan.policy_table is not None:
             table = self._plan.policy_table
             self._routing.delete_host_routes(table, self._routing.exported_routes(table))
-            self._policy = {}
         for exit_ in self._plan.exits:
             self._routing.remove_exit(exit_)
         for name in self._sets.names():

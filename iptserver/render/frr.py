@@ -42,6 +42,7 @@ from iptserver.mesh.topology import Link, Mesh, Node
 from iptserver.render.files import Rendered
 from iptserver.render.wireguard import RenderError
 from iptserver.schema.entries import Resolver
+from iptserver.schema.mesh import IMPORT_TABLES
 from iptserver.schema.model import Schema
 from iptserver.schema.values import IPNetwork
 
@@ -49,7 +50,6 @@ HELLO = 1  # seconds
 DEAD = 4  # seconds: four hellos missed
 SPF_THROTTLE = (0, 50, 500)  # delay, initial hold, max hold (ms)
 ZEBRA_NETLINK_BUFFER = 90_000_000  # bytes: a policy table's 100,000s of route events
-IMPORT_TABLES = range(1, 253)  # what zebra's `ip import-table` accepts
 LEARNED = "IPTS-LEARNED"
 POLICY = "IPTS-POLICY"
 REFUSED = "IPTS-REFUSED"

@@ -388,7 +388,7 @@ def _to_entry(name: str, tunnel: Tunnel, entries: set[str]) -> bool:
     return name in tunnel.hosts and len(others) == 1 and others <= entries
 
 
-POLICY_TABLES = range(1, 253)  # zebra's `ip import-table` takes these
+IMPORT_TABLES = range(1, 253)  # the tables zebra's `ip import-table` takes
 
 
 def policy_table(export_table: int | None, policy_table: int | None) -> int | None:
@@ -416,12 +416,12 @@ def policy_problems(
         ]
     table = policy_table(export_table, chosen)
     path: Path = ("kernel", "policy_table" if chosen is not None else "export_table")
-    if table not in POLICY_TABLES:
+    if table not in IMPORT_TABLES:
         return [
             (
                 path,
                 f"send: policy puts its routes in table {table}: FRR imports tables "
-                f"{POLICY_TABLES.start}-{POLICY_TABLES.stop - 1} only (set kernel.policy_table)",
+                f"{IMPORT_TABLES.start}-{IMPORT_TABLES.stop - 1} only (set kernel.policy_table)",
             )
         ]
     if table == export_table:
